@@ -4,7 +4,15 @@
 connected network; ``inpaint`` and ``CNTKInpainter`` fill missing pixels with the CNTK of an
 encoder-decoder network (or, for comparison, a trained Deep Image Prior network).
 """
-from .matrix import NTKImputer
-from .image import CNTKInpainter, inpaint
+import importlib
 
-__all__ = ["NTKImputer", "CNTKInpainter", "inpaint"]
+_EXPORTS = {"NTKImputer": ".matrix", "CNTKInpainter": ".image", "inpaint": ".image"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    # Imported lazily so that matrix users do not pay for the image stack and vice versa.
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
