@@ -4,6 +4,8 @@ Each sub-command is small and documented with an example; run ``ntk-complete COM
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 
@@ -24,6 +26,85 @@ def main():
 # --- matrix commands (issue 2) ---------------------------------------------------------------
 
 # --- image commands (issue 3) ----------------------------------------------------------------
+
+@main.command("inpaint")
+@click.argument("image", type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Output image (or folder when IMAGE is a folder).")
+@click.option("--mask", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Mask image, non-zero = missing (OpenCV / scikit-image convention).")
+@click.option("--invert-mask", is_flag=True, help="Mask files mark the KNOWN pixels instead.")
+@click.option("--missing-fraction", type=click.FloatRange(0, 1, max_open=True),
+              help="Generate a mask hiding this fraction of the pixels (input = clean image).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the generated mask.")
+@click.option("--mask-type", type=click.Choice(["pixels", "text", "box"]), default="pixels",
+              show_default=True, help="Kind of generated mask.")
+@click.option("--reference", type=click.Path(exists=True, path_type=Path),
+              help="Clean image (folder in batch mode): print PSNR and SSIM of the result.")
+@click.option("--method", type=click.Choice(["cntk", "dip", "biharmonic", "telea"]), default="cntk",
+              show_default=True, help="cntk = kernel regression; the others for comparison.")
+@click.option("--arch", default="default", show_default=True,
+              help="CNTK architecture: a preset name or a layer spec (see models.cntk).")
+@click.option("--prior", default="noise", show_default=True,
+              type=click.Choice(["noise", "identity", "meshgrid"]), help="Network input statistics.")
+@click.option("--ridge", type=float, default=None, help="Ridge relative to the mean kernel diagonal.")
+@click.option("--iterations", type=int, default=None,
+              help="cntk: CG iteration cap; dip: training iterations.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--save-mask", type=click.Path(path_type=Path),
+              help="Write the mask used (folder in batch mode).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder caching computed kernels between runs.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def inpaint_command(image, output, mask, invert_mask, missing_fraction, seed, mask_type, reference,
+                    method, arch, prior, ridge, iterations, device, save_mask, cache_dir, quiet):
+    """Fill the missing pixels of IMAGE (or of every image in the folder IMAGE).
+
+    \b
+    Examples:
+      ntk-complete inpaint photo.png --mask photo_mask.png -o filled.png
+      ntk-complete inpaint clean.png --missing-fraction 0.5 --seed 0 -o filled.png \\
+          --reference clean.png --save-mask mask.png
+      ntk-complete inpaint photos/ -o filled/        # photos/NAME_mask.png beside each image
+      ntk-complete inpaint photo.png --mask m.png --method biharmonic -o filled.png
+    """
+    from tqdm.auto import tqdm
+
+    from completion.inpaint_jobs import plan_jobs, run_job
+
+    try:
+        jobs = plan_jobs(image, output, mask, reference, save_mask,
+                         generate=missing_fraction is not None)
+        fill = _image_filler(method, arch, prior, ridge, iterations, device, cache_dir,
+                             progress=not quiet and len(jobs) == 1)
+        bar = tqdm(jobs, desc="inpaint", unit="image", disable=quiet or len(jobs) == 1)
+        for job in bar:
+            res = run_job(job, fill, invert_mask, missing_fraction, seed, mask_type)
+            line = f"{job.output}: {res['missing_fraction']:.1%} missing, {res['seconds']:.1f} s"
+            if "psnr" in res:
+                ssim_text = "n/a (needs scikit-image)" if res["ssim"] is None else f"{res['ssim']:.4f}"
+                line += f", PSNR {res['psnr']:.2f} dB, SSIM {ssim_text}"
+            tqdm.write(line)
+    except (ValueError, ImportError, MemoryError) as err:
+        raise click.ClickException(str(err)) from err
+
+
+def _image_filler(method, arch, prior, ridge, iterations, device, cache_dir, progress):
+    """``fill(image, mask)`` for the chosen method (one CNTK inpainter reused across images)."""
+    from completion.image import DEFAULT_RIDGE, CNTKInpainter, inpaint
+
+    if method == "cntk":
+        options = {"maxiter": iterations} if iterations is not None else {}
+        inpainter = CNTKInpainter(arch, prior, DEFAULT_RIDGE if ridge is None else ridge,
+                                  device=device, cache_dir=cache_dir, progress=progress, **options)
+        return inpainter.inpaint
+    if method == "dip":
+        options = {"device": device, "progress": progress}
+        if iterations is not None:
+            options["iterations"] = iterations
+        return lambda img, m: inpaint(img, m, method="dip", **options)
+    return lambda img, m: inpaint(img, m, method=method)
+
 
 # --- comparison commands (issue 4) -----------------------------------------------------------
 

@@ -1,0 +1,214 @@
+"""Image inpainting as kernel regression on pixel coordinates with the CNTK of an encoder-decoder.
+
+The observed pixels (all channels at once) are regressed on their positions: with K the CNTK
+between output pixels, solve (K_oo + lambda I) alpha = y_o - mean and predict K_mo alpha + mean.
+This is the infinitely wide limit of fitting a Deep Image Prior network to the observed pixels
+by gradient flow (plus a ridge).  ``inpaint(image, mask, method=...)`` also offers the trained DIP
+network and the classical biharmonic / Telea fills for comparison.
+
+Shapes: images are float (H, W) or (H, W, C) in [0, 1]; masks are bool (H, W) (shared by every
+channel) or (H, W, C), ``True`` = missing.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from models.device import resolve_device, resolve_dtype
+
+from .inpaint_solver import relative_ridge, solve_observed
+from .kernel_cache import KernelCache
+from .kernel_ops import build_kernel, levels_of
+
+METHODS = ("cntk", "dip", "biharmonic", "telea")
+PAD_MODES = ("reflect", "wrap", "missing")
+
+DEFAULT_ARCH = "default"
+DEFAULT_PRIOR = "noise"
+DEFAULT_RIDGE = 1e-3
+
+
+def validate_image_and_mask(image, mask):
+    """Return (image as float64 (H, W, C), mask as bool (H, W, C), was_grey) after checking
+    shapes and ranges; raises ``ValueError`` with what is wrong."""
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim not in (2, 3) or img.shape[0] < 1 or img.shape[1] < 1:
+        raise ValueError(f"image must be (H, W) or (H, W, C), got shape {img.shape}")
+    if not np.all(np.isfinite(img)):
+        raise ValueError("image contains NaN or infinite values; mark such pixels in the mask and "
+                         "set them to any finite value")
+    grey = img.ndim == 2
+    if grey:
+        img = img[:, :, None]
+    m = np.asarray(mask)
+    if m.dtype != bool:
+        raise ValueError(f"mask must be a bool array (True = missing), got dtype {m.dtype}")
+    if m.shape == img.shape[:2]:
+        m = np.repeat(m[:, :, None], img.shape[2], axis=2)
+    elif m.shape != img.shape:
+        raise ValueError(f"mask shape {m.shape} must be the image's (H, W) {img.shape[:2]} or its "
+                         f"full shape {img.shape}")
+    if m.reshape(-1, m.shape[2]).all(axis=0).any():
+        raise ValueError("every pixel of a channel is missing; nothing to regress on")
+    return img, m, grey
+
+
+def pad_to_multiple(img, mask, multiple, margin=0, mode="reflect"):
+    """Pad (H, W, C) ``img`` and ``mask`` at the bottom/right so both sides become multiples of
+    ``multiple`` (after adding at least ``margin`` pixels).  ``reflect``/``wrap`` extend image and
+    mask together (mirrored observations count as observed); ``missing`` marks the padding as
+    missing.  Returns the padded pair; crop with ``[:H, :W]``."""
+    if mode not in PAD_MODES:
+        raise ValueError(f"pad mode must be one of {', '.join(PAD_MODES)}, got {mode!r}")
+    h, w = img.shape[:2]
+    ph = -(-(h + margin) // multiple) * multiple - h
+    pw = -(-(w + margin) // multiple) * multiple - w
+    if ph == 0 and pw == 0:
+        return img, mask
+    widths = ((0, ph), (0, pw), (0, 0))
+    if mode == "missing":
+        return (np.pad(img, widths), np.pad(mask, widths, constant_values=True))
+    np_mode = "symmetric" if mode == "reflect" else "wrap"
+    if mode == "reflect" and (ph > h or pw > w):
+        np_mode = "wrap"  # mirror padding longer than the image itself is not defined
+    return np.pad(img, widths, mode=np_mode), np.pad(mask, widths, mode=np_mode)
+
+
+class CNTKInpainter:
+    """Fill missing pixels by kernel ridge regression with the CNTK of ``arch``.
+
+    Parameters
+    ----------
+    arch : preset name, layer spec string (see ``models.cntk``), a ``Sequential`` network, or a
+        list of them (their kernels are summed: the NTK of the networks run in parallel).
+    prior : network input statistics, ``'noise'``, ``'identity'``, ``'meshgrid'`` or an array.
+    ridge : lambda relative to the mean kernel diagonal.
+    center : subtract the mean of the observed pixels (per channel) before regressing.
+    pad : how images whose sides are not multiples of 2^levels are padded (``reflect``, ``wrap``,
+        ``missing``); ``margin`` adds that many extra padded pixels (weakens the wrap-around of
+        circular convolutions between opposite edges).
+    solver : ``'auto'`` (Cholesky when it fits the memory budget, else preconditioned CG),
+        ``'cholesky'`` or ``'cg'``; ``tol``/``maxiter`` control CG.
+    keep_observed : observed pixels keep their input values (else the smoothed fit is returned).
+    cache_dir : folder where computed kernels are stored for reuse (keyed by architecture, size,
+        prior and dtype); kernels are also kept in memory for images of the same size.
+
+    After :meth:`inpaint`, ``last_info`` holds timings and solver statistics.
+    """
+
+    def __init__(self, arch=DEFAULT_ARCH, prior=DEFAULT_PRIOR, ridge=DEFAULT_RIDGE, *, device="auto",
+                 dtype=None, memory_budget=None, center=True, pad="reflect", margin=0,
+                 solver="auto", tol=1e-6, maxiter=500, keep_observed=True, cache_dir=None,
+                 progress=False):
+        if not ridge > 0:
+            raise ValueError(f"ridge must be positive, got {ridge}")
+        if pad not in PAD_MODES:
+            raise ValueError(f"pad must be one of {', '.join(PAD_MODES)}, got {pad!r}")
+        self.arch, self.prior, self.ridge = arch, prior, float(ridge)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.memory_budget = memory_budget
+        self.center, self.pad, self.margin = center, pad, int(margin)
+        self.solver, self.tol, self.maxiter = solver, tol, maxiter
+        self.keep_observed, self.progress = keep_observed, progress
+        self._cache = KernelCache(cache_dir)
+        self._kernels = {}
+        self.last_info = {}
+
+    def kernel(self, shape):
+        """The kernel over an (H, W) grid whose sides are multiples of 2^levels (memoised)."""
+        shape = tuple(int(s) for s in shape)
+        if shape not in self._kernels:
+            self._kernels[shape] = self._cache.get_or_compute(
+                self.arch, shape, self.prior, self.dtype,
+                lambda: build_kernel(self.arch, shape, prior=self.prior, device=self.device,
+                                     dtype=self.dtype, memory_budget=self.memory_budget,
+                                     progress=self.progress),
+                device=self.device)
+        return self._kernels[shape]
+
+    @property
+    def multiple(self) -> int:
+        return 2 ** levels_of(self.arch)
+
+    def inpaint(self, image, mask):
+        """Return the completed image, same shape as ``image`` (values not clipped)."""
+        img, m, grey = validate_image_and_mask(image, mask)
+        h, w = img.shape[:2]
+        img_p, m_p = pad_to_multiple(img, m, self.multiple, self.margin, self.pad)
+        t0 = time.perf_counter()
+        kern = self.kernel(img_p.shape[:2])
+        t_kernel = time.perf_counter() - t0
+
+        to_t = lambda a: torch.as_tensor(np.ascontiguousarray(np.moveaxis(a, 2, 0)),
+                                         device=self.device)
+        y = to_t(img_p).to(self.dtype)
+        observed = to_t(~m_p)
+        obs_f = observed.to(self.dtype)
+        if self.center:
+            mean = (y * obs_f).sum((1, 2)) / obs_f.sum((1, 2))
+        else:
+            mean = torch.zeros(y.shape[0], dtype=self.dtype, device=self.device)
+        targets = (y - mean[:, None, None]) * obs_f
+        lam = relative_ridge(kern, self.ridge)
+        t1 = time.perf_counter()
+        alpha, info = solve_observed(kern, targets, observed, lam, solver=self.solver,
+                                     memory_budget=self.memory_budget, tol=self.tol,
+                                     maxiter=self.maxiter, progress=self.progress)
+        fit = kern.matvec(alpha) + mean[:, None, None]
+        t_solve = time.perf_counter() - t1
+        out = np.moveaxis(fit.cpu().numpy(), 0, 2)[:h, :w]
+        if self.keep_observed:
+            out = np.where(m, out, img)
+        self.last_info = {"kernel_seconds": t_kernel, "solve_seconds": t_solve,
+                          "solver": info.method, "iterations": info.iterations,
+                          "converged": info.converged, "relative_residual": info.relative_residual,
+                          "padded_shape": img_p.shape[:2]}
+        return out[:, :, 0] if grey else out
+
+
+def inpaint(image, mask, method="cntk", **options):
+    """Fill the pixels where ``mask`` is True.
+
+    ``method``: ``'cntk'`` (kernel regression, options of :class:`CNTKInpainter`), ``'dip'``
+    (a trained Deep Image Prior network; options ``iterations``, ``device``, ``seed``,
+    ``progress``), ``'biharmonic'`` (scikit-image) or ``'telea'`` (OpenCV; option ``radius``).
+    Returns a float array of the image's shape.
+    """
+    if method == "cntk":
+        return CNTKInpainter(**options).inpaint(image, mask)
+    img, m, grey = validate_image_and_mask(image, mask)
+    if method == "dip":
+        from .dip import dip_inpaint
+        out = dip_inpaint(img[:, :, 0] if grey else img, m[:, :, 0] if grey else m, **options)
+        return np.asarray(out)
+    if method == "biharmonic":
+        _reject_options(method, options)
+        try:
+            from skimage.restoration import inpaint_biharmonic
+        except ImportError as err:
+            raise ImportError("method='biharmonic' needs scikit-image: "
+                              "pip install 'ntk-completion[compare]'") from err
+        out = np.stack([inpaint_biharmonic(img[:, :, c], m[:, :, c]) for c in range(img.shape[2])], 2)
+    elif method == "telea":
+        radius = options.pop("radius", 3)
+        _reject_options(method, options)
+        try:
+            import cv2
+        except ImportError as err:
+            raise ImportError("method='telea' needs OpenCV: "
+                              "pip install 'ntk-completion[compare]'") from err
+        u8 = np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
+        out = np.stack([cv2.inpaint(u8[:, :, c], m[:, :, c].astype(np.uint8), radius,
+                                    cv2.INPAINT_TELEA) for c in range(img.shape[2])], 2) / 255.0
+        out = np.where(m, out, img)
+    else:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    return out[:, :, 0] if grey else out
+
+
+def _reject_options(method, options):
+    if options:
+        raise ValueError(f"method={method!r} takes no options {sorted(options)}")

@@ -1,0 +1,61 @@
+"""On-disk cache of computed pixel kernels, keyed by (architecture spec, grid size, prior, dtype).
+
+Only structured kernels (a periodic ``table``) are stored: one torch file per key, written
+atomically, named by a hash of the key; the key itself is stored inside and checked on load.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .io import atomic_output
+from .kernel_ops import StationaryKernel, arch_key
+
+
+def _prior_key(prior) -> str:
+    if isinstance(prior, str):
+        return prior
+    arr = np.ascontiguousarray(np.asarray(prior, dtype=np.float64))
+    return f"array{arr.shape}:{hashlib.sha256(arr.tobytes()).hexdigest()[:16]}"
+
+
+class KernelCache:
+    """``get_or_compute(arch, shape, prior, dtype, compute)``: load the kernel from ``cache_dir``
+    or call ``compute()`` and store its table there (no-op when ``cache_dir`` is None)."""
+
+    def __init__(self, cache_dir=None):
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+
+    def key(self, arch, shape, prior, dtype) -> str:
+        return f"{arch_key(arch)} | {shape[0]}x{shape[1]} | {_prior_key(prior)} | {dtype}"
+
+    def path(self, key) -> Path:
+        return self.cache_dir / f"cntk-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
+
+    def get_or_compute(self, arch, shape, prior, dtype, compute, device="cpu"):
+        if self.cache_dir is None:
+            return compute()
+        key = self.key(arch, shape, prior, dtype)
+        path = self.path(key)
+        if path.exists():
+            stored = torch.load(path, map_location=device, weights_only=True)
+            if stored.get("key") == key:
+                return _from_table(stored["table"])
+        kern = compute()
+        if getattr(kern, "table", None) is not None:
+            buf = io.BytesIO()
+            torch.save({"key": key, "table": kern.table.cpu()}, buf)
+            with atomic_output(path, "wb") as fh:
+                fh.write(buf.getvalue())
+        return kern
+
+
+def _from_table(table):
+    if table.shape[:2] == (1, 1):
+        return StationaryKernel(table[0, 0])
+    from models.cntk import StructuredKernel
+    return StructuredKernel(table)
