@@ -1,0 +1,292 @@
+"""Infinite-width kernels (NNGP and NTK) of fully connected networks, for inputs of any norm.
+
+The network with ``depth`` = L hidden layers, in the NTK parameterisation, is::
+
+    h^1     = sigma_w * W^1 x + sigma_b * b^1
+    h^(l+1) = sigma_w / sqrt(n_l) * W^(l+1) phi(h^l) + sigma_b * b^(l+1),   l = 1..L
+    f(x)    = h^(L+1)                                    (scalar read-out)
+
+with all W, b entries standard normal, ``weight_var`` = sigma_w^2 and ``bias_var`` = sigma_b^2.
+The first layer sees the inputs *as given* (no 1/sqrt(d) fan-in factor), so the kernels depend on
+the inputs only through <x, y>, |x|^2 and |y|^2: scale features the way the network should see
+them (a network with a fan-in factor at the first layer on inputs x is this one on x / sqrt(d)).
+
+As in Neural Tangents' ``stax``, the network is a list of layer objects, each knowing how it
+updates the kernel state (cross covariance, NTK, and the variances of the two inputs, which are
+propagated layer by layer so that inputs off the unit sphere are handled exactly):
+
+* :class:`Dense`: ``nngp <- w * nngp + b``, ``ntk <- w * ntk + nngp``;
+* activations (:class:`LeakyReLU` covering ReLU, :class:`Erf`): ``nngp <- E[phi(u) phi(v)]``,
+  ``ntk <- ntk * E[phi'(u) phi'(v)]`` for (u, v) centred Gaussian with that covariance.
+
+Evaluation runs in row tiles on a torch device, with the tile height chosen so that the output,
+the inputs and the tile work arrays stay inside ``memory_budget``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .device import check_fits, parse_bytes, resolve_device, resolve_dtype
+
+__all__ = ["Dense", "LeakyReLU", "Erf", "KernelState", "FullyConnectedNTK", "ACTIVATIONS"]
+
+# Number of (tile rows x m) arrays alive at once while a tile goes through the layers (gram,
+# nngp, ntk and the temporaries of an activation update), used to size tiles; kept generous.
+_TILE_WORK_ARRAYS = 8
+
+
+@dataclass
+class KernelState:
+    """Kernel between two sets of inputs after some layers.
+
+    ``nngp``: (n, m) covariance of the pre-activations; ``ntk``: (n, m) tangent kernel or ``None``
+    when only the NNGP is wanted; ``var_x`` / ``var_y``: variances of the pre-activations at the x
+    and y inputs, broadcastable against ``nngp`` (shape (n, 1) and (1, m) for matrices).
+    """
+    nngp: torch.Tensor
+    ntk: torch.Tensor | None
+    var_x: torch.Tensor
+    var_y: torch.Tensor
+
+
+class Dense:
+    """Affine layer: ``nngp <- weight_var * nngp + bias_var``; ``ntk <- weight_var * ntk + nngp``."""
+
+    def __init__(self, weight_var: float, bias_var: float):
+        self.weight_var = float(weight_var)
+        self.bias_var = float(bias_var)
+
+    def update(self, state: KernelState) -> KernelState:
+        nngp = state.nngp.mul_(self.weight_var).add_(self.bias_var)
+        ntk = None if state.ntk is None else state.ntk.mul_(self.weight_var).add_(nngp)
+        return KernelState(nngp, ntk, self.weight_var * state.var_x + self.bias_var,
+                           self.weight_var * state.var_y + self.bias_var)
+
+
+class LeakyReLU:
+    """phi(u) = max(u, 0) + slope * min(u, 0) (``slope=0`` is ReLU).
+
+    With rho the correlation, theta = arccos(rho) and s the slope (homogeneous dual)::
+
+        E[phi'(u) phi'(v)] = ((1 + s^2) (pi - theta) + 2 s theta) / (2 pi)
+        E[phi(u) phi(v)]   = (1 - s)^2 sqrt(q_x q_y) sin(theta) / (2 pi) + cov * E[phi' phi']
+    """
+
+    def __init__(self, slope: float = 0.0):
+        self.slope = float(slope)
+
+    def variance(self, q):
+        return q * (0.5 * (1.0 + self.slope**2))
+
+    def update(self, state: KernelState) -> KernelState:
+        s = self.slope
+        scale = torch.sqrt(state.var_x * state.var_y)  # broadcasts to (n, m)
+        cov = state.nngp
+        rho = torch.where(scale > 0, cov / torch.where(scale > 0, scale, 1.0), 0.0).clamp_(-1.0, 1.0)
+        theta = torch.arccos(rho)
+        # scale * sin(theta) = sqrt(q_x q_y - cov^2), taken from the clamped correlation.
+        sin_part = rho.square_().neg_().add_(1.0).clamp_(min=0.0).sqrt_().mul_(scale)
+        del rho, scale
+        d_phi = theta.mul_((2 * s - 1 - s * s) / (2 * math.pi)).add_(0.5 * (1 + s * s))
+        nngp = sin_part.mul_((1 - s) ** 2 / (2 * math.pi)).addcmul_(cov, d_phi)
+        ntk = None if state.ntk is None else state.ntk.mul_(d_phi)
+        return KernelState(nngp, ntk, self.variance(state.var_x), self.variance(state.var_y))
+
+
+class Erf:
+    """phi(u) = erf(u), with the arcsine dual::
+
+        E[erf(u) erf(v)]  = 2/pi * arcsin(2 cov / sqrt((1 + 2 q_x)(1 + 2 q_y)))
+        E[erf'(u) erf'(v)] = 4/pi / sqrt((1 + 2 q_x)(1 + 2 q_y) - 4 cov^2)
+    """
+
+    def variance(self, q):
+        return (2 / math.pi) * torch.arcsin(2 * q / (1 + 2 * q))
+
+    def update(self, state: KernelState) -> KernelState:
+        prod = (1 + 2 * state.var_x) * (1 + 2 * state.var_y)  # broadcasts to (n, m)
+        cov = state.nngp
+        ntk = None
+        if state.ntk is not None:
+            # the exact value is >= 1 + 2 q_x + 2 q_y >= 1 because cov^2 <= q_x q_y
+            d_phi = (prod - 4 * cov.square()).clamp_(min=1.0).rsqrt_().mul_(4 / math.pi)
+            ntk = state.ntk.mul_(d_phi)
+            del d_phi
+        nngp = cov.mul_(2).div_(prod.sqrt_()).clamp_(-1.0, 1.0).arcsin_().mul_(2 / math.pi)
+        return KernelState(nngp, ntk, self.variance(state.var_x), self.variance(state.var_y))
+
+
+ACTIVATIONS = ("relu", "leaky_relu", "erf")
+
+
+def _as_tensor_like(value, like):
+    """Return ``value`` as a tensor on ``like``'s device and dtype."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=like.device, dtype=like.dtype)
+    return torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=like.dtype, device=like.device)
+
+
+class FullyConnectedNTK:
+    """Infinite-width NNGP/NTK of an L-hidden-layer fully connected net (NTK parameterisation).
+
+    Parameters
+    ----------
+    depth : int >= 1
+        Number of hidden layers L (the read-out layer is added on top).
+    activation : {"relu", "leaky_relu", "erf"}
+    slope : float
+        Negative-side slope of ``leaky_relu`` (ignored otherwise).
+    weight_var, bias_var : float
+        sigma_w^2 > 0 and sigma_b^2 >= 0, the same for every layer including the read-out.
+
+    Inputs enter through their inner products as given (see the module docstring), so they may
+    have any norm. Kernels are returned as (n, m) arrays; see :meth:`nngp`, :meth:`ntk` and
+    :meth:`ntk_from_gram`.
+    """
+
+    def __init__(self, depth=1, activation="relu", slope=0.01, weight_var=2.0, bias_var=0.0):
+        if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
+            raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        for name, value, lower_ok in (("weight_var", weight_var, False), ("bias_var", bias_var, True),
+                                      ("slope", slope, True)):
+            if not isinstance(value, (int, float, np.floating, np.integer)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if weight_var <= 0:
+            raise ValueError(f"weight_var must be > 0, got {weight_var}")
+        if bias_var < 0:
+            raise ValueError(f"bias_var must be >= 0, got {bias_var}")
+        self.depth = int(depth)
+        self.activation = activation
+        self.slope = float(slope)
+        self.weight_var = float(weight_var)
+        self.bias_var = float(bias_var)
+
+    def __repr__(self):
+        slope = f", slope={self.slope}" if self.activation == "leaky_relu" else ""
+        return (f"FullyConnectedNTK(depth={self.depth}, activation={self.activation!r}{slope}, "
+                f"weight_var={self.weight_var}, bias_var={self.bias_var})")
+
+    # -- the network as a list of layers -------------------------------------------------------
+    def layers(self) -> list:
+        """[Dense, phi] * depth + [Dense]: the layers whose kernel updates define the kernels."""
+        if self.activation == "erf":
+            phi = Erf()
+        else:
+            phi = LeakyReLU(self.slope if self.activation == "leaky_relu" else 0.0)
+        dense = Dense(self.weight_var, self.bias_var)
+        return [dense, phi] * self.depth + [dense]
+
+    def _propagate(self, gram: torch.Tensor, sq_x, sq_y, with_ntk: bool) -> KernelState:
+        """Run the layers on one block; ``gram`` is consumed (updated in place)."""
+        state = KernelState(gram, torch.zeros_like(gram) if with_ntk else None, sq_x, sq_y)
+        for layer in self.layers():
+            state = layer.update(state)
+        return state
+
+    # -- elementwise maps ---------------------------------------------------------------------
+    def ntk_from_gram(self, gram, sq_norms_x, sq_norms_y):
+        """NTK as an elementwise map of <x, y>, |x|^2 and |y|^2.
+
+        ``gram``: tensor or array of any shape (typically (n, m)); ``sq_norms_x`` / ``sq_norms_y``:
+        broadcastable against it, except that 1-D vectors with a 2-D ``gram`` are taken as (n, 1)
+        and (1, m). Scalars are fine (e.g. the four values of joint one-hot completion). Returns
+        the same type as ``gram`` (tensor on the same device, or float64 ndarray).
+        """
+        return self._map_gram(gram, sq_norms_x, sq_norms_y, with_ntk=True)
+
+    def nngp_from_gram(self, gram, sq_norms_x, sq_norms_y):
+        """NNGP counterpart of :meth:`ntk_from_gram` (same arguments and return type)."""
+        return self._map_gram(gram, sq_norms_x, sq_norms_y, with_ntk=False)
+
+    def _map_gram(self, gram, sq_norms_x, sq_norms_y, with_ntk):
+        is_tensor = isinstance(gram, torch.Tensor)
+        if is_tensor:
+            g = gram.clone() if gram.is_floating_point() else gram.to(torch.float64)
+        else:
+            g = torch.as_tensor(np.array(gram, dtype=np.float64))
+        qx = _as_tensor_like(sq_norms_x, g)
+        qy = _as_tensor_like(sq_norms_y, g)
+        if g.dim() == 2:
+            qx = qx.reshape(-1, 1) if qx.dim() == 1 else qx
+            qy = qy.reshape(1, -1) if qy.dim() == 1 else qy
+        try:
+            torch.broadcast_shapes(g.shape, qx.shape, qy.shape)
+        except RuntimeError:
+            raise ValueError(f"gram of shape {tuple(g.shape)} does not broadcast with squared norms "
+                             f"of shapes {tuple(qx.shape)} and {tuple(qy.shape)}") from None
+        if (qx < 0).any() or (qy < 0).any():
+            raise ValueError("squared norms must be >= 0")
+        state = self._propagate(g, qx, qy, with_ntk)
+        out = state.ntk if with_ntk else state.nngp
+        out = out.expand(torch.broadcast_shapes(g.shape, qx.shape, qy.shape)).contiguous()
+        return out if is_tensor else out.cpu().numpy()
+
+    # -- tiled evaluation on inputs -----------------------------------------------------------
+    def nngp(self, X, Y=None, *, device="auto", dtype=None, memory_budget=None, progress=False):
+        """(n, m) NNGP between the rows of X (n, d) and of Y (m, d) (Y defaults to X)."""
+        return self._evaluate(X, Y, False, device, dtype, memory_budget, progress)
+
+    def ntk(self, X, Y=None, *, device="auto", dtype=None, memory_budget=None, progress=False):
+        """(n, m) NTK between the rows of X (n, d) and of Y (m, d) (Y defaults to X).
+
+        Computed in row tiles on ``device`` ('auto' = CUDA when present) in ``dtype`` (default
+        float64 on CPU, float32 on CUDA); ``memory_budget`` (bytes or '2GB'; default
+        ``models.device.DEFAULT_MEMORY_BUDGET``) bounds output + inputs + tile work arrays, and the
+        call is refused before allocating if even a one-row tile does not fit. Returns an ndarray.
+        """
+        return self._evaluate(X, Y, True, device, dtype, memory_budget, progress)
+
+    def _evaluate(self, X, Y, with_ntk, device, dtype, memory_budget, progress):
+        X = _validated_inputs(X, "X")
+        Y = X if Y is None else _validated_inputs(Y, "Y")
+        if X.shape[1] != Y.shape[1]:
+            raise ValueError(f"X has {X.shape[1]} features per row but Y has {Y.shape[1]}")
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        budget = parse_bytes(memory_budget)
+        (n, d), m = X.shape, Y.shape[0]
+        item = torch.empty((), dtype=dt).element_size()
+        fixed = (n * m + (n + m) * (d + 1)) * item  # output + inputs + squared norms
+        per_row = _TILE_WORK_ARRAYS * m * item
+        which = "NTK" if with_ntk else "NNGP"
+        check_fits(fixed + per_row, budget, f"the {n} x {m} {which} ({d} features)",
+                   "Raise memory_budget, or evaluate fewer rows/columns per call.")
+        tile = int(min(n, (budget - fixed) // per_row))
+
+        Xt = torch.as_tensor(X, device=dev, dtype=dt)
+        Yt = Xt if Y is X else torch.as_tensor(Y, device=dev, dtype=dt)
+        sq_x = Xt.square().sum(1)
+        sq_y = sq_x if Y is X else Yt.square().sum(1)
+        out = np.empty((n, m), dtype=np.float64 if dt == torch.float64 else np.float32)
+        starts = range(0, n, tile)
+        for start in tqdm(starts, desc=f"{which} tiles", disable=not progress, leave=False):
+            stop = min(n, start + tile)
+            gram = Xt[start:stop] @ Yt.T
+            state = self._propagate(gram, sq_x[start:stop, None], sq_y[None, :], with_ntk)
+            out[start:stop] = (state.ntk if with_ntk else state.nngp).cpu().numpy()
+            del gram, state
+        return out
+
+
+def _validated_inputs(X, name):
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu().numpy()
+    X = np.asarray(X)
+    if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+        raise ValueError(f"{name} must be numeric, got dtype {X.dtype}")
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (points x features), got shape {X.shape}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {X.shape})")
+    X = X.astype(np.float64, copy=False)
+    if not np.isfinite(X).all():
+        bad = np.argwhere(~np.isfinite(X))[0]
+        raise ValueError(f"{name} contains NaN or inf (first at row {bad[0]}, column {bad[1]})")
+    return X
