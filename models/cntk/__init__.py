@@ -1,0 +1,24 @@
+"""Convolutional NTK of encoder-decoder networks (the infinite-width limit of training a Deep
+Image Prior network), between output pixel positions.
+
+>>> from models.cntk import Sequential, Conv, LeakyReLU, Downsample, Upsample
+>>> net = Sequential(Conv(3), LeakyReLU(0.01), Downsample(), Conv(3), LeakyReLU(0.01),
+...                  Upsample("nearest"), Conv(3))
+>>> kern = net.ntk((16, 16), prior="noise")
+>>> kern.dense().shape
+(16, 16, 16, 16)
+
+Modules: ``layers`` (layer objects and their kernel updates), ``tables`` ((phase, offset)
+tables and operations), ``priors`` (input covariances), ``engine`` (propagation, tiling),
+``kernel`` (the result: dense / diag / matvec / solve_shifted), ``spec`` (spec strings,
+presets), ``network`` (``Sequential``).
+"""
+from .kernel import CNTKKernel
+from .layers import Activation, Conv, Downsample, LeakyReLU, ReLU, Upsample
+from .network import Sequential
+from .priors import make_prior, meshgrid_features
+from .spec import PRESETS, encoder_decoder_spec, parse_spec
+
+__all__ = ["Sequential", "Conv", "ReLU", "LeakyReLU", "Downsample", "Upsample", "Activation",
+           "CNTKKernel", "PRESETS", "encoder_decoder_spec", "parse_spec", "make_prior",
+           "meshgrid_features"]

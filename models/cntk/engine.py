@@ -1,0 +1,147 @@
+"""Propagation of the kernel tables through a layer list, optionally tiled over row offsets.
+
+Layers only ever read the row offsets that their outputs need (convolutions and activations
+keep offsets; resampling maps them), so the output table can be computed for a subset of its row
+offsets from subsets of the earlier tables: a first pass over row offset 0 records the diagonal
+every activation needs, then tiles of output row offsets are computed independently.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..device import check_fits
+from . import tables
+from .layers import Activation, Conv, Grid, Post, Resample
+
+WORK_FACTOR = 8  # live tables per layer at the peak (S, M, A, K and temporaries of an activation)
+
+
+def plan_geometry(layers, size, period):
+    """[(size, period)] after each layer, starting from the input ``size`` and ``period``."""
+    out = []
+    (H, W), (ph, pw) = size, period
+    for layer in layers:
+        if isinstance(layer, Resample):
+            ph, pw = layer.new_period(ph, H), layer.new_period(pw, W)
+            H, W = layer.new_size(H), layer.new_size(W)
+        out.append(((H, W), (ph, pw)))
+    return out
+
+
+class Propagator:
+    """Computes the NTK table of ``layers`` on input grid ``size`` for prior ``prior``, starting
+    with input period ``period`` ((1, 1) structured, ``size`` dense)."""
+
+    def __init__(self, layers, size, period, prior, device, dtype):
+        self.layers, self.prior, self.device, self.dtype = layers, prior, device, dtype
+        self.size, self.period = tuple(size), tuple(period)
+        self.geometry = plan_geometry(layers, self.size, self.period)
+        self.out_size, self.out_period = self.geometry[-1]
+        self.itemsize = torch.empty((), dtype=dtype).element_size()
+
+    # ---- row-offset bookkeeping ------------------------------------------------------------
+    def _inputs(self, i):
+        return (self.size, self.period) if i == 0 else self.geometry[i - 1]
+
+    def needed_rows(self, out_rows):
+        """Row offsets needed at the input of each layer (``need[i]``, a sorted LongTensor) and
+        the row terms (``terms[i]``, with the output rows they produce) of resampling layers."""
+        need = [None] * len(self.layers)
+        terms = [None] * len(self.layers)
+        rows = out_rows
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            if isinstance(layer, Resample):
+                (H, _), (ph, _) = self._inputs(i)
+                terms[i] = (layer.terms(ph, H, rows, self.device), rows)
+                rows = torch.unique(torch.cat([t[2].reshape(-1) for t in terms[i][0]]))
+            need[i] = rows
+        return need, terms
+
+    def peak_bytes(self, need):
+        """Estimated peak working memory of a pass holding row offsets ``need``."""
+        peak = 0
+        for i, rows in enumerate(need):
+            for (H, W), (ph, pw) in (self._inputs(i), self.geometry[i]):
+                peak = max(peak, ph * pw * len(rows) * W)
+        return peak * WORK_FACTOR * self.itemsize
+
+    def output_bytes(self):
+        (H, W), (ph, pw) = self.out_size, self.out_period
+        return ph * pw * H * W * self.itemsize
+
+    # ---- forward ----------------------------------------------------------------------------
+    def run(self, out_rows, diags=None, record=None, on_layer=None):
+        """Table of the output restricted to row offsets ``out_rows``. ``diags[i]``: diagonal
+        for activation layer i (from a pass over row 0); ``record`` collects them."""
+        need, row_terms = self.needed_rows(out_rows)
+        grid = Grid(self.size, self.period, need[0])
+        state = Post(self.prior.table(self.size, self.period, need[0], self.device, self.dtype),
+                     None, grid)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            if i == last:
+                out = layer.output(state)
+            elif isinstance(layer, Conv):
+                state = layer.apply(state)
+            elif isinstance(layer, Activation):
+                diag = None if diags is None else diags[i]
+                if record is not None:
+                    record[i] = tables.diagonal(state.A, state.grid.rows).clone()
+                state = layer.apply(state, diag)
+            else:
+                state = self._resample(layer, state, row_terms[i], i)
+            if on_layer is not None:
+                on_layer()
+        return out
+
+    def _resample(self, layer, state, row_terms, i):
+        (H, W), (ph, pw) = self._inputs(i)
+        (H2, W2), (ph2, pw2) = self.geometry[i]
+        row_terms, out_rows = row_terms
+        positions = tables.value_positions(state.grid.rows, H)
+        col_terms = layer.terms(pw, W, torch.arange(W2, device=self.device), self.device)
+        new = []
+        for T in (state.S, state.M):
+            if T is None:
+                new.append(None)
+                continue
+            T = tables.resample(T, row_terms, 0, positions)
+            new.append(tables.resample(T, col_terms, 1, lambda v: v))
+        return Post(new[0], new[1], Grid((H2, W2), (ph2, pw2), out_rows))
+
+    def compute(self, budget, progress=False):
+        """Full output table (Ph, Pw, H, W), tiled over row offsets to fit ``budget`` bytes."""
+        H_out = self.out_size[0]
+        out_bytes = self.output_bytes()
+        check_fits(out_bytes, budget, f"the CNTK table ({self.out_period[0]} x "
+                   f"{self.out_period[1]} phases x {self.out_size[0]} x {self.out_size[1]} offsets)",
+                   "Raise memory_budget, use float32, a smaller image, fewer upsampling levels, "
+                   "or the structured engine (stationary prior).")
+        all_rows = torch.arange(H_out, device=self.device)
+        n_tiles = 1
+        while True:
+            tiles = torch.tensor_split(all_rows, n_tiles)
+            worst = max(self.peak_bytes(self.needed_rows(t)[0]) for t in tiles)
+            if out_bytes * (n_tiles > 1) + worst <= budget:
+                break
+            if n_tiles >= H_out:
+                check_fits(out_bytes + worst, budget, "the CNTK computation, even one row "
+                           "offset at a time,", "Raise memory_budget or use a smaller image.")
+            n_tiles = min(2 * n_tiles, H_out)
+        from tqdm.auto import tqdm
+        total = len(self.layers) * (n_tiles + (n_tiles > 1))
+        with tqdm(total=total, desc=f"CNTK {self.out_size[0]}x{self.out_size[1]}",
+                  disable=not progress, leave=False) as bar:
+            if n_tiles == 1:
+                return self.run(all_rows, on_layer=bar.update)
+            diags = {}
+            self.run(torch.zeros(1, dtype=torch.long, device=self.device), record=diags,
+                     on_layer=bar.update)
+            ph, pw = self.out_period
+            table = torch.empty((ph, pw, H_out, self.out_size[1]), device=self.device,
+                                dtype=self.dtype)
+            for t in tiles:
+                table[:, :, t] = self.run(t, diags=diags, on_layer=bar.update)
+            return table
+

@@ -1,0 +1,273 @@
+"""Layer objects of the CNTK: each one knows how it transforms the kernel tables.
+
+The kernel of a network is propagated as tables in the (phase, offset) layout described in
+:mod:`models.cntk.tables`. Between layers the state is a :class:`Post` (covariance ``S`` of the
+activations and ``M = dS * K``, the derivative covariance times the NTK, both (Ph, Pw, R, W));
+a convolution turns it into a :class:`Pre` (pre-activation covariance ``A`` and NTK ``K``),
+and an activation turns a :class:`Pre` back into a :class:`Post`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from . import tables
+
+
+@dataclass
+class Grid:
+    """Geometry of a table: image ``size`` (H, W), ``period`` (Ph, Pw) of its phases and the
+    ``rows``: LongTensor of the row offsets it holds (all of ``0..H-1`` unless tiled)."""
+    size: tuple
+    period: tuple
+    rows: torch.Tensor
+
+
+@dataclass
+class Post:
+    """Kernel state after an activation (or the input): ``S`` covariance, ``M = dS * K``
+    (``None`` for the network input, which has no parameters)."""
+    S: torch.Tensor
+    M: Optional[torch.Tensor]
+    grid: Grid
+
+
+@dataclass
+class Pre:
+    """Kernel state right after a convolution of window ``k``: ``A`` covariance, ``K`` NTK."""
+    A: torch.Tensor
+    K: torch.Tensor
+    k: int
+    grid: Grid
+
+
+class Layer:
+    """Base class; ``token`` is the layer's word in a spec string (see :mod:`.spec`)."""
+    token = "?"
+
+    def describe(self) -> str:
+        return type(self).__name__ + "()"
+
+    def __repr__(self):
+        return self.describe()
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.token == other.token
+
+    def __hash__(self):
+        return hash(self.token)
+
+
+class Conv(Layer):
+    """k x k convolution, stride 1, circular padding, NTK parameterisation, no bias.
+
+    ``A(p, q) = sum_m S(p+m, q+m)`` and ``K(p, q) = sum_m [S + dS K](p+m, q+m)`` over the
+    k x k window offsets m (both positions shifted together)."""
+
+    def __init__(self, k: int = 3):
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1 or k % 2 == 0:
+            raise ValueError(f"Conv kernel size must be an odd positive integer, got {k!r}")
+        self.k = k
+
+    @property
+    def token(self):
+        return f"C{self.k}"
+
+    def describe(self):
+        return f"Conv({self.k})  {self.k}x{self.k}, circular padding"
+
+    def apply(self, state: Post) -> Pre:
+        if state.M is None:
+            A = tables.window_sum(state.S, self.k)
+            K = A
+        else:
+            A = tables.window_sum(state.S, self.k)
+            K = tables.window_sum(state.M, self.k).add_(A)
+        return Pre(A, K, self.k, state.grid)
+
+    def output(self, state: Post) -> torch.Tensor:
+        """Last layer: the NTK table ``sum_m [S + M](p+m, q+m)``."""
+        total = state.S if state.M is None else state.S + state.M
+        return tables.window_sum(total, self.k)
+
+
+class Activation(Layer):
+    """Pointwise nonlinearity; its dual activations ``kap0``/``kap1`` are normalised so that
+    ``kap(1) = 1`` (the finite network scales the activation by sqrt(2 / (1 + slope^2)))."""
+    slope = 0.0
+
+    def duals(self, rho: torch.Tensor):
+        """(kap0(rho), kap1(rho)) for correlations ``rho`` in [-1, 1]."""
+        theta = torch.arccos(rho)
+        sin = torch.sqrt(torch.clamp(1 - rho * rho, min=0))
+        kap0 = (math.pi - theta) / math.pi
+        kap1 = (rho * (math.pi - theta) + sin) / math.pi
+        if self.slope:
+            c = 2 * self.slope / (math.pi * (1 + self.slope ** 2))
+            kap0 = kap0 + c * theta
+            kap1 = kap1 + c * (rho * theta - sin)
+        return kap0, kap1
+
+    def apply(self, pre: Pre, diag: Optional[torch.Tensor] = None) -> Post:
+        """``S' = kap1(rho) sqrt(n1 n2) / k^2``, ``M' = kap0(rho) / k^2 * K`` with
+        ``rho = A / sqrt(n1 n2)`` and ``n = A(p, p)``; ``diag`` (Ph, Pw) = A at offset 0 when the
+        table does not hold row offset 0 (tiled computation)."""
+        S, M = tables.activation(pre.A, pre.K, pre.grid.rows, pre.k, self.duals, diag)
+        return Post(S, M, pre.grid)
+
+
+class ReLU(Activation):
+    token = "R"
+
+    def describe(self):
+        return "ReLU()"
+
+
+class LeakyReLU(Activation):
+    def __init__(self, slope: float = 0.01):
+        slope = float(slope)
+        if not (math.isfinite(slope) and 0 <= slope < 1):
+            raise ValueError(f"LeakyReLU slope must be in [0, 1), got {slope!r}")
+        self.slope = slope
+
+    @property
+    def token(self):
+        return f"L{self.slope!r}"
+
+    def describe(self):
+        return f"LeakyReLU({self.slope!r})"
+
+
+class Resample(Layer):
+    """Linear resampling of the positions (stride-2 down / x2 up), applied to S and M."""
+
+    def new_size(self, n: int) -> int:
+        raise NotImplementedError
+
+    def new_period(self, period: int, n: int) -> int:
+        raise NotImplementedError
+
+    def terms(self, period_in, n_in, out_rows, device):
+        """Per axis: the output table entry (phase a', offset value d') is
+        ``sum_j weight_j * T[phase_j, offset_j]``; returns [(weight or None, phase, offset)] with
+        arrays of shape (period_out, len(out_rows)), offsets as values mod ``n_in``."""
+        raise NotImplementedError
+
+
+class Downsample(Resample):
+    """Stride-2 subsampling: keep the even positions."""
+    token = "D"
+
+    def describe(self):
+        return "Downsample()  keep even positions"
+
+    def new_size(self, n):
+        if n % 2:
+            raise ValueError(f"Downsample needs an even size, got {n}; pad the image to a "
+                             "multiple of 2**(number of Downsample layers)")
+        return n // 2
+
+    def new_period(self, period, n):
+        return max(period // 2, 1)
+
+    def terms(self, period_in, n_in, out_rows, device):
+        p_out = self.new_period(period_in, n_in)
+        a = torch.arange(p_out, device=device)[:, None]
+        phase = (2 * a) % period_in + 0 * out_rows[None, :]
+        offset = (2 * out_rows[None, :]) % n_in + 0 * a
+        return [(None, phase, offset)]
+
+
+UPSAMPLE_MODES = ("nearest", "bilinear", "bilinear_aligned")
+
+
+class Upsample(Resample):
+    """x2 upsampling. ``"nearest"``: out[i] = x[i // 2]. ``"bilinear"``: periodic half-pixel
+    bilinear, out[2i] = .75 x[i] + .25 x[i-1], out[2i+1] = .75 x[i] + .25 x[i+1] (indices mod n).
+    ``"bilinear_aligned"``: align_corners=True, non-periodic (dense engine only).
+
+    Bilinear modes upsample S and M = dS * K as wholes (the infinite-width limit of a network
+    with bilinear upsampling); the reference implementation interpolates dS and K separately."""
+
+    def __init__(self, mode: str = "nearest"):
+        if mode not in UPSAMPLE_MODES:
+            raise ValueError(f"Upsample mode must be one of {UPSAMPLE_MODES}, got {mode!r}")
+        self.mode = mode
+
+    @property
+    def token(self):
+        return {"nearest": "U", "bilinear": "Ub", "bilinear_aligned": "Ua"}[self.mode]
+
+    @property
+    def stationary(self):
+        """False when the layer breaks the periodic structure (needs the dense engine)."""
+        return self.mode != "bilinear_aligned"
+
+    def describe(self):
+        return f"Upsample({self.mode!r})  x2"
+
+    def new_size(self, n):
+        return 2 * n
+
+    def new_period(self, period, n):
+        if self.mode == "bilinear_aligned":
+            if period != n:
+                raise ValueError("Upsample('bilinear_aligned') is not periodic: use engine='dense'")
+        return 2 * period
+
+    def terms(self, period_in, n_in, out_rows, device):
+        p_out = self.new_period(period_in, n_in)
+        a = torch.arange(p_out, device=device)[:, None]
+        d = out_rows[None, :]
+        if self.mode == "nearest":
+            return [(None, a // 2 + 0 * d, ((a % 2 + d) // 2) % n_in)]
+        if self.mode == "bilinear":
+            return _bilinear_periodic_terms(a, d, period_in, n_in)
+        return _bilinear_aligned_terms(a, d, n_in)
+
+
+def _bilinear_periodic_terms(a, d, period_in, n_in):
+    # p' = 2i + e (e = a' mod 2) reads x[i] (.75) and x[i - 1 + 2e] (.25); q' = p' + d' likewise
+    # with its own parity f. Offset of the pair (i + t, j + s) is (e + d') // 2 + s - t.
+    e = a % 2
+    f = (a + d) % 2
+    base_phase = a // 2
+    base_offset = (e + d) // 2
+    out = []
+    for t_far in (False, True):
+        t = (2 * e - 1) if t_far else 0 * e
+        wt = 0.25 if t_far else 0.75
+        for s_far in (False, True):
+            s = (2 * f - 1) if s_far else 0 * f
+            ws = 0.25 if s_far else 0.75
+            phase = (base_phase + t) % period_in + 0 * d
+            offset = (base_offset + s - t) % n_in
+            weight = torch.full(offset.shape, wt * ws, dtype=torch.float64, device=a.device)
+            out.append((weight, phase, offset))
+    return out
+
+
+def _bilinear_aligned_terms(a, d, n_in):
+    # positions are the phases (period = full size): p' reads x[i0], x[i0 + 1] with weights
+    # 1 - frac, frac at source coordinate p' (n_in - 1) / (2 n_in - 1).
+    n_out = 2 * n_in
+    pos = torch.arange(n_out, device=a.device, dtype=torch.float64)
+    src = pos * (n_in - 1) / max(n_out - 1, 1)
+    i0 = torch.clamp(torch.floor(src).long(), max=max(n_in - 2, 0))
+    frac = src - i0
+    if n_in == 1:
+        frac = torch.zeros_like(frac)
+    idx = (i0, torch.clamp(i0 + 1, max=n_in - 1))
+    wts = (1 - frac, frac)
+    p = a + 0 * d
+    q = (a + d) % n_out
+    out = []
+    for t in (0, 1):
+        for s in (0, 1):
+            phase = idx[t][p]
+            offset = (idx[s][q] - phase) % n_in
+            out.append((wts[t][p] * wts[s][q], phase, offset))
+    return out

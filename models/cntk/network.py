@@ -1,0 +1,109 @@
+"""``Sequential``: a validated layer list that computes its CNTK."""
+from __future__ import annotations
+
+import torch
+
+from ..device import parse_bytes, resolve_device, resolve_dtype
+from .engine import Propagator
+from .kernel import CNTKKernel
+from .layers import Activation, Conv, Layer, Upsample
+from .priors import make_prior
+from .spec import PRESETS, parse_spec
+
+ENGINES = ("auto", "structured", "dense")
+
+
+class Sequential:
+    """A chain of CNTK layers: Conv, activation (ReLU / LeakyReLU), Downsample, Upsample.
+
+    Rules (those of the reference implementation): the first layer is a Conv, every Conv but
+    the last is immediately followed by an activation, activations only follow a Conv, and the
+    network ends with a Conv (the linear read-out).
+
+    >>> net = Sequential.from_spec("reference")
+    >>> kern = net.ntk((16, 16), prior="noise")
+    """
+
+    def __init__(self, *layers):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layer {i} is {layer!r}, not a models.cntk layer")
+        if not layers or not isinstance(layers[0], Conv):
+            raise ValueError("the first layer must be a Conv")
+        if not isinstance(layers[-1], Conv):
+            raise ValueError("the last layer must be a Conv (the linear read-out)")
+        for i, layer in enumerate(layers):
+            if isinstance(layer, Conv) and i < len(layers) - 1 and \
+                    not isinstance(layers[i + 1], Activation):
+                raise ValueError(f"Conv at position {i} must be followed by ReLU or LeakyReLU, "
+                                 f"got {layers[i + 1].describe()}")
+            if isinstance(layer, Activation) and (i == 0 or not isinstance(layers[i - 1], Conv)):
+                raise ValueError(f"activation at position {i} must directly follow a Conv")
+        self.layers = tuple(layers)
+
+    @classmethod
+    def from_spec(cls, text: str) -> "Sequential":
+        """From a preset name (see ``PRESETS``) or a spec string (see :mod:`models.cntk.spec`)."""
+        return cls(*parse_spec(PRESETS.get(text, text)))
+
+    def spec(self) -> str:
+        """Canonical spec string (stable; usable as a cache key)."""
+        return ",".join(layer.token for layer in self.layers)
+
+    def describe(self) -> str:
+        return "\n".join(f"{i:2d}  {layer.describe()}" for i, layer in enumerate(self.layers))
+
+    def __repr__(self):
+        return f"Sequential.from_spec({self.spec()!r})"
+
+    def __eq__(self, other):
+        return isinstance(other, Sequential) and self.spec() == other.spec()
+
+    def __hash__(self):
+        return hash(self.spec())
+
+    @property
+    def stationary(self) -> bool:
+        """True when every layer keeps the periodic structure (the structured engine applies)."""
+        return all(getattr(layer, "stationary", True) for layer in self.layers)
+
+    def output_size(self, size):
+        from .engine import plan_geometry
+        return plan_geometry(self.layers, tuple(size), (1, 1))[-1][0]
+
+    def ntk(self, size, prior="noise", device="auto", dtype=None, memory_budget=None,
+            engine="auto", progress=False) -> CNTKKernel:
+        """The CNTK between output pixels for a network input of spatial ``size`` (H, W).
+
+        ``prior``: 'noise' | 'identity' | 'meshgrid' | array (C0, H, W) (see
+        :mod:`models.cntk.priors`). ``engine``: 'structured' (stationary prior, periodic layers;
+        O(P^2 H W k) time and memory, P = 2**upsamplings), 'dense' (any prior; (HW)^2 memory,
+        tiled over row offsets to fit ``memory_budget``), 'auto' (structured when possible).
+        Raises MemoryBudgetError before allocating when the result cannot fit."""
+        try:
+            H, W = (int(s) for s in size)
+        except (TypeError, ValueError):
+            raise ValueError(f"size must be (H, W), got {size!r}") from None
+        if H < 1 or W < 1:
+            raise ValueError(f"size must be positive, got {size!r}")
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        prior_obj = make_prior(prior, (H, W))
+        can_structure = prior_obj.stationary and self.stationary
+        if engine == "structured" and not can_structure:
+            why = (f"prior {prior_obj.name!r} is not stationary" if not prior_obj.stationary
+                   else "Upsample('bilinear_aligned') is not periodic")
+            raise ValueError(f"the structured engine needs a translation-invariant setting: "
+                             f"{why}; use engine='dense'")
+        if engine == "auto":
+            engine = "structured" if can_structure else "dense"
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        budget = parse_bytes(memory_budget)
+        period = (1, 1) if engine == "structured" else (H, W)
+        prop = Propagator(self.layers, (H, W), period, prior_obj, dev, dt)
+        with torch.no_grad():
+            table = prop.compute(budget, progress=progress)
+        return CNTKKernel(table, prop.out_size, engine, budget)

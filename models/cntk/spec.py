@@ -1,0 +1,99 @@
+"""Spec strings: a compact, stable spelling of a CNTK architecture (also its cache key).
+
+Grammar (whitespace ignored, letters case-insensitive)::
+
+    spec  := item ("," item)*
+    item  := INT "*" "(" spec ")"        repeat a group, e.g. 3*(C3,L,D)
+           | layer
+    layer := "C" INT                     Conv, odd kernel size:            C3
+           | "R"                         ReLU
+           | "L" [FLOAT]                 LeakyReLU, slope (default 0.01): L, L0.2
+           | "D"                         Downsample (stride 2)
+           | "U" ["N" | "B" | "A"]       Upsample x2: nearest (default), periodic bilinear,
+                                         bilinear with aligned corners (dense engine only)
+
+The canonical spec (``Sequential.spec()``) spells every layer out: ``C3,L0.01,D,...,C3``.
+"""
+from __future__ import annotations
+
+import re
+
+from .layers import Conv, Downsample, LeakyReLU, ReLU, Upsample
+
+_LAYER = re.compile(r"^(?:C(\d+)|R|L([0-9.eE+-]+)?|D|U([NBA])?)$")
+
+
+def _split_top(text: str):
+    """Split on commas outside parentheses."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"unbalanced ')' in architecture spec at character {i}")
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    if depth:
+        raise ValueError("unbalanced '(' in architecture spec")
+    parts.append(text[start:])
+    return parts
+
+
+def parse_spec(text: str) -> list:
+    """Layer objects of a spec string (see the module docstring)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("empty architecture spec")
+    compact = re.sub(r"\s+", "", text)
+    layers = []
+    for item in _split_top(compact):
+        rep = re.fullmatch(r"(\d+)\*\((.*)\)", item)
+        if rep:
+            count = int(rep.group(1))
+            if count < 1:
+                raise ValueError(f"repeat count must be >= 1 in {item!r}")
+            layers.extend(parse_spec(rep.group(2)) * count)
+            continue
+        m = _LAYER.match(item.upper())
+        if not m:
+            raise ValueError(f"cannot read layer {item!r} in architecture spec {text!r}; "
+                             "layers are C<k>, R, L[slope], D, U[n|b|a], groups N*(...)")
+        head = item[0].upper()
+        if head == "C":
+            layers.append(Conv(int(m.group(1))))
+        elif head == "R":
+            layers.append(ReLU())
+        elif head == "L":
+            layers.append(LeakyReLU(float(m.group(2))) if m.group(2) else LeakyReLU())
+        elif head == "D":
+            layers.append(Downsample())
+        else:
+            mode = {None: "nearest", "N": "nearest", "B": "bilinear",
+                    "A": "bilinear_aligned"}[m.group(3)]
+            layers.append(Upsample(mode))
+    return layers
+
+
+def encoder_decoder_spec(levels: int, k: int = 3, activation: str = "L", upsample: str = "U") -> str:
+    """``levels`` x (Conv-act-Down), Conv-act, ``levels - 1`` x (Up-Conv-act), Up, Conv: the
+    reference notebook's shape (levels=3, LeakyReLU(0.01), nearest upsampling; checked against
+    its stored kernels: the last upsampling feeds the read-out Conv directly)."""
+    if levels < 0:
+        raise ValueError(f"levels must be >= 0, got {levels}")
+    block = f"C{k},{activation}"
+    if levels == 0:
+        return f"{block},C{k}"
+    decoder = f"{levels - 1}*({upsample},{block})," if levels > 1 else ""
+    return f"{levels}*({block},D),{block},{decoder}{upsample},C{k}"
+
+
+PRESETS = {
+    "reference": encoder_decoder_spec(3),
+    **{f"ed{s}": encoder_decoder_spec(s) for s in range(1, 7)},
+    **{f"ed{s}-bilinear": encoder_decoder_spec(s, upsample="Ub") for s in range(1, 7)},
+    **{f"ed{s}-relu": encoder_decoder_spec(s, activation="R") for s in range(1, 7)},
+}
+"""Named architectures: ``reference`` (the public notebook net) and encoder-decoders ``ed<s>``
+with s levels (LeakyReLU 0.01, nearest), ``ed<s>-bilinear``, ``ed<s>-relu``."""
