@@ -13,7 +13,15 @@ from ..device import check_fits
 from . import tables
 from .layers import Activation, Conv, Grid, Post, Resample
 
-WORK_FACTOR = 8  # live tables per layer at the peak (S, M, A, K and temporaries of an activation)
+# live tables of a layer's output size at its peak (inputs, outputs and temporaries)
+WORK_FACTOR = {"Activation": 7, "Conv": 4, "Resample": 4, "Output": 3}
+
+
+def _work_kind(layer, last):
+    if last:
+        return "Output"
+    return next(name for name, cls in (("Activation", Activation), ("Conv", Conv),
+                                       ("Resample", Resample)) if isinstance(layer, cls))
 
 
 def plan_geometry(layers, size, period):
@@ -61,10 +69,12 @@ class Propagator:
     def peak_bytes(self, need):
         """Estimated peak working memory of a pass holding row offsets ``need``."""
         peak = 0
+        last = len(self.layers) - 1
         for i, rows in enumerate(need):
+            factor = WORK_FACTOR[_work_kind(self.layers[i], i == last)]
             for (H, W), (ph, pw) in (self._inputs(i), self.geometry[i]):
-                peak = max(peak, ph * pw * len(rows) * W)
-        return peak * WORK_FACTOR * self.itemsize
+                peak = max(peak, factor * ph * pw * len(rows) * W)
+        return peak * self.itemsize
 
     def output_bytes(self):
         (H, W), (ph, pw) = self.out_size, self.out_period
@@ -79,6 +89,8 @@ class Propagator:
         state = Post(self.prior.table(self.size, self.period, need[0], self.device, self.dtype),
                      None, grid)
         last = len(self.layers) - 1
+        last_activation = max(i for i, layer in enumerate(self.layers)
+                               if isinstance(layer, Activation))
         for i, layer in enumerate(self.layers):
             if i == last:
                 out = layer.output(state)
@@ -89,6 +101,8 @@ class Propagator:
                 if record is not None:
                     record[i] = tables.diagonal(state.A, state.grid.rows).clone()
                 state = layer.apply(state, diag)
+                if i == last_activation:  # only S + M is read from here on, by linear layers
+                    state = Post(state.S.add_(state.M), None, state.grid)
             else:
                 state = self._resample(layer, state, row_terms[i], i)
             if on_layer is not None:
