@@ -1,0 +1,385 @@
+"""CNTK engine (models.cntk) against independent oracles: a brute-force loop over pixel pairs
+written here from the layer formulas, the public reference implementation's stored kernels,
+hand-derived values, and empirical NTKs of wide finite torch networks."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.cntk import (PRESETS, Conv, Downsample, LeakyReLU, ReLU, Sequential, Upsample,
+                         meshgrid_features)
+from models.device import MemoryBudgetError
+
+torch.set_default_dtype(torch.float64)
+
+
+# ---------------------------------------------------------------- brute-force oracle --------
+def _duals(x, slope):
+    x = min(1.0, max(-1.0, x))
+    theta = math.acos(x)
+    sin = math.sqrt(max(0.0, 1 - x * x))
+    k0 = (math.pi - theta) / math.pi
+    k1 = (x * (math.pi - theta) + sin) / math.pi
+    if slope:
+        c = 2 * slope / (math.pi * (1 + slope ** 2))
+        k0 += c * theta
+        k1 += c * (x * theta - sin)
+    return k0, k1
+
+
+def _upsample_taps(n, mode):
+    """Per output index of a x2 upsampling of length n: [(input index, weight)]."""
+    taps = []
+    for i in range(2 * n):
+        if mode == "nearest":
+            taps.append([(i // 2, 1.0)])
+        elif mode == "bilinear":        # periodic, half-pixel centres
+            j = i // 2
+            other = j - 1 if i % 2 == 0 else j + 1
+            taps.append([(j % n, 0.75), (other % n, 0.25)])
+        else:                           # align_corners=True
+            x = i * (n - 1) / (2 * n - 1)
+            j0 = min(int(math.floor(x)), max(n - 2, 0))
+            f = x - j0 if n > 1 else 0.0
+            taps.append([(j0, 1 - f), (min(j0 + 1, n - 1), f)])
+    return taps
+
+
+def brute_force_ntk(layers, S0, H, W):
+    """NTK (H*W, H*W) by loops over pixel pairs: state (S, dS, K) per pair, as in the layer
+    formulas (first conv: K = A; later convs: K' = sum_m [S + dS K]; linear resamplings map S
+    and the product dS*K, which is what the next conv reads)."""
+    n = H * W
+    S = [[float(S0[p, q]) for q in range(n)] for p in range(n)]
+    dS = [[0.0] * n for _ in range(n)]
+    K = [[0.0] * n for _ in range(n)]
+    first = True
+    for idx, layer in enumerate(layers):
+        if isinstance(layer, Conv):
+            h = (layer.k - 1) // 2
+            nb = [[((r + a) % H) * W + (c + b) % W for a in range(-h, h + 1)
+                   for b in range(-h, h + 1)] for r in range(H) for c in range(W)]
+            Knew = [[sum(S[i][j] + dS[i][j] * K[i][j] for i, j in zip(nb[p], nb[q]))
+                     for q in range(n)] for p in range(n)]
+            if idx == len(layers) - 1:
+                return np.array(Knew)
+            A = [[sum(S[i][j] for i, j in zip(nb[p], nb[q])) for q in range(n)] for p in range(n)]
+            slope = layers[idx + 1].slope
+            kk = layer.k ** 2
+            for p in range(n):
+                for q in range(n):
+                    n1, n2 = A[p][p], A[q][q]
+                    if n1 == 0 or n2 == 0:
+                        S[p][q] = dS[p][q] = Knew[p][q] = 0.0
+                        continue
+                    k0, k1 = _duals(A[p][q] / math.sqrt(n1 * n2), slope)
+                    S[p][q] = k1 * math.sqrt(n1 * n2) / kk
+                    dS[p][q] = k0 / kk
+            K = A if first else Knew
+            first = False
+        elif isinstance(layer, Downsample):
+            keep = [r * W + c for r in range(0, H, 2) for c in range(0, W, 2)]
+            S = [[S[p][q] for q in keep] for p in keep]
+            dS = [[dS[p][q] for q in keep] for p in keep]
+            K = [[K[p][q] for q in keep] for p in keep]
+            H, W, n = H // 2, W // 2, len(keep)
+        elif isinstance(layer, Upsample):
+            tr, tc = _upsample_taps(H, layer.mode), _upsample_taps(W, layer.mode)
+            taps = [[(i * W + j, wi * wj) for i, wi in tr[r] for j, wj in tc[c]]
+                    for r in range(2 * H) for c in range(2 * W)]
+            M = [[dS[p][q] * K[p][q] for q in range(n)] for p in range(n)]
+            H, W, n = 2 * H, 2 * W, 4 * n
+            S = [[sum(wp * wq * S[i][j] for i, wp in taps[p] for j, wq in taps[q])
+                  for q in range(n)] for p in range(n)]
+            K = [[sum(wp * wq * M[i][j] for i, wp in taps[p] for j, wq in taps[q])
+                  for q in range(n)] for p in range(n)]
+            dS = [[1.0] * n for _ in range(n)]
+    raise AssertionError("network must end with a Conv")
+
+
+def noise_prior(H, W):
+    n = H * W
+    return np.full((n, n), 1 / 400) + np.eye(n) * (1 / 300 - 1 / 400)
+
+
+def as_matrix(kern):
+    H, W = kern.shape
+    return kern.dense().reshape(H * W, H * W)
+
+
+# ---------------------------------------------------------------- exactness ------------------
+ARCHS = [
+    "C3,R,C3",
+    "C3,L0.01,D,C3,L0.01,U,C3",
+    "C3,R,D,C3,L0.2,Ub,C3",
+    "2*(C3,L,D),C3,R,2*(U,C3,L),C3",
+    "C5,R,D,C3,L0.1,D,C3,R,Ub,C3,R,U,C1,L,C3",
+    "2*(C3,R,D),C3,R,Ub,C3,R,Ub,C3",
+]
+
+
+@pytest.mark.parametrize("spec", ARCHS)
+def test_structured_dense_and_brute_force_agree_8x8(spec):
+    net = Sequential.from_spec(spec)
+    oracle = brute_force_ntk(net.layers, noise_prior(8, 8), 8, 8)
+    for engine in ("structured", "dense"):
+        K = as_matrix(net.ntk((8, 8), engine=engine, dtype=torch.float64, device="cpu"))
+        np.testing.assert_allclose(K, oracle, rtol=1e-10, atol=1e-13 * np.abs(oracle).max())
+
+
+def test_brute_force_16x16_two_levels_bilinear():
+    net = Sequential.from_spec("C3,L0.1,D,C3,R,D,C3,L0.1,Ub,C3,R,U,C3")
+    oracle = brute_force_ntk(net.layers, noise_prior(16, 16), 16, 16)
+    structured = net.ntk((16, 16), engine="structured")
+    assert structured.period == (4, 4)
+    np.testing.assert_allclose(as_matrix(structured), oracle, rtol=1e-10)
+    np.testing.assert_allclose(as_matrix(net.ntk((16, 16), engine="dense")), oracle, rtol=1e-10)
+
+
+@pytest.mark.parametrize("spec", ["ed2", "ed3-bilinear", "ed2-relu", "C3,R,D,C5,L,U,C3,L,C3"])
+def test_structured_equals_dense_16x16(spec):
+    net = Sequential.from_spec(spec)
+    s = net.ntk((16, 16), engine="structured").dense()
+    d = net.ntk((16, 16), engine="dense").dense()
+    np.testing.assert_allclose(s, d, rtol=1e-10, atol=1e-14)
+
+
+def test_non_square_grid_and_identity_prior():
+    net = Sequential.from_spec("C3,R,D,C3,L,Ub,C3")
+    S0 = np.eye(8 * 16)
+    oracle = brute_force_ntk(net.layers, S0, 8, 16)
+    for engine in ("structured", "dense"):
+        kern = net.ntk((8, 16), prior="identity", engine=engine)
+        assert kern.shape == (8, 16)
+        np.testing.assert_allclose(as_matrix(kern), oracle, rtol=1e-10, atol=1e-15)
+
+
+def test_array_and_meshgrid_priors_against_brute_force():
+    rng = np.random.default_rng(1)
+    Z = rng.normal(size=(3, 8, 8))
+    flat = Z.reshape(3, -1)
+    net = Sequential.from_spec("C3,R,D,C3,L0.2,U,C3")
+    np.testing.assert_allclose(as_matrix(net.ntk((8, 8), prior=Z)),
+                               brute_force_ntk(net.layers, flat.T @ flat / 3, 8, 8), rtol=1e-10)
+    mesh = meshgrid_features((8, 8)).reshape(2, -1)
+    assert mesh[0].max() == mesh[1].max() == 1.0
+    kern = net.ntk((8, 8), prior="meshgrid")
+    assert kern.engine == "dense" and kern.table is None
+    np.testing.assert_allclose(as_matrix(kern), brute_force_ntk(net.layers, mesh.T @ mesh / 2, 8, 8),
+                               rtol=1e-10)
+
+
+def test_bilinear_aligned_dense_only_against_brute_force():
+    net = Sequential.from_spec("C3,R,D,C3,R,Ua,C3")
+    oracle = brute_force_ntk(net.layers, noise_prior(8, 8), 8, 8)
+    np.testing.assert_allclose(as_matrix(net.ntk((8, 8))), oracle, rtol=1e-10)
+    with pytest.raises(ValueError, match="dense"):
+        net.ntk((8, 8), engine="structured")
+
+
+def test_tiled_dense_equals_untiled():
+    net = Sequential.from_spec("2*(C3,L,D),C3,R,Ub,C3,L,U,C3")
+    Z = np.random.default_rng(2).uniform(0, 0.1, size=(4, 16, 16))
+    whole = net.ntk((16, 16), prior=Z, memory_budget="1GB").dense()
+    tiled = net.ntk((16, 16), prior=Z, memory_budget="1.5MB").dense()
+    np.testing.assert_allclose(tiled, whole, rtol=1e-12)
+
+
+# ---------------------------------------------------------------- reference implementation ---
+@pytest.mark.parametrize("d", [8, 16])
+def test_reference_notebook_net_reproduced(shared_data, d):
+    ref = np.load(shared_data / "reference" / f"cntk_reference_net_{d}x{d}.npy")
+    net = Sequential.from_spec("reference")
+    for engine in ("structured", "dense"):
+        K = net.ntk((d, d), engine=engine).dense()
+        assert np.abs(K / ref - 1).max() < 1e-5
+
+
+def test_reference_net_hand_checked_entries(shared_data):
+    # 8x8: the three downsamplings reach a 1x1 grid, where every pair is a diagonal pair
+    # (correlation 1, kap0 = kap1 = 1); each of the 7 convs then adds A = 9 * (1/300) to the
+    # NTK: every entry is 7 * 0.03 = 0.21.
+    ref8 = np.load(shared_data / "reference" / "cntk_reference_net_8x8.npy")
+    K8 = Sequential.from_spec("reference").ntk((8, 8)).dense()
+    assert np.allclose(ref8, 0.21, rtol=1e-6) and np.allclose(K8, 0.21, rtol=1e-12)
+    # 16x16: symmetric and periodic with period 8 under joint shifts (three x2 upsamplings)
+    K16 = Sequential.from_spec("reference").ntk((16, 16)).dense()
+    for K in (K16, np.load(shared_data / "reference" / "cntk_reference_net_16x16.npy")):
+        np.testing.assert_allclose(K, K.transpose(2, 3, 0, 1), rtol=1e-6)
+        np.testing.assert_allclose(K, np.roll(K, (8, 8, 8, 8), axis=(0, 1, 2, 3)), rtol=1e-6)
+        assert not np.allclose(K, np.roll(K, (4, 0, 4, 0), axis=(0, 1, 2, 3)), rtol=1e-3)
+
+
+# ---------------------------------------------------------------- kernel algebra -------------
+@pytest.mark.parametrize("spec,engine,size", [("ed2", "structured", (16, 16)),
+                                              ("C3,R,D,C3,L,Ub,C3", "structured", (8, 16)),
+                                              ("ed2", "dense", (8, 8))])
+def test_matvec_solve_diag_block_against_dense(spec, engine, size):
+    kern = Sequential.from_spec(spec).ntk(size, engine=engine)
+    H, W = size
+    K = kern.dense().reshape(H * W, H * W)
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(3, H, W))
+    out = kern.matvec(v)
+    assert isinstance(out, np.ndarray) and out.shape == v.shape
+    np.testing.assert_allclose(out.reshape(3, -1), v.reshape(3, -1) @ K.T, atol=1e-12 * np.abs(K).max() * H * W)
+    single = kern.matvec(torch.as_tensor(v[0]))
+    assert isinstance(single, torch.Tensor) and single.shape == (H, W)
+    np.testing.assert_allclose(single.numpy(), out[0], atol=1e-13)
+    mu = 1e-3 * np.diag(K).mean()
+    x = kern.solve_shifted(v, mu).reshape(3, -1)
+    np.testing.assert_allclose((K + mu * np.eye(H * W)) @ x.T, v.reshape(3, -1).T, atol=1e-9)
+    np.testing.assert_allclose(kern.diag().ravel(), np.diag(K), rtol=1e-14)
+    rows, cols = [0, 7, H * W - 1], [3, 5, 11, H * W - 2]
+    np.testing.assert_allclose(kern.block(rows, cols).numpy(), K[np.ix_(rows, cols)], rtol=1e-14)
+    with pytest.raises(ValueError, match="shape"):
+        kern.matvec(np.zeros((H + 1, W)))
+
+
+# ---------------------------------------------------------------- finite wide networks -------
+class FiniteNet:
+    """A finite network of the same architecture in NTK parameterisation: standard normal
+    weights, first conv scaled by 1/sqrt(C0), later ones by 1/sqrt(C k^2), activations by
+    sqrt(2 / (1 + slope^2)), circular padding, no bias, one output channel."""
+
+    def __init__(self, layers, in_channels, width, seed, dtype=torch.float32):
+        gen = torch.Generator().manual_seed(seed)
+        self.layers, self.convs = layers, []
+        channels = in_channels
+        for i, layer in enumerate(layers):
+            if isinstance(layer, Conv):
+                out_ch = 1 if i == len(layers) - 1 else width
+                w = torch.randn(out_ch, channels, layer.k, layer.k, generator=gen, dtype=dtype)
+                scale = channels ** -0.5 if i == 0 else (channels * layer.k ** 2) ** -0.5
+                self.convs.append((w.requires_grad_(), scale, layer.k))
+                channels = out_ch
+
+    def forward(self, z):
+        """Output (H*W,), conv inputs [x_l (C, h, w)] and conv outputs [h_l (1, O, h, w)]."""
+        h, convs, inputs, outputs = z[None], iter(self.convs), [], []
+        for layer in self.layers:
+            if isinstance(layer, Conv):
+                w, scale, k = next(convs)
+                inputs.append(h[0].detach())
+                pad = (k - 1) // 2
+                h = F.conv2d(F.pad(h, (pad,) * 4, mode="circular"), w) * scale
+                outputs.append(h)
+            elif isinstance(layer, (ReLU, LeakyReLU)):
+                h = F.leaky_relu(h, layer.slope) * math.sqrt(2 / (1 + layer.slope ** 2))
+            elif isinstance(layer, Downsample):
+                h = h[:, :, ::2, ::2]
+            elif layer.mode == "nearest":
+                h = h.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+            else:  # periodic bilinear, separable
+                for dim in (2, 3):
+                    even = 0.75 * h + 0.25 * torch.roll(h, 1, dims=dim)
+                    odd = 0.75 * h + 0.25 * torch.roll(h, -1, dims=dim)
+                    h = torch.stack([even, odd], dim=dim + 1).flatten(dim, dim + 1)
+        return h.reshape(-1), inputs, outputs
+
+    def ntk_by_jacobian(self, z):
+        """sum over parameters of df_p/dw df_q/dw from the explicit Jacobian (small widths)."""
+        out = self.forward(z)[0]
+        eye = torch.eye(out.numel(), dtype=out.dtype)
+        weights = [w for w, _, _ in self.convs]
+        grads = torch.autograd.grad(out, weights, grad_outputs=eye, is_grads_batched=True)
+        J = torch.cat([g.reshape(out.numel(), -1) for g in grads], 1)
+        return (J @ J.T).double().numpy()
+
+    def ntk(self, z):
+        """The same sum without the Jacobian: for conv l with input x and output deltas
+        d_p = df_p/dh_l, the weight-gradient products are
+        scale^2 sum_{o, r, r'} d_p[o, r] X(r, r') d_q[o, r'] with X(r, r') = sum_m <x(r+m), x(r'+m)>."""
+        out, inputs, outputs = self.forward(z)
+        n = out.numel()
+        deltas = torch.autograd.grad(out, outputs, grad_outputs=torch.eye(n, dtype=out.dtype),
+                                     is_grads_batched=True)
+        theta = torch.zeros(n, n, dtype=torch.float64)
+        for (w, scale, k), x, d in zip(self.convs, inputs, deltas):
+            h = (k - 1) // 2
+            X = 0
+            for a in range(-h, h + 1):
+                for b in range(-h, h + 1):
+                    xs = torch.roll(x, (-a, -b), dims=(1, 2)).reshape(x.shape[0], -1).double()
+                    X = X + xs.T @ xs
+            D = d.reshape(n, d.shape[2], -1).double()
+            theta += scale ** 2 * (D @ X).reshape(n, -1) @ D.reshape(n, -1).T
+        return theta.numpy()
+
+
+FINITE_ARCHS = ["C3,R,D,C3,R,U,C3", "C3,L0.2,D,C3,R,Ub,C3"]
+
+
+@pytest.mark.parametrize("spec", FINITE_ARCHS)
+def test_finite_network_ntk_factorisation_matches_jacobian(spec):
+    z = torch.rand(3, 8, 8, dtype=torch.float64) * 0.1
+    net = FiniteNet(Sequential.from_spec(spec).layers, 3, width=6, seed=0, dtype=torch.float64)
+    np.testing.assert_allclose(net.ntk(z), net.ntk_by_jacobian(z), rtol=1e-10)
+
+
+@pytest.mark.parametrize("spec", FINITE_ARCHS)
+def test_empirical_ntk_of_wide_network(spec):
+    layers = Sequential.from_spec(spec).layers
+    Z = np.random.default_rng(3).uniform(0, 0.1, size=(16, 8, 8))
+    theory = as_matrix(Sequential(*layers).ntk((8, 8), prior=Z))
+    z = torch.as_tensor(Z, dtype=torch.float32)
+    emp = np.mean([FiniteNet(layers, 16, width=WIDTH, seed=s).ntk(z) for s in range(SEEDS)], axis=0)
+    err = np.linalg.norm(emp - theory) / np.linalg.norm(theory)
+    assert err < 0.04, err
+
+
+WIDTH, SEEDS = 512, 16
+
+
+def test_noise_prior_is_expectation_of_uniform_noise():
+    # E[z_p z_q] for z ~ U(0, 0.1): 1/300 on the diagonal, 1/400 elsewhere
+    net = Sequential.from_spec("C3,R,D,C3,R,U,C3")
+    Z = np.random.default_rng(4).uniform(0, 0.1, size=(20000, 8, 8))
+    a = as_matrix(net.ntk((8, 8), prior=Z))
+    b = as_matrix(net.ntk((8, 8), prior="noise"))
+    assert np.linalg.norm(a - b) / np.linalg.norm(b) < 0.01
+
+
+# ---------------------------------------------------------------- API, errors ----------------
+def test_spec_round_trip_and_grammar():
+    net = Sequential(Conv(3), LeakyReLU(0.01), Downsample(), Conv(5), ReLU(), Upsample("bilinear"),
+                     Conv(3))
+    assert net.spec() == "C3,L0.01,D,C5,R,Ub,C3"
+    assert Sequential.from_spec(net.spec()) == net
+    assert Sequential.from_spec(" c3 , l0.01,d, C5,R,ub ,C3") == net
+    ref = Sequential.from_spec("reference")
+    assert ref.spec() == Sequential.from_spec(PRESETS["reference"]).spec()
+    assert ref.spec().count("C3") == 7 and ref.spec().count("D") == 3
+    assert len(net.describe().splitlines()) == 7
+    for bad, msg in [("C3,X,C3", "cannot read layer"), ("C4,R,C3", "odd"),
+                     ("C3,R", "last layer"), ("R,C3", "first layer"), ("C3,D,C3", "followed by"),
+                     ("C3,R,R,C3", "directly follow"), ("2*(C3,R,C3", "unbalanced")]:
+        with pytest.raises(ValueError, match=msg):
+            Sequential.from_spec(bad)
+
+
+def test_input_validation():
+    net = Sequential.from_spec("C3,R,D,C3,R,U,C3")
+    with pytest.raises(ValueError, match="even"):
+        net.ntk((7, 8))
+    with pytest.raises(ValueError, match="stationary"):
+        net.ntk((8, 8), prior="meshgrid", engine="structured")
+    with pytest.raises(ValueError, match="unknown prior"):
+        net.ntk((8, 8), prior="gaussian")
+    with pytest.raises(ValueError, match="spatial size"):
+        net.ntk((8, 8), prior=np.ones((2, 4, 4)))
+    with pytest.raises(ValueError, match="engine"):
+        net.ntk((8, 8), engine="fast")
+
+
+def test_memory_refusals_state_the_size():
+    net = Sequential.from_spec("ed2")
+    with pytest.raises(MemoryBudgetError, match=r"would need 128\.0 MB.*memory_budget"):
+        net.ntk((64, 64), engine="dense", memory_budget="16MB")
+    kern = net.ntk((256, 256), dtype=torch.float32)
+    with pytest.raises(MemoryBudgetError, match="would need .* GB"):
+        kern.dense()
