@@ -269,6 +269,8 @@ class FullyConnectedNTK:
         for start in tqdm(starts, desc=f"{which} tiles", disable=not progress, leave=False):
             stop = min(n, start + tile)
             gram = Xt[start:stop] @ Yt.T
+            if Y is X:  # make <x, x> equal |x|^2 bit for bit, so the diagonal has correlation 1
+                gram[:, start:stop].diagonal().copy_(sq_x[start:stop])
             state = self._propagate(gram, sq_x[start:stop, None], sq_y[None, :], with_ntk)
             out[start:stop] = (state.ntk if with_ntk else state.nngp).cpu().numpy()
             del gram, state
