@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..device import check_fits
+from ..device import check_fits, format_bytes
 from . import tables
 from .layers import Activation, Conv, Grid, Post, Resample
 
@@ -140,8 +140,10 @@ class Propagator:
             if out_bytes * (n_tiles > 1) + worst <= budget:
                 break
             if n_tiles >= H_out:
-                check_fits(out_bytes + worst, budget, "the CNTK computation, even one row "
-                           "offset at a time,", "Raise memory_budget or use a smaller image.")
+                check_fits(out_bytes + worst, budget, f"the CNTK computation (output table "
+                           f"{format_bytes(out_bytes)} plus {format_bytes(worst)} of work for one "
+                           "row offset at a time)", "Raise memory_budget, use float32 "
+                           "(dtype='float32'), a smaller image or fewer upsampling levels.")
             n_tiles = min(2 * n_tiles, H_out)
         from tqdm.auto import tqdm
         total = len(self.layers) * (n_tiles + (n_tiles > 1))

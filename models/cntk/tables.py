@@ -14,20 +14,23 @@ import torch
 
 
 def window_sum(T: torch.Tensor, k: int) -> torch.Tensor:
-    """``sum_m T[(a + m) mod P, d]`` over the k x k window m (separable box sum over phases)."""
+    """``sum_m T[(a + m) mod P, d]`` over the k x k window m (separable box sum over phases);
+    a new tensor."""
     out = T
+    half = (k - 1) // 2
     for dim in (0, 1):
         period = out.shape[dim]
-        if k == 1:
+        if half == 0:
             continue
         if period == 1:
             out = out * k
             continue
-        half = (k - 1) // 2
         acc = out.clone()
         for m in range(1, half + 1):
-            acc += torch.roll(out, -m, dims=dim)
-            acc += torch.roll(out, m, dims=dim)
+            for shift in (m % period, -m % period):   # acc[a] += out[(a + shift) mod P]
+                acc.narrow(dim, 0, period - shift).add_(out.narrow(dim, shift, period - shift))
+                if shift:
+                    acc.narrow(dim, period - shift, shift).add_(out.narrow(dim, 0, shift))
         out = acc
     return out if out is not T else T.clone()
 
