@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.cntk import (PRESETS, Conv, Downsample, LeakyReLU, ReLU, Sequential, Upsample,
-                         meshgrid_features)
+from models.cntk import (PRESETS, Conv, Downsample, LeakyReLU, ReLU, Sequential, StructuredKernel,
+                         Upsample, meshgrid_features)
 from models.device import MemoryBudgetError
 
 torch.set_default_dtype(torch.float64)
@@ -238,6 +238,15 @@ def test_matvec_solve_diag_block_against_dense(spec, engine, size):
     np.testing.assert_allclose(kern.block(rows, cols).numpy(), K[np.ix_(rows, cols)], rtol=1e-14)
     with pytest.raises(ValueError, match="shape"):
         kern.matvec(np.zeros((H + 1, W)))
+
+
+def test_structured_kernel_rebuilt_from_its_table():
+    kern = Sequential.from_spec("ed2").ntk((16, 16))
+    again = StructuredKernel(kern.table.clone())
+    assert again.period == kern.period == (4, 4) and again.shape == (16, 16)
+    np.testing.assert_array_equal(again.dense(), kern.dense())
+    with pytest.raises(ValueError, match="does not fit"):
+        StructuredKernel(torch.zeros(3, 3, 16, 16))
 
 
 # ---------------------------------------------------------------- finite wide networks -------

@@ -13,12 +13,12 @@ tables and operations), ``priors`` (input covariances), ``engine`` (propagation,
 ``kernel`` (the result: dense / diag / matvec / solve_shifted), ``spec`` (spec strings,
 presets), ``network`` (``Sequential``).
 """
-from .kernel import CNTKKernel
+from .kernel import CNTKKernel, StructuredKernel
 from .layers import Activation, Conv, Downsample, LeakyReLU, ReLU, Upsample
 from .network import Sequential
 from .priors import make_prior, meshgrid_features
 from .spec import PRESETS, encoder_decoder_spec, parse_spec
 
 __all__ = ["Sequential", "Conv", "ReLU", "LeakyReLU", "Downsample", "Upsample", "Activation",
-           "CNTKKernel", "PRESETS", "encoder_decoder_spec", "parse_spec", "make_prior",
+           "CNTKKernel", "StructuredKernel", "PRESETS", "encoder_decoder_spec", "parse_spec", "make_prior",
            "meshgrid_features"]

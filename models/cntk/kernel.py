@@ -23,7 +23,15 @@ class CNTKKernel:
     dense one (its table is ``full_table``); ``engine`` 'structured' or 'dense'; ``device``,
     ``dtype``."""
 
-    def __init__(self, table: torch.Tensor, shape, engine: str, memory_budget=None):
+    def __init__(self, table: torch.Tensor, shape=None, engine: str = "structured",
+                 memory_budget=None):
+        if table.dim() != 4:
+            raise ValueError(f"kernel table must be (Ph, Pw, H, W), got {tuple(table.shape)}")
+        shape = table.shape[2:] if shape is None else shape
+        if tuple(table.shape[2:]) != tuple(shape) or shape[0] % table.shape[0] or \
+                shape[1] % table.shape[1]:
+            raise ValueError(f"table {tuple(table.shape)} does not fit a {tuple(shape)} grid "
+                             "with periods dividing its sides")
         self.full_table = table
         self.shape = tuple(int(s) for s in shape)
         self.period = tuple(int(s) for s in table.shape[:2])
@@ -181,3 +189,7 @@ class CNTKKernel:
         spec = self._to_spectrum(t).to(L.dtype)
         out = torch.cholesky_solve(spec, L)
         return self._finish(self._from_spectrum(out, t.shape[0]), how)
+
+
+StructuredKernel = CNTKKernel
+"""Alias: ``StructuredKernel(table)`` wraps a (Ph, Pw, H, W) table (e.g. a cached one)."""
