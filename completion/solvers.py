@@ -38,6 +38,9 @@ __all__ = ["solve_exact", "OneHotJointKernel", "solve_onehot_joint", "predict_on
 
 SOLVERS = ("exact", "structured", "shared", "cg")
 
+# (tile rows x observed rows) arrays alive while a block of a rows-mode prediction is evaluated
+_SHARED_TILE_WORK = 10
+
 # Above this many unknowns (m + n + 1) the one-hot reduced system is solved by CG, not Cholesky.
 _REDUCED_DENSE_MAX = 4000
 
@@ -423,56 +426,70 @@ def predict_onehot_joint(rows, cols, alpha, values, shape, test_rows=None, test_
 def solve_shared_kernel(K_rows, Y, mask, ridge, memory_budget=None, progress=False):
     """Complete Y column by column with one kernel over rows; returns the (m, n) prediction.
 
-    ``K_rows``: (m, m) kernel between rows (K((i, j), (i', j')) = [j == j'] K_rows[i, i']);
+    ``K_rows``: the (m, m) kernel between rows (K((i, j), (i', j')) = [j == j'] K_rows[i, i']),
+    either as an array or as a function ``K_rows(rows_a, rows_b)`` returning the
+    (len(rows_a), len(rows_b)) block, so that large m never stores the m x m matrix (only the
+    factor of each observed pattern and row tiles of the prediction).
     ``Y``: (m, n) values (anything, e.g. NaN, where unobserved); ``mask``: (m, n) bool,
     True = observed. Column j is regressed on its observed rows and predicted at every row
     (K_rows[:, obs] alpha_j); a column with no observation is predicted as 0 (the prior mean).
     The ridge is relative to the mean of diag(K_rows) over all observed entries, as for the
     dense entry kernel, so this equals :func:`solve_exact` on that kernel. Columns with the same
-    observed pattern share one Cholesky factorisation. ``memory_budget`` bounds the largest
-    factor plus the prediction (refused before allocating).
+    observed pattern share one Cholesky factorisation (float64). ``memory_budget`` bounds the
+    largest factor, the prediction and the tiles (refused before allocating).
     """
-    K = np.asarray(K_rows, dtype=np.float64)
     mask = np.asarray(mask)
     Y = np.asarray(Y, dtype=np.float64)
-    if K.ndim != 2 or K.shape[0] != K.shape[1]:
-        raise ValueError(f"K_rows must be a square matrix, got shape {K.shape}")
     if mask.dtype != bool:
         raise ValueError(f"mask must be boolean (True = observed), got dtype {mask.dtype}")
-    m = K.shape[0]
-    if Y.ndim != 2 or Y.shape[0] != m or mask.shape != Y.shape:
-        raise ValueError(f"Y and mask must both have shape ({m}, n) to match K_rows {K.shape}, "
-                         f"got {Y.shape} and {mask.shape}")
+    if Y.ndim != 2 or mask.shape != Y.shape:
+        raise ValueError(f"Y and mask must be 2-D of the same shape, got {Y.shape} and {mask.shape}")
+    m, n = Y.shape
+    if callable(K_rows):
+        block = K_rows
+    else:
+        K = np.asarray(K_rows, dtype=np.float64)
+        if K.shape != (m, m):
+            raise ValueError(f"K_rows must have shape ({m}, {m}) to match Y and mask {Y.shape}, "
+                             f"got {K.shape}")
+        if not np.isfinite(K).all():
+            raise ValueError("K_rows must be finite (no NaN or inf)")
+        block = lambda a, b: K[np.ix_(a, b)]
     if not mask.any():
         raise ValueError("mask has no observed entry")
-    if not np.isfinite(K).all():
-        raise ValueError("K_rows must be finite (no NaN or inf)")
     bad = mask & ~np.isfinite(Y)
     if bad.any():
         i, j = np.argwhere(bad)[0]
         raise ValueError(f"Y is not finite at observed entry (row {i}, column {j})")
     ridge = _check_ridge(ridge)
-    n = Y.shape[1]
-    counts = mask.sum(1)
-    lam = ridge * float(np.diag(K) @ counts) / float(counts.sum())
 
     # group columns by observed pattern
     _, first, group = np.unique(np.packbits(mask, axis=0).T, axis=0, return_index=True,
                                 return_inverse=True)
     group = group.reshape(-1)
     largest = int(mask[:, first].sum(0).max())
+    widest = int(np.bincount(group).max())
     budget = parse_bytes(memory_budget)
-    check_fits(8 * (largest * largest + m * n + m * max(np.bincount(group))), budget,
+    fixed = 8 * (largest * largest + m * n + 2 * largest * widest)
+    per_row = 8 * _SHARED_TILE_WORK * largest
+    check_fits(fixed + per_row, budget,
                f"rows-mode solve (largest factor {largest} x {largest}, prediction {m} x {n})",
                "Raise memory_budget, or complete fewer rows at once.")
+    tile = int(min(m, (budget - fixed) // per_row))
+
+    counts = mask.sum(1)
+    used = np.flatnonzero(counts)
+    diag = np.concatenate([np.diag(block(used[s:s + tile], used[s:s + tile]))
+                           for s in range(0, used.size, tile)])
+    lam = ridge * float(diag @ counts[used]) / float(counts.sum())
+
     pred = np.zeros((m, n))
-    coef = np.zeros((m, 0))
     for g in tqdm(range(first.size), desc="column patterns", disable=not progress, leave=False):
         obs = np.flatnonzero(mask[:, first[g]])
         if obs.size == 0:
             continue
         cols = np.flatnonzero(group == g)
-        A = K[np.ix_(obs, obs)]
+        A = np.array(block(obs, obs), dtype=np.float64)
         A[np.diag_indices_from(A)] += lam
         try:
             factor = scipy.linalg.cho_factor(A, lower=True, overwrite_a=True, check_finite=False)
@@ -480,12 +497,9 @@ def solve_shared_kernel(K_rows, Y, mask, ridge, memory_budget=None, progress=Fal
             raise _not_positive_definite(lam, ridge) from None
         alpha = scipy.linalg.cho_solve(factor, Y[np.ix_(obs, cols)], check_finite=False)
         del A, factor
-        if coef.shape[1] != cols.size:
-            coef = np.zeros((m, cols.size))
-        else:
-            coef[:] = 0.0
-        coef[obs] = alpha
-        pred[:, cols] = K @ coef  # = K[:, obs] @ alpha without copying K[:, obs]
+        for start in range(0, m, tile):
+            rows = np.arange(start, min(m, start + tile))
+            pred[np.ix_(rows, cols)] = block(rows, obs) @ alpha
     return pred
 
 

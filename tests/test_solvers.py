@@ -168,6 +168,11 @@ def test_shared_kernel_matches_brute_force(shape, frac, extra):
         want = _brute_force_rows_mode(K_rows, Y, mask, ridge)
         got = solve_shared_kernel(K_rows, Y, mask, ridge)
         assert _rel(got, want) < 1e-6
+        # block function instead of the matrix, with a budget allowing row tiles of >= 4 rows
+        m, n = shape
+        blocks = solve_shared_kernel(lambda a, b: K_rows[np.ix_(a, b)], Y, mask, ridge,
+                                     memory_budget=8 * (m * m + 3 * m * n + 40 * m))
+        assert _rel(blocks, want) < 1e-6
     assert np.all(got[:, mask.sum(0) == 0] == 0.0)
 
 
