@@ -58,6 +58,24 @@ def _not_positive_definite(lam, ridge):
         "positive definite; increase ridge")
 
 
+def _ridge_cholesky_solve(A, B, lam, ridge):
+    """X = (A + lam I)^{-1} B for SPD A (ndarray, overwritten), B (n,) or (n, t); float64.
+
+    Dense factorisations and products run in torch: in a process that has just run torch's
+    OpenMP-parallel kernels, OpenBLAS calls (numpy/scipy) compete with the spinning OpenMP
+    threads and were measured 5-15x slower on 2 cores.
+    """
+    At = torch.from_numpy(A)
+    At.diagonal().add_(lam)
+    L, info = torch.linalg.cholesky_ex(At)
+    if int(info) != 0:
+        raise _not_positive_definite(lam, ridge)
+    del At
+    Bt = torch.as_tensor(np.ascontiguousarray(B, dtype=np.float64))
+    X = torch.cholesky_solve(Bt.reshape(Bt.shape[0], -1), L)
+    return X.reshape(Bt.shape).numpy()
+
+
 # -- exact ---------------------------------------------------------------------------------------
 def solve_exact(K, Y, ridge):
     """alpha = (K + ridge * mean(diag K) * I)^{-1} Y by Cholesky in float64.
@@ -74,13 +92,7 @@ def solve_exact(K, Y, ridge):
     if not (np.isfinite(K).all() and np.isfinite(Y).all()):
         raise ValueError("K and Y must be finite (no NaN or inf)")
     lam = ridge * float(np.mean(np.diag(K)))
-    A = K.copy()
-    A[np.diag_indices_from(A)] += lam
-    try:
-        factor = scipy.linalg.cho_factor(A, lower=True, overwrite_a=True, check_finite=False)
-    except np.linalg.LinAlgError:
-        raise _not_positive_definite(lam, ridge) from None
-    return scipy.linalg.cho_solve(factor, Y, check_finite=False)
+    return _ridge_cholesky_solve(K.copy(), Y, lam, ridge)
 
 
 # -- preconditioned conjugate gradients -------------------------------------------------------
@@ -344,12 +356,14 @@ class OneHotJointKernel:
             return Rm / diag + Z @ scipy.linalg.cho_solve(coarse, ZT @ Rm)
         return precond
 
-    def solve(self, y, ridge, method="auto", tol=1e-10, maxiter=None, progress=False):
+    def solve(self, y, ridge, method="auto", tol=1e-10, maxiter=None, progress=False,
+              return_info=False):
         """alpha = (K + ridge * k_same * I)^{-1} y; y (N,) or (N, t).
 
         ``method``: 'dense' (Cholesky of the (m + n + 1) reduced system, O(N + (m + n)^3)),
         'cg' (preconditioned CG on it, O(N) per iteration) or 'auto' (dense up to
-        m + n + 1 = 4000 unknowns).
+        m + n + 1 = 4000 unknowns). With ``return_info``, returns (alpha, info) where info is a
+        dict with 'method' and, for CG, 'n_iter' and 'residual' (reduced system).
         """
         y = np.asarray(y, dtype=np.float64)
         if y.ndim not in (1, 2) or y.shape[0] != self.n_observed:
@@ -369,13 +383,16 @@ class OneHotJointKernel:
         Y = y.reshape(self.n_observed, -1)
         scale = self._reduced_scale()
         rhs = scale * self._UT(Y)
+        info = {"method": method}
         if method == "dense":
-            Q = scipy.linalg.cho_solve(scipy.linalg.cho_factor(self._reduced_dense(s), lower=True), rhs)
+            Q = _ridge_cholesky_solve(self._reduced_dense(s), rhs, 0.0, 0.0)
         else:
-            Q = solve_cg(self._reduced_matvec(s), rhs, precond=self._reduced_preconditioner(s),
-                         tol=tol, maxiter=maxiter, progress=progress)
-        alpha = (Y - self._U(scale * Q)) / s
-        return alpha.reshape(y.shape)
+            result = solve_cg(self._reduced_matvec(s), rhs, precond=self._reduced_preconditioner(s),
+                              tol=tol, maxiter=maxiter, progress=progress, return_info=True)
+            Q = result.x
+            info.update(n_iter=result.n_iter, residual=float(np.max(result.residual)))
+        alpha = ((Y - self._U(scale * Q)) / s).reshape(y.shape)
+        return (alpha, info) if return_info else alpha
 
     def predict(self, alpha, test_rows=None, test_cols=None):
         """K(test, observed) alpha in O(N + N_test); alpha (N,) or (N, t).
@@ -489,17 +506,12 @@ def solve_shared_kernel(K_rows, Y, mask, ridge, memory_budget=None, progress=Fal
         if obs.size == 0:
             continue
         cols = np.flatnonzero(group == g)
-        A = np.array(block(obs, obs), dtype=np.float64)
-        A[np.diag_indices_from(A)] += lam
-        try:
-            factor = scipy.linalg.cho_factor(A, lower=True, overwrite_a=True, check_finite=False)
-        except np.linalg.LinAlgError:
-            raise _not_positive_definite(lam, ridge) from None
-        alpha = scipy.linalg.cho_solve(factor, Y[np.ix_(obs, cols)], check_finite=False)
-        del A, factor
+        alpha = torch.from_numpy(_ridge_cholesky_solve(
+            np.array(block(obs, obs), dtype=np.float64), Y[np.ix_(obs, cols)], lam, ridge))
         for start in range(0, m, tile):
             rows = np.arange(start, min(m, start + tile))
-            pred[np.ix_(rows, cols)] = block(rows, obs) @ alpha
+            K_tile = torch.as_tensor(np.asarray(block(rows, obs), dtype=np.float64))
+            pred[np.ix_(rows, cols)] = (K_tile @ alpha).numpy()
     return pred
 
 

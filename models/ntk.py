@@ -85,16 +85,18 @@ class LeakyReLU:
 
     def update(self, state: KernelState) -> KernelState:
         s = self.slope
-        scale = torch.sqrt(state.var_x * state.var_y)  # broadcasts to (n, m)
+        # sqrt(q_x q_y) (not sqrt(q_x) sqrt(q_y)) so that the diagonal has correlation exactly 1;
+        # a zero-variance input has zero covariances, hence correlation 0
+        scale = (state.var_x * state.var_y).sqrt_()
         cov = state.nngp
-        rho = torch.where(scale > 0, cov / torch.where(scale > 0, scale, 1.0), 0.0).clamp_(-1.0, 1.0)
+        rho = torch.div(cov, scale.clamp_(min=1e-300)).clamp_(-1.0, 1.0)
         theta = torch.arccos(rho)
-        # scale * sin(theta) = sqrt(q_x q_y - cov^2), taken from the clamped correlation.
+        # sqrt(q_x q_y) sin(theta) = sqrt(q_x q_y - cov^2), taken from the clamped correlation
         sin_part = rho.square_().neg_().add_(1.0).clamp_(min=0.0).sqrt_().mul_(scale)
-        del rho, scale
+        del scale
         d_phi = theta.mul_((2 * s - 1 - s * s) / (2 * math.pi)).add_(0.5 * (1 + s * s))
-        nngp = sin_part.mul_((1 - s) ** 2 / (2 * math.pi)).addcmul_(cov, d_phi)
         ntk = None if state.ntk is None else state.ntk.mul_(d_phi)
+        nngp = cov.mul_(d_phi).add_(sin_part, alpha=(1 - s) ** 2 / (2 * math.pi))
         return KernelState(nngp, ntk, self.variance(state.var_x), self.variance(state.var_y))
 
 
@@ -109,15 +111,18 @@ class Erf:
         return (2 / math.pi) * torch.arcsin(2 * q / (1 + 2 * q))
 
     def update(self, state: KernelState) -> KernelState:
-        prod = (1 + 2 * state.var_x) * (1 + 2 * state.var_y)  # broadcasts to (n, m)
+        p_x, p_y = 1 + 2 * state.var_x, 1 + 2 * state.var_y  # (n, 1), (1, m) for matrices
         cov = state.nngp
         ntk = None
         if state.ntk is not None:
-            # the exact value is >= 1 + 2 q_x + 2 q_y >= 1 because cov^2 <= q_x q_y
-            d_phi = (prod - 4 * cov.square()).clamp_(min=1.0).rsqrt_().mul_(4 / math.pi)
-            ntk = state.ntk.mul_(d_phi)
+            # (1 + 2 q_x)(1 + 2 q_y) - 4 cov^2 >= 1 + 2 q_x + 2 q_y >= 1 since cov^2 <= q_x q_y
+            d_phi = cov.square().mul_(-4.0).add_(p_x * p_y if cov.dim() == 0 else 0.0)
+            if cov.dim() > 0:
+                d_phi.addcmul_(p_x.expand_as(cov), p_y.expand_as(cov))
+            ntk = state.ntk.mul_(d_phi.clamp_(min=1.0).rsqrt_().mul_(4 / math.pi))
             del d_phi
-        nngp = cov.mul_(2).div_(prod.sqrt_()).clamp_(-1.0, 1.0).arcsin_().mul_(2 / math.pi)
+        nngp = cov.mul_(2.0).mul_(p_x.rsqrt()).mul_(p_y.rsqrt()).clamp_(-1.0, 1.0)
+        nngp = nngp.arcsin_().mul_(2 / math.pi)
         return KernelState(nngp, ntk, self.variance(state.var_x), self.variance(state.var_y))
 
 
