@@ -14,11 +14,11 @@ tables and operations), ``priors`` (input covariances), ``engine`` (propagation,
 presets), ``network`` (``Sequential``).
 """
 from .kernel import CNTKKernel, StructuredKernel
-from .layers import Activation, Conv, Downsample, LeakyReLU, ReLU, Upsample
+from .layers import Activation, Concat, Conv, Downsample, LeakyReLU, ReLU, Upsample
 from .network import Sequential
 from .priors import make_prior, meshgrid_features
 from .spec import PRESETS, encoder_decoder_spec, parse_spec
 
-__all__ = ["Sequential", "Conv", "ReLU", "LeakyReLU", "Downsample", "Upsample", "Activation",
+__all__ = ["Sequential", "Concat", "Conv", "ReLU", "LeakyReLU", "Downsample", "Upsample", "Activation",
            "CNTKKernel", "StructuredKernel", "PRESETS", "encoder_decoder_spec", "parse_spec", "make_prior",
            "meshgrid_features"]

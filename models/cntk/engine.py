@@ -11,17 +11,18 @@ import torch
 
 from ..device import check_fits, format_bytes
 from . import tables
-from .layers import Activation, Conv, Grid, Post, Resample
+from .layers import Activation, Concat, Conv, Grid, Post, Resample
 
 # live tables of a layer's output size at its peak (inputs, outputs and temporaries)
-WORK_FACTOR = {"Activation": 7, "Conv": 4, "Resample": 4, "Output": 3}
+WORK_FACTOR = {"Activation": 7, "Conv": 4, "Resample": 4, "Output": 3, "Concat": 12}
 
 
 def _work_kind(layer, last):
     if last:
         return "Output"
     return next(name for name, cls in (("Activation", Activation), ("Conv", Conv),
-                                       ("Resample", Resample)) if isinstance(layer, cls))
+                                       ("Resample", Resample), ("Concat", Concat))
+                if isinstance(layer, cls))
 
 
 def plan_geometry(layers, size, period):
@@ -32,6 +33,8 @@ def plan_geometry(layers, size, period):
         if isinstance(layer, Resample):
             ph, pw = layer.new_period(ph, H), layer.new_period(pw, W)
             H, W = layer.new_size(H), layer.new_size(W)
+        elif isinstance(layer, Concat):
+            (H, W), (ph, pw) = layer.geometry((H, W), (ph, pw))
         out.append(((H, W), (ph, pw)))
     return out
 
@@ -63,6 +66,9 @@ class Propagator:
                 (H, _), (ph, _) = self._inputs(i)
                 terms[i] = (layer.terms(ph, H, rows, self.device), rows)
                 rows = torch.unique(torch.cat([t[2].reshape(-1) for t in terms[i][0]]))
+            elif isinstance(layer, Concat):
+                if len(rows) != self.geometry[i][0][0]:
+                    raise ValueError("networks with Concat are computed in one piece (no tiling)")
             need[i] = rows
         return need, terms
 
@@ -89,8 +95,9 @@ class Propagator:
         state = Post(self.prior.table(self.size, self.period, need[0], self.device, self.dtype),
                      None, grid)
         last = len(self.layers) - 1
-        last_activation = max(i for i, layer in enumerate(self.layers)
-                               if isinstance(layer, Activation))
+        # after the last activation / concat only S + M is read, if by linear layers only
+        fold = max(i for i, layer in enumerate(self.layers)
+                   if isinstance(layer, (Activation, Concat)))
         for i, layer in enumerate(self.layers):
             if i == last:
                 out = layer.output(state)
@@ -101,28 +108,15 @@ class Propagator:
                 if record is not None:
                     record[i] = tables.diagonal(state.A, state.grid.rows).clone()
                 state = layer.apply(state, diag)
-                if i == last_activation:  # only S + M is read from here on, by linear layers
-                    state = Post(state.S.add_(state.M), None, state.grid)
+            elif isinstance(layer, Resample):
+                state = layer.apply(state, *row_terms[i])
             else:
-                state = self._resample(layer, state, row_terms[i], i)
+                state = layer.apply(state)
+            if i == fold:
+                state = Post(state.S.add_(state.M), None, state.grid)
             if on_layer is not None:
                 on_layer()
         return out
-
-    def _resample(self, layer, state, row_terms, i):
-        (H, W), (ph, pw) = self._inputs(i)
-        (H2, W2), (ph2, pw2) = self.geometry[i]
-        row_terms, out_rows = row_terms
-        positions = tables.value_positions(state.grid.rows, H)
-        col_terms = layer.terms(pw, W, torch.arange(W2, device=self.device), self.device)
-        new = []
-        for T in (state.S, state.M):
-            if T is None:
-                new.append(None)
-                continue
-            T = tables.resample(T, row_terms, 0, positions)
-            new.append(tables.resample(T, col_terms, 1, lambda v: v))
-        return Post(new[0], new[1], Grid((H2, W2), (ph2, pw2), out_rows))
 
     def compute(self, budget, progress=False):
         """Full output table (Ph, Pw, H, W), tiled over row offsets to fit ``budget`` bytes."""
@@ -139,10 +133,10 @@ class Propagator:
             worst = max(self.peak_bytes(self.needed_rows(t)[0]) for t in tiles)
             if out_bytes * (n_tiles > 1) + worst <= budget:
                 break
-            if n_tiles >= H_out:
+            if n_tiles >= H_out or any(isinstance(layer, Concat) for layer in self.layers):
                 check_fits(out_bytes + worst, budget, f"the CNTK computation (output table "
                            f"{format_bytes(out_bytes)} plus {format_bytes(worst)} of work for one "
-                           "row offset at a time)", "Raise memory_budget, use float32 "
+                           "row offset at a time; networks with Concat in one piece)", "Raise memory_budget, use float32 "
                            "(dtype='float32'), a smaller image or fewer upsampling levels.")
             n_tiles = min(2 * n_tiles, H_out)
         from tqdm.auto import tqdm

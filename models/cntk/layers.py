@@ -156,6 +156,24 @@ class Resample(Layer):
         arrays of shape (period_out, len(out_rows)), offsets as values mod ``n_in``."""
         raise NotImplementedError
 
+    def apply(self, state: Post, row_terms=None, out_rows=None) -> Post:
+        """Resample both axes of S and M; ``row_terms`` / ``out_rows``: the row terms for the
+        output row offsets ``out_rows`` (default: all of them)."""
+        (H, W), (ph, pw) = state.grid.size, state.grid.period
+        H2, W2 = self.new_size(H), self.new_size(W)
+        dev = state.S.device
+        if row_terms is None:
+            out_rows = torch.arange(H2, device=dev)
+            row_terms = self.terms(ph, H, out_rows, dev)
+        col_terms = self.terms(pw, W, torch.arange(W2, device=dev), dev)
+        positions = tables.value_positions(state.grid.rows, H)
+        new = [None if T is None else
+               tables.resample(tables.resample(T, row_terms, 0, positions), col_terms, 1,
+                               lambda v: v)
+               for T in (state.S, state.M)]
+        grid = Grid((H2, W2), (self.new_period(ph, H), self.new_period(pw, W)), out_rows)
+        return Post(new[0], new[1], grid)
+
 
 class Downsample(Resample):
     """Stride-2 subsampling: keep the even positions."""
@@ -271,3 +289,86 @@ def _bilinear_aligned_terms(a, d, n_in):
             offset = (idx[s][q] - phase) % n_in
             out.append((wts[t][p] * wts[s][q], phase, offset))
     return out
+
+
+def check_chain(layers, what: str, readout: bool) -> None:
+    """Layer-order rules: every Conv is followed by an activation (except the read-out Conv
+    ending a network when ``readout``), activations directly follow a Conv."""
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"{what}: layer {i} is {layer!r}, not a models.cntk layer")
+        is_last = i == len(layers) - 1
+        if isinstance(layer, Conv) and not (readout and is_last):
+            if is_last or not isinstance(layers[i + 1], Activation):
+                after = "nothing" if is_last else layers[i + 1].describe()
+                raise ValueError(f"{what}: Conv at position {i} must be followed by ReLU or "
+                                 f"LeakyReLU, got {after}")
+        if isinstance(layer, Activation) and (i == 0 or not isinstance(layers[i - 1], Conv)):
+            raise ValueError(f"{what}: activation at position {i} must directly follow a Conv")
+
+
+def run_chain(layers, state: Post) -> Post:
+    """Propagate a Post state through a branch (all row offsets)."""
+    for layer in layers:
+        state = layer.apply(state)
+    return state
+
+
+class Concat(Layer):
+    """Channel concatenation of two branches fed by the same input (DIP's skip connections):
+    ``skip`` (often a 1x1 Conv-activation, or nothing = identity) and ``main`` (e.g. Down ...
+    Up). The next Conv sees a fraction ``skip_fraction`` of its input channels from the skip
+    branch, so S and M of the concatenation are the weighted means
+    ``alpha * branch_skip + (1 - alpha) * branch_main``."""
+
+    def __init__(self, skip_fraction: float, skip=(), main=()):
+        alpha = float(skip_fraction)
+        if not 0 < alpha < 1:
+            raise ValueError(f"Concat skip_fraction must be in (0, 1), got {skip_fraction!r}")
+        self.alpha, self.skip, self.main = alpha, tuple(skip), tuple(main)
+        for name, branch in (("skip", self.skip), ("main", self.main)):
+            check_chain(branch, f"Concat {name} branch", readout=False)
+
+    @property
+    def token(self):
+        def spell(branch):
+            return ",".join(layer.token for layer in branch)
+        return f"[{self.alpha!r}|{spell(self.skip)}|{spell(self.main)}]"
+
+    def describe(self):
+        def spell(branch):
+            return ", ".join(layer.describe().split("  ")[0] for layer in branch) or "identity"
+        return f"Concat({self.alpha!r})  skip: {spell(self.skip)} | main: {spell(self.main)}"
+
+    @property
+    def stationary(self):
+        return all(getattr(layer, "stationary", True) for layer in self.skip + self.main)
+
+    def geometry(self, size, period):
+        """(size, period) of the output for an input grid ``size`` with ``period``."""
+        out = []
+        for branch in (self.skip, self.main):
+            (H, W), (ph, pw) = size, period
+            for layer in branch:
+                if isinstance(layer, Resample):
+                    ph, pw = layer.new_period(ph, H), layer.new_period(pw, W)
+                    H, W = layer.new_size(H), layer.new_size(W)
+                elif isinstance(layer, Concat):
+                    (H, W), (ph, pw) = layer.geometry((H, W), (ph, pw))
+            out.append(((H, W), (ph, pw)))
+        if out[0][0] != out[1][0]:
+            raise ValueError(f"Concat branches end at different sizes: skip {out[0][0]}, main "
+                             f"{out[1][0]}")
+        (H, W), (p1, p2) = out[0][0], zip(out[0][1], out[1][1])
+        return (H, W), (math.lcm(*p1), math.lcm(*p2))
+
+    def apply(self, state: Post) -> Post:
+        if state.M is None:
+            raise ValueError("Concat needs a state after a Conv-activation")
+        a = run_chain(self.skip, state)
+        b = run_chain(self.main, state)
+        size, period = self.geometry(state.grid.size, state.grid.period)
+        mixed = [tables.tile_period(x, period).mul_(self.alpha).add_(
+                 tables.tile_period(y, period), alpha=1 - self.alpha)
+                 for x, y in ((a.S, b.S), (a.M, b.M))]
+        return Post(mixed[0], mixed[1], Grid(size, period, state.grid.rows))

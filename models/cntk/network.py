@@ -6,7 +6,7 @@ import torch
 from ..device import parse_bytes, resolve_device, resolve_dtype
 from .engine import Propagator
 from .kernel import CNTKKernel
-from .layers import Activation, Conv, Layer, Upsample
+from .layers import Conv, Layer, check_chain
 from .priors import make_prior
 from .spec import PRESETS, parse_spec
 
@@ -18,7 +18,7 @@ class Sequential:
 
     Rules (those of the reference implementation): the first layer is a Conv, every Conv but
     the last is immediately followed by an activation, activations only follow a Conv, and the
-    network ends with a Conv (the linear read-out).
+    network ends with a Conv (the linear read-out). ``Concat`` adds DIP-style skip branches.
 
     >>> net = Sequential.from_spec("reference")
     >>> kern = net.ntk((16, 16), prior="noise")
@@ -34,13 +34,7 @@ class Sequential:
             raise ValueError("the first layer must be a Conv")
         if not isinstance(layers[-1], Conv):
             raise ValueError("the last layer must be a Conv (the linear read-out)")
-        for i, layer in enumerate(layers):
-            if isinstance(layer, Conv) and i < len(layers) - 1 and \
-                    not isinstance(layers[i + 1], Activation):
-                raise ValueError(f"Conv at position {i} must be followed by ReLU or LeakyReLU, "
-                                 f"got {layers[i + 1].describe()}")
-            if isinstance(layer, Activation) and (i == 0 or not isinstance(layers[i - 1], Conv)):
-                raise ValueError(f"activation at position {i} must directly follow a Conv")
+        check_chain(layers, "network", readout=True)
         self.layers = tuple(layers)
 
     @classmethod

@@ -4,6 +4,11 @@ Grammar (whitespace ignored, letters case-insensitive)::
 
     spec  := item ("," item)*
     item  := INT "*" "(" spec ")"        repeat a group, e.g. 3*(C3,L,D)
+           | "[" FLOAT "|" [spec] "|" spec "]"
+                                         Concat: skip branch (empty = identity) and main
+                                         branch fed by the same input, the skip branch giving
+                                         that fraction of the next Conv's input channels,
+                                         e.g. [0.1|C1,L|D,C3,L,U]
            | layer
     layer := "C" INT                     Conv, odd kernel size:            C3
            | "R"                         ReLU
@@ -18,26 +23,26 @@ from __future__ import annotations
 
 import re
 
-from .layers import Conv, Downsample, LeakyReLU, ReLU, Upsample
+from .layers import Concat, Conv, Downsample, LeakyReLU, ReLU, Upsample
 
 _LAYER = re.compile(r"^(?:C(\d+)|R|L([0-9.eE+-]+)?|D|U([NBA])?)$")
 
 
-def _split_top(text: str):
-    """Split on commas outside parentheses."""
+def _split_top(text: str, sep: str = ","):
+    """Split on ``sep`` outside parentheses and brackets."""
     parts, depth, start = [], 0, 0
     for i, ch in enumerate(text):
-        if ch == "(":
+        if ch in "([":
             depth += 1
-        elif ch == ")":
+        elif ch in ")]":
             depth -= 1
             if depth < 0:
-                raise ValueError(f"unbalanced ')' in architecture spec at character {i}")
-        elif ch == "," and depth == 0:
+                raise ValueError(f"unbalanced '{ch}' in architecture spec at character {i}")
+        elif ch == sep and depth == 0:
             parts.append(text[start:i])
             start = i + 1
     if depth:
-        raise ValueError("unbalanced '(' in architecture spec")
+        raise ValueError("unbalanced '(' or '[' in architecture spec")
     parts.append(text[start:])
     return parts
 
@@ -49,6 +54,17 @@ def parse_spec(text: str) -> list:
     compact = re.sub(r"\s+", "", text)
     layers = []
     for item in _split_top(compact):
+        if item.startswith("[") and item.endswith("]"):
+            parts = _split_top(item[1:-1], "|")
+            if len(parts) != 3:
+                raise ValueError(f"Concat {item!r} must read [fraction|skip layers|main layers]")
+            try:
+                alpha = float(parts[0])
+            except ValueError:
+                raise ValueError(f"Concat {item!r}: {parts[0]!r} is not a fraction") from None
+            skip = parse_spec(parts[1]) if parts[1] else []
+            layers.append(Concat(alpha, skip, parse_spec(parts[2])))
+            continue
         rep = re.fullmatch(r"(\d+)\*\((.*)\)", item)
         if rep:
             count = int(rep.group(1))

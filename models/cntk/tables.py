@@ -113,3 +113,9 @@ def to_pairs(T: torch.Tensor, size) -> torch.Tensor:
     dr = ((r[None, :] - r[:, None]) % H)[:, None, :, None]
     dc = ((c[None, :] - c[:, None]) % W)[None, :, None, :]
     return T[pr, pc, dr, dc]
+
+
+def tile_period(T: torch.Tensor, period) -> torch.Tensor:
+    """The table of the same kernel with the (multiple) period ``period``: T[a mod P]."""
+    fr, fc = period[0] // T.shape[0], period[1] // T.shape[1]
+    return T.repeat(fr, fc, 1, 1) if (fr, fc) != (1, 1) else T.clone()
