@@ -1,0 +1,201 @@
+"""Feature priors: the input vector each row (or column) of a matrix gives the network.
+
+A prior is an (n_items, d) float array, one row per matrix row (or column). Kinds, written as
+spec strings (:func:`parse_prior`):
+
+* ``"onehot"``: e_i, the identity (the items only know who they are);
+* ``"features"``: user features (array or DataFrame aligned by labels), columns standardised;
+* ``"profile"``: the item's observed values, gaps filled by the column means of the matrix
+  (the means over items), each coordinate standardised;
+* ``"lowrank:k"``: rank-k embeddings U_k S_k^(1/2) from a quick low-rank fit of the observed
+  entries (a few hard-impute SVD rounds on the column-mean-filled, centred matrix);
+* ``"BASE+identity:w"`` (BASE one of the above but onehot): [F / |F|, w e_i], rows renormalised,
+  the concatenation with a weighted identity used by the reference drug-screening code.
+
+Every prior is returned with rows scaled to unit mean squared norm (unit norm for ``onehot`` and
+``+identity`` priors), so that kernels with a homogeneous activation see a fixed input scale.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["PriorSpec", "parse_prior", "build_prior", "align_features", "profile_prior",
+           "lowrank_prior", "DATA_DERIVED"]
+
+_BASES = ("onehot", "features", "profile", "lowrank")
+DATA_DERIVED = ("profile", "lowrank")  # priors computed from the matrix values themselves
+_SPEC = re.compile(r"^(onehot|features|profile|lowrank(?::(\d+))?)(?:\+identity(?::([0-9.eE+-]+))?)?$")
+
+
+@dataclass(frozen=True)
+class PriorSpec:
+    """A parsed prior: ``base`` in {onehot, features, profile, lowrank}, ``rank`` (lowrank only),
+    ``identity_weight`` (None = no identity block)."""
+    base: str
+    rank: int | None = None
+    identity_weight: float | None = None
+
+    def __str__(self):
+        text = self.base + (f":{self.rank}" if self.rank is not None else "")
+        if self.identity_weight is not None:
+            text += f"+identity:{self.identity_weight:g}"
+        return text
+
+    @property
+    def data_derived(self):
+        return self.base in DATA_DERIVED
+
+
+def parse_prior(spec) -> PriorSpec:
+    """``"onehot"``, ``"features"``, ``"profile"``, ``"lowrank:10"``, ``"features+identity:0.5"``
+    (identity weight defaults to 1) -> :class:`PriorSpec`; a PriorSpec is returned as is."""
+    if isinstance(spec, PriorSpec):
+        return spec
+    m = _SPEC.match(str(spec).strip().lower().replace(" ", ""))
+    if not m:
+        raise ValueError(f"cannot read prior {spec!r}; write one of onehot, features, profile, "
+                         "lowrank:K, optionally followed by +identity:W (e.g. 'features+identity:0.5')")
+    base = m.group(1).split(":")[0]
+    rank = None
+    if base == "lowrank":
+        rank = int(m.group(2) or 10)
+        if rank < 1:
+            raise ValueError(f"lowrank rank must be >= 1, got {rank}")
+    weight = None
+    if "+identity" in m.group(0):
+        if base == "onehot":
+            raise ValueError("'onehot+identity' is just onehot; drop the +identity part")
+        weight = float(m.group(3)) if m.group(3) else 1.0
+        if not np.isfinite(weight) or weight < 0:
+            raise ValueError(f"identity weight must be a finite number >= 0, got {m.group(3)}")
+    return PriorSpec(base, rank, weight)
+
+
+def align_features(features, labels, what="row"):
+    """Features as an (len(labels), d) float array in the order of ``labels``.
+
+    ``features``: a DataFrame indexed by labels (non-numeric columns are one-hot encoded), or an
+    array with one row per item in matrix order. Raises ValueError listing missing/extra labels,
+    and naming the first NaN (label and feature column).
+    """
+    import pandas as pd
+
+    if isinstance(features, pd.DataFrame):
+        index = features.index.map(str)
+        wanted = pd.Index([str(lab) for lab in labels])
+        if index.has_duplicates:
+            dup = index[index.duplicated()].unique()[:10]
+            raise ValueError(f"{what} features have duplicated labels: {list(dup)}")
+        missing = wanted.difference(index, sort=False)
+        extra = index.difference(wanted, sort=False)
+        if len(missing):
+            raise ValueError(f"{what} features are missing {len(missing)} {what} label(s) of the "
+                             f"matrix: {_listing(missing)}" + (f"; and have {len(extra)} label(s) "
+                             f"not in the matrix: {_listing(extra)}" if len(extra) else ""))
+        if len(extra):
+            raise ValueError(f"{what} features have {len(extra)} label(s) that are not {what}s of "
+                             f"the matrix: {_listing(extra)}")
+        frame = features.copy()
+        frame.index = index
+        frame = frame.loc[wanted]
+        non_numeric = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+        if non_numeric:
+            for col in non_numeric:
+                if frame[col].isna().any():
+                    lab = frame.index[frame[col].isna().to_numpy()][0]
+                    raise ValueError(f"{what} features contain a missing value at {what} {lab!r}, "
+                                     f"feature {col!r}")
+            frame = pd.get_dummies(frame, columns=non_numeric, dtype=float)
+        values = frame.to_numpy(dtype=np.float64)
+        names = list(frame.columns)
+    else:
+        values = np.asarray(features, dtype=np.float64)
+        if values.ndim != 2:
+            raise ValueError(f"{what} features must be 2-D (items x features), got shape {values.shape}")
+        if values.shape[0] != len(labels):
+            raise ValueError(f"{what} features have {values.shape[0]} rows but the matrix has "
+                             f"{len(labels)} {what}s")
+        names = list(range(values.shape[1]))
+    if values.shape[1] == 0:
+        raise ValueError(f"{what} features have no columns")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise ValueError(f"{what} features contain NaN or inf at {what} {labels[i]!r}, feature "
+                         f"{names[j]!r}")
+    return values
+
+
+def _listing(index, limit=10):
+    items = [str(v) for v in list(index)[:limit]]
+    return ", ".join(items) + (f", ... ({len(index) - limit} more)" if len(index) > limit else "")
+
+
+def _standardise(F):
+    """Centre each column and divide by its standard deviation (constant columns become 0)."""
+    F = F - F.mean(0)
+    sd = F.std(0)
+    return F / np.where(sd > 0, sd, 1.0)
+
+
+def _unit_mean_square(F):
+    scale = np.sqrt(np.mean(np.sum(F * F, axis=1)))
+    return F / scale if scale > 0 else F
+
+
+def profile_prior(X, mask):
+    """(m, n) values with (m, n) bool mask -> (m, n) profiles: row i's values, gaps filled by
+    the column means of the observed entries (0 for an empty column), each profile's own mean
+    removed (rows compare by the shape of their profile, not by their level), then every
+    coordinate standardised over the rows."""
+    counts = mask.sum(0)
+    col_mean = np.where(counts > 0, np.where(mask, X, 0.0).sum(0) / np.maximum(counts, 1), 0.0)
+    F = np.where(mask, X, col_mean)
+    return _standardise(F - F.mean(1, keepdims=True))
+
+
+def lowrank_prior(X, mask, rank, n_rounds=5):
+    """(m, n) values and mask -> (m, rank) embeddings U_k S_k^(1/2) of a hard-impute fit.
+
+    Start from the column-mean-filled, column-centred matrix; each round replaces the missing
+    entries by the rank-k reconstruction of the previous SVD. ``rank`` is capped at min(m, n).
+    """
+    counts = mask.sum(0)
+    col_mean = np.where(counts > 0, np.where(mask, X, 0.0).sum(0) / np.maximum(counts, 1), 0.0)
+    R = np.where(mask, X - col_mean, 0.0)
+    k = min(rank, *R.shape)
+    filled = R
+    for _ in range(n_rounds):
+        U, s, Vt = np.linalg.svd(filled, full_matrices=False)
+        low = (U[:, :k] * s[:k]) @ Vt[:k]
+        filled = np.where(mask, R, low)
+    return U[:, :k] * np.sqrt(s[:k])
+
+
+def build_prior(spec, X, mask, features=None, labels=None, what="row"):
+    """The prior of the rows of (m, n) ``X`` (transpose X and mask for columns): (m, d) array.
+
+    ``spec``: string or :class:`PriorSpec`; ``mask``: True = observed; ``features``/``labels``
+    for the ``features`` base (labels in matrix order). See the module docstring for each kind.
+    """
+    spec = parse_prior(spec)
+    m = X.shape[0]
+    if spec.base == "onehot":
+        return np.eye(m)
+    if spec.base == "features":
+        if features is None:
+            raise ValueError(f"prior {str(spec)!r} for the {what}s needs {what}_features")
+        F = _standardise(align_features(features, labels if labels is not None else range(m), what))
+    elif spec.base == "profile":
+        F = profile_prior(X, mask)
+    else:
+        F = lowrank_prior(X, mask, spec.rank)
+    if spec.identity_weight is None:
+        return _unit_mean_square(F)
+    norms = np.linalg.norm(F, axis=1, keepdims=True)
+    F = F / np.where(norms > 0, norms, 1.0)
+    Z = np.hstack([F, spec.identity_weight * np.eye(m)])
+    return Z / np.linalg.norm(Z, axis=1, keepdims=True).clip(min=1e-300)
