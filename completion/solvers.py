@@ -59,18 +59,19 @@ def _not_positive_definite(lam, ridge):
 
 
 def _ridge_cholesky_solve(A, B, lam, ridge):
-    """X = (A + lam I)^{-1} B for SPD A (ndarray, overwritten), B (n,) or (n, t); float64.
+    """X = (A + lam I)^{-1} B for SPD A (C-contiguous float64 ndarray, overwritten by its
+    factor), B (n,) or (n, t); float64.
 
     Dense factorisations and products run in torch: in a process that has just run torch's
     OpenMP-parallel kernels, OpenBLAS calls (numpy/scipy) compete with the spinning OpenMP
     threads and were measured 5-15x slower on 2 cores.
     """
-    At = torch.from_numpy(A)
-    At.diagonal().add_(lam)
-    L, info = torch.linalg.cholesky_ex(At)
+    L = torch.from_numpy(A)
+    L.diagonal().add_(lam)
+    info = torch.empty((), dtype=torch.int32)
+    torch.linalg.cholesky_ex(L, out=(L, info))  # in place: the lower triangle becomes the factor
     if int(info) != 0:
         raise _not_positive_definite(lam, ridge)
-    del At
     Bt = torch.as_tensor(np.ascontiguousarray(B, dtype=np.float64))
     X = torch.cholesky_solve(Bt.reshape(Bt.shape[0], -1), L)
     return X.reshape(Bt.shape).numpy()
@@ -356,7 +357,7 @@ class OneHotJointKernel:
             return Rm / diag + Z @ scipy.linalg.cho_solve(coarse, ZT @ Rm)
         return precond
 
-    def solve(self, y, ridge, method="auto", tol=1e-10, maxiter=None, progress=False,
+    def solve(self, y, ridge, method="auto", tol=1e-12, maxiter=None, progress=False,
               return_info=False):
         """alpha = (K + ridge * k_same * I)^{-1} y; y (N,) or (N, t).
 
@@ -423,7 +424,7 @@ class OneHotJointKernel:
         return out.reshape(tr.shape + alpha.shape[1:])
 
 
-def solve_onehot_joint(rows, cols, y, values, ridge, shape, method="auto", tol=1e-10,
+def solve_onehot_joint(rows, cols, y, values, ridge, shape, method="auto", tol=1e-12,
                        maxiter=None, progress=False):
     """Solve (K + ridge * k_same * I) alpha = y for the joint one-hot kernel without forming it.
 
@@ -449,7 +450,8 @@ def solve_shared_kernel(K_rows, Y, mask, ridge, memory_budget=None, progress=Fal
     factor of each observed pattern and row tiles of the prediction).
     ``Y``: (m, n) values (anything, e.g. NaN, where unobserved); ``mask``: (m, n) bool,
     True = observed. Column j is regressed on its observed rows and predicted at every row
-    (K_rows[:, obs] alpha_j); a column with no observation is predicted as 0 (the prior mean).
+    (K_rows[:, obs] alpha_j, which at the observed rows is y - lam alpha_j); a column with no
+    observation is predicted as 0 (the prior mean).
     The ridge is relative to the mean of diag(K_rows) over all observed entries, as for the
     dense entry kernel, so this equals :func:`solve_exact` on that kernel. Columns with the same
     observed pattern share one Cholesky factorisation (float64). ``memory_budget`` bounds the
@@ -506,10 +508,14 @@ def solve_shared_kernel(K_rows, Y, mask, ridge, memory_budget=None, progress=Fal
         if obs.size == 0:
             continue
         cols = np.flatnonzero(group == g)
-        alpha = torch.from_numpy(_ridge_cholesky_solve(
-            np.array(block(obs, obs), dtype=np.float64), Y[np.ix_(obs, cols)], lam, ridge))
-        for start in range(0, m, tile):
-            rows = np.arange(start, min(m, start + tile))
+        y_obs = Y[np.ix_(obs, cols)]
+        alpha = _ridge_cholesky_solve(np.array(block(obs, obs), dtype=np.float64), y_obs, lam, ridge)
+        # at the observed rows K_oo alpha = y - lam alpha exactly; other rows from kernel tiles
+        pred[np.ix_(obs, cols)] = y_obs - lam * alpha
+        alpha = torch.from_numpy(alpha)
+        unobserved = np.flatnonzero(~mask[:, first[g]])
+        for start in range(0, unobserved.size, tile):
+            rows = unobserved[start:start + tile]
             K_tile = torch.as_tensor(np.asarray(block(rows, obs), dtype=np.float64))
             pred[np.ix_(rows, cols)] = (K_tile @ alpha).numpy()
     return pred
