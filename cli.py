@@ -108,6 +108,76 @@ def _image_filler(method, arch, prior, ridge, iterations, device, cache_dir, pro
 
 # --- comparison commands (issue 4) -----------------------------------------------------------
 
+@main.command("compare")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the outputs, figure, tables and DIP curve.")
+@click.option("--mask", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Mask image, non-zero = missing (OpenCV / scikit-image convention).")
+@click.option("--invert-mask", is_flag=True, help="The mask file marks the KNOWN pixels instead.")
+@click.option("--missing-fraction", type=click.FloatRange(0, 1, max_open=True),
+              help="Generate a mask hiding this fraction of IMAGE (then IMAGE is the reference).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the generated mask and of DIP.")
+@click.option("--mask-type", type=click.Choice(["pixels", "text", "box"]), default="pixels",
+              show_default=True, help="Kind of generated mask.")
+@click.option("--reference", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Clean image for PSNR/SSIM (default with a generated mask: IMAGE itself).")
+@click.option("--methods", default="cntk,dip,biharmonic,telea", show_default=True,
+              help="Comma-separated methods, all run on the same mask.")
+@click.option("--iterations", type=click.IntRange(1), default=3000, show_default=True,
+              help="DIP training iterations.")
+@click.option("--dip-lr", type=float, default=0.01, show_default=True, help="DIP Adam learning rate.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--no-figures", is_flag=True, help="Skip the matplotlib figures (tables only).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def compare_command(image, output_dir, mask, invert_mask, missing_fraction, seed, mask_type,
+                    reference, methods, iterations, dip_lr, device, no_figures, quiet):
+    """Run several inpainting methods on IMAGE with the same mask and compare them.
+
+    Writes METHOD.png, mask.png, corrupted.png, comparison.png (corrupted | methods |
+    reference), table.csv and table.md (PSNR, SSIM, wall time, peak RSS increase) and, with
+    DIP, dip_curve.csv/png (PSNR against iterations and seconds, with the CNTK's PSNR marked).
+
+    \b
+    Examples:
+      ntk-complete compare photo.png --missing-fraction 0.5 --seed 0 -o cmp/
+      ntk-complete compare photo.png --mask m.png --reference clean.png \\
+          --methods cntk,dip --iterations 3000 -o cmp/
+    """
+    from completion.compare import check_dependencies, compare_methods, parse_methods, write_comparison
+    from completion.image_io import read_image
+    from completion.io import refuse_overwrite_input
+    from completion.masks import generate_mask, read_mask
+
+    try:
+        names = parse_methods(methods)
+        check_dependencies(names, figures=not no_figures)
+        if (mask is None) == (missing_fraction is None):
+            raise ValueError("give exactly one of --mask M.png or --missing-fraction F")
+        img = read_image(image)
+        if mask is not None:
+            m = read_mask(mask, img.shape, invert=invert_mask, image_path=image)
+        else:
+            m = generate_mask(img.shape, missing_fraction, seed=seed, mask_type=mask_type)
+            reference = reference or image
+        ref = read_image(reference) if reference is not None else None
+        if ref is not None and ref.shape != img.shape:
+            raise ValueError(f"reference {reference} has shape {ref.shape} but image {image} "
+                             f"has {img.shape}")
+        for name in ["mask", "corrupted", *names]:
+            refuse_overwrite_input(output_dir / f"{name}.png", image, mask, reference)
+        runs = compare_methods(img, m, names, reference=ref, progress=not quiet,
+                               dip_options={"iterations": iterations, "lr": dip_lr,
+                                            "device": device, "seed": seed},
+                               cntk_options={"device": device})
+        write_comparison(output_dir, img, m, runs, reference=ref, figures=not no_figures)
+    except (ValueError, ImportError, MemoryError) as err:
+        raise click.ClickException(str(err)) from err
+    from completion.compare import markdown_table, table_rows
+    click.echo(markdown_table(table_rows(runs)), nl=False)
+    click.echo(f"outputs written to {output_dir}")
+
+
 # --- demo -------------------------------------------------------------------------------------
 
 

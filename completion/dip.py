@@ -11,8 +11,9 @@ Returned images are float arrays in [0, 1] with the input's shape (H x W or H x 
 ``DIPResult.image`` has the observed pixels pasted back (as every other method compared here
 keeps them; pass ``paste_observed=False`` to get the raw network output there), and
 ``DIPResult.output`` is always the raw network output. Both PSNRs are reported when a reference
-is given. Sizes that are not multiples of ``2 ** scales`` are reflect-padded (the padding counts
-as missing, so it never enters the loss) and the output is cropped back.
+is given. Sizes that are not multiples of ``2 ** scales`` (or smaller than twice that) are
+reflect-padded (the padding counts as missing, so it never enters the loss) and the output is
+cropped back.
 """
 from __future__ import annotations
 
@@ -91,9 +92,11 @@ def _validate(image, mask, reference):
 
 
 def _pad_to_multiple(image_chw: np.ndarray, mask: np.ndarray, multiple: int):
-    """Reflect-pad bottom/right to multiples of ``multiple``; padded pixels are marked missing."""
+    """Reflect-pad bottom/right to multiples of ``multiple``, at least ``2 * multiple`` (so the
+    deepest level keeps 2 x 2 pixels, which batch norm needs); padded pixels are marked missing."""
     h, w = mask.shape
-    ph, pw = (-h) % multiple, (-w) % multiple
+    ph = max(-(-h // multiple) * multiple, 2 * multiple) - h
+    pw = max(-(-w // multiple) * multiple, 2 * multiple) - w
     if ph == 0 and pw == 0:
         return image_chw, mask
     mode = "reflect" if min(h, w) > 1 else "edge"

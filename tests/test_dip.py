@@ -128,7 +128,12 @@ def test_odd_sizes_are_padded_and_cropped_and_observed_pixels_pasted():
 def test_padding_reflects_and_marks_the_padding_missing():
     chw = np.arange(2 * 5 * 6, dtype=np.float32).reshape(2, 5, 6)
     mask = np.zeros((5, 6), bool)
-    padded, pmask = _pad_to_multiple(chw, mask, 4)
+    padded, pmask = _pad_to_multiple(chw, mask, 2)
+    assert padded.shape == (2, 6, 6) and pmask.shape == (6, 6)
+    np.testing.assert_array_equal(padded[:, :5, :6], chw)
+    np.testing.assert_array_equal(padded[:, 5, :6], chw[:, 3])  # reflection about the last row
+    assert not pmask[:5, :6].any() and pmask[5:].all()
+    padded, pmask = _pad_to_multiple(chw, mask, 4)  # at least 2 x 4 so the bottom keeps 2 x 2
     assert padded.shape == (2, 8, 8) and pmask.shape == (8, 8)
     np.testing.assert_array_equal(padded[:, :5, :6], chw)
     np.testing.assert_array_equal(padded[:, 5, :6], chw[:, 3])  # reflection about the last row

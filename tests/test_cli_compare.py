@@ -1,0 +1,92 @@
+"""``ntk-complete compare``: every method on one mask, all files written, tables consistent."""
+import csv
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from cli import main
+from completion.compare import first_reaching, parse_methods
+from completion.dip import HistoryPoint
+from completion.image_io import read_image
+from completion.masks import generate_mask
+from completion.metrics import psnr
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def clean_png(tmp_path):
+    y, x = np.mgrid[0:40, 0:36] / 40.0
+    texture = 0.08 * np.random.default_rng(0).standard_normal(x.shape)  # PSNRs near 20 dB
+    img = np.clip(0.5 + 0.3 * np.sin(6 * x) * np.cos(4 * y) + texture, 0, 1)
+    path = tmp_path / "clean.png"
+    Image.fromarray(np.round(img * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_compare_writes_all_files_with_the_same_mask(tmp_path, clean_png):
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(main, ["compare", str(clean_png), "--missing-fraction", "0.5",
+                                       "--seed", "3", "--methods", "biharmonic,telea,dip",
+                                       "--iterations", "5", "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    for name in ("mask", "corrupted", "biharmonic", "telea", "dip", "comparison", "dip_curve"):
+        assert (out / f"{name}.png").is_file(), name
+    for name in ("table.csv", "table.md", "dip_curve.csv"):
+        assert (out / name).is_file(), name
+    clean = read_image(clean_png)
+    mask = np.asarray(Image.open(out / "mask.png")) > 0
+    np.testing.assert_array_equal(mask, generate_mask(clean.shape, 0.5, seed=3))
+    rows = {r["method"]: r for r in csv.DictReader(open(out / "table.csv"))}
+    assert list(rows) == ["biharmonic", "telea", "dip"]
+    for method, row in rows.items():
+        filled = read_image(out / f"{method}.png")
+        np.testing.assert_array_equal(filled[~mask], clean[~mask])  # observed pixels kept
+        # the table's PSNR is that of the written output (up to 8-bit rounding)
+        assert float(row["psnr_db"]) == pytest.approx(psnr(filled, clean), abs=0.05)
+        assert float(row["seconds"]) > 0
+    curve = list(csv.DictReader(open(out / "dip_curve.csv")))
+    assert [int(r["iteration"]) for r in curve] == [5]
+    assert "5 iterations" in rows["dip"]["note"]
+    assert "| telea |" in (out / "table.md").read_text()
+
+
+def test_compare_refuses_bad_requests(tmp_path, clean_png):
+    runner = CliRunner()
+    res = runner.invoke(main, ["compare", str(clean_png), "--methods", "telea", "-o", str(tmp_path)])
+    assert res.exit_code != 0 and "exactly one of --mask" in res.output
+    res = runner.invoke(main, ["compare", str(clean_png), "--missing-fraction", "0.5",
+                               "--methods", "telea,nope", "-o", str(tmp_path)])
+    assert res.exit_code != 0 and "nope" in res.output
+    bad_mask = tmp_path / "m.png"
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(bad_mask)
+    res = runner.invoke(main, ["compare", str(clean_png), "--mask", str(bad_mask),
+                               "--methods", "telea", "-o", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "m.png" in res.output
+    # an output name equal to the input is refused, nothing is overwritten
+    src = tmp_path / "telea.png"
+    src.write_bytes(clean_png.read_bytes())
+    res = runner.invoke(main, ["compare", str(src), "--missing-fraction", "0.5",
+                               "--methods", "telea", "-o", str(tmp_path)])
+    assert res.exit_code != 0 and "never overwritten" in res.output
+    assert src.read_bytes() == clean_png.read_bytes()
+
+
+def test_first_reaching_and_method_parsing():
+    hist = [HistoryPoint(10, 0.1, 20.0, 1.0), HistoryPoint(20, 0.05, 25.0, 2.0),
+            HistoryPoint(30, 0.04, 24.0, 3.0), HistoryPoint(40, 0.03, 27.0, 4.0)]
+    assert first_reaching(hist, 24.5).iteration == 20
+    assert first_reaching(hist, 26.0).iteration == 40
+    assert first_reaching(hist, 30.0) is None
+    assert parse_methods(" CNTK, dip ") == ["cntk", "dip"]
+    with pytest.raises(ValueError, match="repeats"):
+        parse_methods("dip,dip")
