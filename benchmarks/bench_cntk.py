@@ -139,17 +139,20 @@ def main():
             row(f"ed{s} (s={s} levels)", f"{n}x{n}", "structured", str(dt)[6:], t,
                 f"period {kern.period}")
             del kern
+    # small kernels: one thread, like the pair loop (and immune to thread contention on a
+    # shared machine, which slows many small parallel ops by 10x)
+    torch.set_num_threads(1)
     ref = Sequential.from_spec("reference")
     fast = {}
     for n in (16, 32, 64):
-        t, kern = best_time(lambda: ref.ntk((n, n), engine="structured"), repeat=5)
+        t, kern = best_time(lambda: ref.ntk((n, n), engine="structured"), repeat=7)
         fast[n] = (t, kern)
-        row("reference net", f"{n}x{n}", "structured", "float64", t)
+        row("reference net (1 thread)", f"{n}x{n}", "structured", "float64", t)
     for n in (32, 64):
         if args.quick and n == 64:
             continue
-        t, _ = best_time(lambda: ref.ntk((n, n), engine="dense", memory_budget="3GB"), repeat=2)
-        row("reference net", f"{n}x{n}", "dense", "float64", t)
+        t, _ = best_time(lambda: ref.ntk((n, n), engine="dense", memory_budget="3GB"), repeat=3)
+        row("reference net (1 thread)", f"{n}x{n}", "dense", "float64", t)
     # per-pixel-pair loop, same run
     t16, K16 = best_time(lambda: pair_loop_ntk(ref, 16), repeat=1)
     err = np.abs(K16 / fast[16][1].dense() - 1).max()

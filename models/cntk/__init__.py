@@ -8,6 +8,10 @@ Image Prior network), between output pixel positions.
 >>> kern.dense().shape
 (16, 16, 16, 16)
 
+The preset ``"reference"`` is the public reference notebook's net as its stored kernels
+show it: 3 x (Conv3-LeakyReLU(0.01)-Downsample), Conv3-LeakyReLU, 2 x (Upsample-Conv3-LeakyReLU),
+Upsample, read-out Conv3 (7 convs; reproduced to 3e-7 relative).
+
 Modules: ``layers`` (layer objects and their kernel updates), ``tables`` ((phase, offset)
 tables and operations), ``priors`` (input covariances), ``engine`` (propagation, tiling),
 ``kernel`` (the result: dense / diag / matvec / solve_shifted), ``spec`` (spec strings,

@@ -134,10 +134,12 @@ class Propagator:
             if out_bytes * (n_tiles > 1) + worst <= budget:
                 break
             if n_tiles >= H_out or any(isinstance(layer, Concat) for layer in self.layers):
-                check_fits(out_bytes + worst, budget, f"the CNTK computation (output table "
-                           f"{format_bytes(out_bytes)} plus {format_bytes(worst)} of work for one "
-                           "row offset at a time; networks with Concat in one piece)", "Raise memory_budget, use float32 "
-                           "(dtype='float32'), a smaller image or fewer upsampling levels.")
+                check_fits(out_bytes + worst, budget,
+                           f"the CNTK computation (output table {format_bytes(out_bytes)} plus "
+                           f"{format_bytes(worst)} of work for the smallest tile; networks with "
+                           "Concat are computed in one piece)",
+                           "Raise memory_budget, use float32 (dtype='float32'), a smaller image "
+                           "or fewer upsampling levels.")
             n_tiles = min(2 * n_tiles, H_out)
         from tqdm.auto import tqdm
         total = len(self.layers) * (n_tiles + (n_tiles > 1))

@@ -96,7 +96,10 @@ class Conv(Layer):
 
 class Activation(Layer):
     """Pointwise nonlinearity; its dual activations ``kap0``/``kap1`` are normalised so that
-    ``kap(1) = 1`` (the finite network scales the activation by sqrt(2 / (1 + slope^2)))."""
+    ``kap(1) = 1``. Finite network with the same kernel (the reference's convention): every
+    conv scaled by 1/sqrt(input channels), the activation by sqrt(2 / (1 + slope^2)) / k with k
+    the kernel size of the conv before it -- the usual NTK parameterisation 1/sqrt(C k^2) when
+    all kernels have one size (checked against wide finite networks in the tests)."""
     slope = 0.0
 
     def duals(self, rho: torch.Tensor):
