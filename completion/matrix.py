@@ -46,9 +46,9 @@ RIDGE_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 DEFAULT_DEPTH = 1
 DEFAULT_RIDGE = 0.03
 LOWRANK_AUTO = 10
-# Shared-kernel solves whose largest factor is smaller than this run on one thread: many small
-# factorisations were measured up to 20x slower with 2 contending OpenMP threads.
-_SMALL_FACTOR = 600
+# Torch threads used by fit on CPU: on the shared 2-core machines, 2 OpenMP threads made the many
+# small factorisations and SVDs of a fit 10-80x slower than one thread (spinning under load).
+CPU_THREADS = 1
 
 
 def additive_baseline(values, mask):
@@ -197,13 +197,15 @@ class NTKImputer:
         self._values, self._mask = values, mask
         self._row_feats = self._aligned("row", self.row_features, rows)
         self._col_feats = self._aligned("col", self.col_features, cols)
-        started = time.perf_counter()
-        self.chosen_, self.cv_results_ = self._choose(values, mask)
-        self._say(f"chosen: {self._describe(self.chosen_)} "
-                  f"(selection {time.perf_counter() - started:.1f} s)")
-        started = time.perf_counter()
-        self.completed_ = self._complete(values, mask, self.chosen_)
-        self._say(f"final fit: {time.perf_counter() - started:.1f} s")
+        threads = CPU_THREADS if str(self.device) in ("auto", "cpu") else torch.get_num_threads()
+        with _torch_threads(threads):
+            started = time.perf_counter()
+            self.chosen_, self.cv_results_ = self._choose(values, mask)
+            self._say(f"chosen: {self._describe(self.chosen_)} "
+                      f"(selection {time.perf_counter() - started:.1f} s)")
+            started = time.perf_counter()
+            self.completed_ = self._complete(values, mask, self.chosen_)
+            self._say(f"final fit: {time.perf_counter() - started:.1f} s")
         self.baseline_ = additive_baseline(values, mask)
         return self
 
@@ -319,9 +321,7 @@ class NTKImputer:
             K = kernel.ntk(P, device=self.device)
             K = np.asarray(K, dtype=np.float64)
             R, M = (resid, mask) if axis == 0 else (resid.T, mask.T)
-            threads = 1 if M.sum(0).max() < _SMALL_FACTOR else torch.get_num_threads()
-            with _torch_threads(threads):
-                pred = solve_shared_kernel(K, R, M, ridge)
+            pred = solve_shared_kernel(K, R, M, ridge)
             return pred if axis == 0 else pred.T
         # joint
         row_spec, col_spec = (specs * 2)[:2]
@@ -389,11 +389,14 @@ class NTKImputer:
         if len(base) == 1 and self.depth != "auto" and self.ridge != "auto":
             return self._normalised(base[0]), results
         folds = self._folds(mask)
-        best = self._best(base, values, mask, folds, results)
+        seen = {}
+        best = self._best(base, values, mask, folds, results, seen)
         if self.depth == "auto":
-            best = self._best([dict(best, depth=d) for d in DEPTH_GRID], values, mask, folds, results)
+            best = self._best([dict(best, depth=d) for d in DEPTH_GRID], values, mask, folds,
+                              results, seen)
         if self.ridge == "auto":
-            best = self._best([dict(best, ridge=r) for r in RIDGE_GRID], values, mask, folds, results)
+            best = self._best([dict(best, ridge=r) for r in RIDGE_GRID], values, mask, folds,
+                              results, seen)
         return self._normalised(best), results
 
     @staticmethod
@@ -421,9 +424,9 @@ class NTKImputer:
             out.append(val)
         return out
 
-    def _best(self, candidates, values, mask, folds, results):
+    def _best(self, candidates, values, mask, folds, results, seen):
+        """Best of ``candidates`` by CV RMSE; ``seen`` caches scores by configuration."""
         scores = []
-        seen = {}
         for cfg in candidates:
             key = repr(sorted(cfg.items()))
             if key in seen:
