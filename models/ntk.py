@@ -44,12 +44,12 @@ _TILE_WORK_ARRAYS = 8
 class KernelState:
     """Kernel between two sets of inputs after some layers.
 
-    ``nngp``: (n, m) covariance of the pre-activations; ``ntk``: (n, m) tangent kernel or ``None``
-    when only the NNGP is wanted; ``var_x`` / ``var_y``: variances of the pre-activations at the x
+    ``nngp``: (n, m) covariance of the pre-activations; ``ntk``: (n, m) tangent kernel, ``0.0``
+    for the raw inputs (no parameters yet), or ``None`` when only the NNGP is wanted; ``var_x`` / ``var_y``: variances of the pre-activations at the x
     and y inputs, broadcastable against ``nngp`` (shape (n, 1) and (1, m) for matrices).
     """
     nngp: torch.Tensor
-    ntk: torch.Tensor | None
+    ntk: torch.Tensor | float | None
     var_x: torch.Tensor
     var_y: torch.Tensor
 
@@ -63,7 +63,12 @@ class Dense:
 
     def update(self, state: KernelState) -> KernelState:
         nngp = state.nngp.mul_(self.weight_var).add_(self.bias_var)
-        ntk = None if state.ntk is None else state.ntk.mul_(self.weight_var).add_(nngp)
+        if state.ntk is None:
+            ntk = None
+        elif isinstance(state.ntk, float):  # zero NTK of the raw inputs
+            ntk = nngp.clone()
+        else:
+            ntk = state.ntk.mul_(self.weight_var).add_(nngp)
         return KernelState(nngp, ntk, self.weight_var * state.var_x + self.bias_var,
                            self.weight_var * state.var_y + self.bias_var)
 
@@ -89,7 +94,7 @@ class LeakyReLU:
         # a zero-variance input has zero covariances, hence correlation 0
         scale = (state.var_x * state.var_y).sqrt_()
         cov = state.nngp
-        rho = torch.div(cov, scale.clamp_(min=1e-300)).clamp_(-1.0, 1.0)
+        rho = torch.div(cov, scale.clamp(min=torch.finfo(scale.dtype).tiny)).clamp_(-1.0, 1.0)
         theta = torch.arccos(rho)
         # sqrt(q_x q_y) sin(theta) = sqrt(q_x q_y - cov^2), taken from the clamped correlation
         sin_part = rho.square_().neg_().add_(1.0).clamp_(min=0.0).sqrt_().mul_(scale)
@@ -190,7 +195,7 @@ class FullyConnectedNTK:
 
     def _propagate(self, gram: torch.Tensor, sq_x, sq_y, with_ntk: bool) -> KernelState:
         """Run the layers on one block; ``gram`` is consumed (updated in place)."""
-        state = KernelState(gram, torch.zeros_like(gram) if with_ntk else None, sq_x, sq_y)
+        state = KernelState(gram, 0.0 if with_ntk else None, sq_x, sq_y)
         for layer in self.layers():
             state = layer.update(state)
         return state

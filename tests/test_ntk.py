@@ -248,3 +248,16 @@ def test_matches_neural_tangents_when_installed():
         want = np.asarray(kernel_fn(X, None, ("nngp", "ntk")).ntk)
         kern = FullyConnectedNTK(depth=2, activation=activation, slope=SLOPE, weight_var=wv, bias_var=bv)
         np.testing.assert_allclose(kern.ntk(X / math.sqrt(d)), want, rtol=1e-4)
+
+
+@pytest.mark.parametrize("activation", ACTS)
+def test_zero_input_and_float32(activation):
+    """A zero input to a bias-free network has zero pre-activations everywhere, so its NNGP and
+    NTK rows vanish (no NaN from the 0/0 correlation); float32 agrees with float64."""
+    X = np.vstack([np.zeros(3), _points(4, 3)])
+    kern = FullyConnectedNTK(depth=2, activation=activation, slope=SLOPE, bias_var=0.0)
+    K64, K32 = kern.ntk(X, device="cpu"), kern.ntk(X, device="cpu", dtype="float32")
+    assert K32.dtype == np.float32
+    np.testing.assert_array_equal(K64[0], 0.0)
+    np.testing.assert_array_equal(kern.nngp(X)[:, 0], 0.0)
+    np.testing.assert_allclose(K32, K64, rtol=1e-5, atol=1e-6 * np.abs(K64).max())
