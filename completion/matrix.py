@@ -42,10 +42,9 @@ log = logging.getLogger(__name__)
 
 MODES = ("rows", "cols", "joint")
 DEPTH_GRID = (1, 2, 3)
-RIDGE_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+RIDGE_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)
 DEFAULT_DEPTH = 1
 DEFAULT_RIDGE = 0.03
-LOWRANK_AUTO = 10
 # Torch threads used by fit on CPU: on the shared 2-core machines, 2 OpenMP threads made the many
 # small factorisations and SVDs of a fit 10-80x slower than one thread (spinning under load).
 CPU_THREADS = 1
@@ -90,8 +89,9 @@ class NTKImputer:
     prior : str or "auto"
         Prior of the rows (rows mode), columns (cols mode) or both (joint mode; a pair
         ``(row_prior, col_prior)`` is also accepted); see :mod:`completion.priors`. "auto" tries
-        profile and lowrank:10, plus features and features+identity:0.5 when features are given
-        for that side (one-hot only in joint mode).
+        profile, plus features and features+identity:0.5 when features are given for that side
+        (one-hot only in joint mode). (lowrank:k lost to profile on every data set tried, and is
+        left out of "auto" to keep it fast.)
     depth : int >= 1 or "auto"
         Hidden layers of the network; "auto" chooses among 1, 2, 3 by CV.
     ridge : float >= 0 or "auto"
@@ -287,16 +287,17 @@ class NTKImputer:
             return build_prior(spec, values, mask, self._row_feats, None, "row")
         return build_prior(spec, values.T, mask.T, self._col_feats, None, "col")
 
-    def _complete(self, values, mask, cfg, targets=None):
+    def _complete(self, values, mask, cfg, targets=None, refine=None):
         """Completed (m, n) matrix (baseline + kernel prediction) for configuration ``cfg``,
         fitted on ``values[mask]``; refined ``self.refine`` times for data-derived priors.
         ``targets``: optional (rows, cols) -> only those entries are returned (joint dense mode
-        then predicts only them)."""
+        then predicts only them); ``refine`` overrides ``self.refine``."""
         baseline = additive_baseline(values, mask)
         resid = np.where(mask, values - baseline, 0.0)
         specs = [parse_prior(p) for p in cfg["prior"]] if isinstance(cfg["prior"], tuple) \
             else [parse_prior(cfg["prior"])]
-        rounds = 1 + (self.refine if any(s.data_derived for s in specs) else 0)
+        refine = self.refine if refine is None else refine
+        rounds = 1 + (refine if any(s.data_derived for s in specs) else 0)
         source, source_mask = values, mask
         for rnd in range(rounds):
             last = rnd == rounds - 1
@@ -369,13 +370,14 @@ class NTKImputer:
         if mode == "joint":
             return [("onehot", "onehot")]
         feats = self._row_feats if mode == "rows" else self._col_feats
-        cands = ["profile", f"lowrank:{LOWRANK_AUTO}"]
+        cands = ["profile"]
         if feats is not None:
             cands += ["features", "features+identity:0.5"]
         return cands
 
     def _choose(self, values, mask):
         """Staged selection by CV: (mode, prior) at default depth/ridge, then depth, then ridge.
+        Candidates are scored without refinement rounds (speed); the final fit refines.
         Nothing is cross-validated when nothing is 'auto'."""
         n_obs = int(mask.sum())
         modes = list(MODES) if self.mode == "auto" else [self.mode]
@@ -438,7 +440,8 @@ class NTKImputer:
                 train = mask & ~val
                 tr, tc = np.nonzero(val)
                 try:
-                    pred = self._complete(np.where(train, values, np.nan), train, cfg, (tr, tc))
+                    pred = self._complete(np.where(train, values, np.nan), train, cfg, (tr, tc),
+                                          refine=0)
                 except ValueError as err:  # e.g. not positive definite at a tiny ridge
                     self._say(f"  skipped {self._describe(cfg)}: {err}")
                     errors = [np.inf]
