@@ -14,6 +14,10 @@ astronaut (RGB 512 x 512) with a text mask and a large box; prints a Markdown ta
 SSIM and wall time and writes ``benchmarks/out/compare_table.csv``::
 
     python benchmarks/bench_compare.py table --methods cntk,biharmonic,telea --seeds 0 1 2
+
+``summary``: the curve so far against the CNTK's row of the table (plot + time ratio)::
+
+    python benchmarks/bench_compare.py summary --image cameraman --seed 0
 """
 from __future__ import annotations
 
@@ -27,8 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from completion.compare import compare_methods, parse_methods  # noqa: E402
-from completion.dip import dip_inpaint  # noqa: E402
+from completion.compare import compare_methods, first_reaching, parse_methods, plot_dip_curve  # noqa: E402,E501
+from completion.dip import HistoryPoint, dip_inpaint  # noqa: E402
 from completion.image_io import read_image  # noqa: E402
 from completion.masks import generate_mask  # noqa: E402
 
@@ -102,6 +106,38 @@ def run_table(args) -> None:
                       f"{r.seconds:.1f} |", flush=True)
 
 
+def run_summary(args) -> None:
+    """Read a (possibly still growing) curve CSV and the table CSV: plot the curve against the
+    CNTK on the same image and seed, and print when DIP reaches the CNTK's PSNR."""
+    name = f"dip_curve_{args.image}_seed{args.seed}"
+    with open(OUT / f"{name}.csv") as fh:
+        history = [HistoryPoint(int(r["iteration"]), float(r["loss"]), float(r["psnr"]),
+                                float(r["seconds"])) for r in csv.DictReader(fh)]
+    with open(OUT / "compare_table.csv") as fh:
+        cntk = next(r for r in csv.DictReader(fh) if r["image"] == args.image and r["method"] ==
+                    "cntk" and int(r["seed"]) == args.seed and r["mask"].startswith("pixels"))
+    cntk_psnr, cntk_seconds = float(cntk["psnr_db"]), float(cntk["seconds"])
+    plot_dip_curve(OUT / f"{name}.png", history, cntk_psnr, cntk_seconds)
+    last, best = history[-1], max(history, key=lambda p: p.psnr)
+    print(f"DIP {args.image} seed {args.seed}: {last.iteration} iterations in {last.seconds:.0f} s "
+          f"({last.seconds / last.iteration:.2f} s/iteration); PSNR at the last log "
+          f"{last.psnr:.2f} dB, best {best.psnr:.2f} dB at iteration {best.iteration}; "
+          f"published {PUBLISHED_DIP_PSNR.get(args.image)} dB")
+    hit = first_reaching(history, cntk_psnr)
+    if hit is None:
+        print(f"DIP has not reached the CNTK's {cntk_psnr:.2f} dB ({cntk_seconds:.1f} s) within "
+              f"{last.iteration} iterations / {last.seconds:.0f} s: CNTK/DIP time ratio < "
+              f"{cntk_seconds / last.seconds:.3g} (upper bound)")
+    else:
+        print(f"DIP first reaches the CNTK's {cntk_psnr:.2f} dB at iteration {hit.iteration} "
+              f"after {hit.seconds:.0f} s; CNTK wall time {cntk_seconds:.1f} s; CNTK/DIP time "
+              f"ratio at equal PSNR {cntk_seconds / hit.seconds:.3g}")
+    for every in (100, 250, 500, 1000, 2000, 3000):
+        point = next((p for p in history if p.iteration == every), None)
+        if point is not None:
+            print(f"  iteration {every}: {point.psnr:.2f} dB after {point.seconds:.0f} s")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,8 +156,11 @@ def main(argv=None) -> None:
     table.add_argument("--astronaut", nargs="*", default=["text", "box"], choices=["text", "box"])
     table.add_argument("--dip-iterations", type=int, default=3000)
     table.add_argument("--threads", type=int, default=1)
+    summary = sub.add_parser("summary", help="plot a curve against the CNTK row of the table")
+    summary.add_argument("--image", default="cameraman", choices=DEV_IMAGES)
+    summary.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    (run_curve if args.part == "curve" else run_table)(args)
+    {"curve": run_curve, "table": run_table, "summary": run_summary}[args.part](args)
 
 
 if __name__ == "__main__":
