@@ -6,7 +6,7 @@ spec strings (:func:`parse_prior`):
 * ``"onehot"``: e_i, the identity (the items only know who they are);
 * ``"features"``: user features (array or DataFrame aligned by labels), columns standardised;
 * ``"profile"``: the item's observed values, gaps filled by the column means of the matrix
-  (the means over items), each coordinate standardised;
+  (plus the item's own offset), centred per item, each coordinate standardised;
 * ``"lowrank:k"``: rank-k embeddings U_k S_k^(1/2) from a quick low-rank fit of the observed
   entries (a few hard-impute SVD rounds on the column-mean-filled, centred matrix);
 * ``"BASE+identity:w"`` (BASE one of the above but onehot): [F / |F|, w e_i], rows renormalised,
@@ -148,13 +148,16 @@ def _unit_mean_square(F):
 
 
 def profile_prior(X, mask):
-    """(m, n) values with (m, n) bool mask -> (m, n) profiles: row i's values, gaps filled by
-    the column means of the observed entries (0 for an empty column), each profile's own mean
-    removed (rows compare by the shape of their profile, not by their level), then every
-    coordinate standardised over the rows."""
+    """(m, n) values with (m, n) bool mask -> (m, n) profiles: row i's values, each gap filled
+    by its column's mean shifted by the row's mean offset from the column means (the additive
+    row + column fit of the observed entries), each profile's own mean removed (rows compare by
+    the shape of their profile, not by their level), then every coordinate standardised over
+    the rows."""
     counts = mask.sum(0)
     col_mean = np.where(counts > 0, np.where(mask, X, 0.0).sum(0) / np.maximum(counts, 1), 0.0)
-    F = np.where(mask, X, col_mean)
+    rcounts = mask.sum(1)
+    offset = np.where(mask, X - col_mean, 0.0).sum(1) / np.maximum(rcounts, 1)
+    F = np.where(mask, X, col_mean + offset[:, None])
     return _standardise(F - F.mean(1, keepdims=True))
 
 

@@ -181,7 +181,8 @@ def test_parse_prior():
 def test_profile_prior_by_hand():
     X = np.array([[1.0, 2.0, np.nan], [3.0, np.nan, 5.0], [0.0, 4.0, 1.0]])
     mask = ~np.isnan(X)
-    filled = np.array([[1.0, 2.0, 3.0], [3.0, 3.0, 5.0], [0.0, 4.0, 1.0]])  # column means
+    # column means (4/3, 3, 3) plus the row's mean offset from them: row 0 -2/3, row 1 +11/6
+    filled = np.array([[1.0, 2.0, 3 - 2 / 3], [3.0, 3 + 11 / 6, 5.0], [0.0, 4.0, 1.0]])
     filled -= filled.mean(1, keepdims=True)
     expected = (filled - filled.mean(0)) / filled.std(0)
     np.testing.assert_allclose(profile_prior(X, mask), expected)
