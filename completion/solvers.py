@@ -78,10 +78,11 @@ def _ridge_cholesky_solve(A, B, lam, ridge):
 
 
 # -- exact ---------------------------------------------------------------------------------------
-def solve_exact(K, Y, ridge):
+def solve_exact(K, Y, ridge, overwrite=False):
     """alpha = (K + ridge * mean(diag K) * I)^{-1} Y by Cholesky in float64.
 
     K: (n, n) symmetric positive semi-definite; Y: (n,) or (n, t). Returns alpha shaped like Y.
+    ``overwrite=True`` factors a C-contiguous float64 K in place (no n x n copy; K is destroyed).
     """
     K = np.asarray(K, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64)
@@ -93,7 +94,8 @@ def solve_exact(K, Y, ridge):
     if not (np.isfinite(K).all() and np.isfinite(Y).all()):
         raise ValueError("K and Y must be finite (no NaN or inf)")
     lam = ridge * float(np.mean(np.diag(K)))
-    return _ridge_cholesky_solve(K.copy(), Y, lam, ridge)
+    inplace = overwrite and K.flags.c_contiguous and K.flags.writeable
+    return _ridge_cholesky_solve(K if inplace else K.copy(), Y, lam, ridge)
 
 
 # -- preconditioned conjugate gradients -------------------------------------------------------
@@ -559,6 +561,7 @@ class JointKernelOperator:
         check_fits(fixed + per_row, budget, f"tiled joint kernel products over {N} observed entries",
                    "Raise memory_budget or use fewer observed entries.")
         self.tile = int(min(N, (budget - fixed) // per_row))
+        self._budget = budget
         t = lambda a: torch.as_tensor(a, device=self.device)
         self._row_gram = t(row_gram).to(self.dtype)
         self._col_gram = t(col_gram).to(self.dtype)
@@ -574,6 +577,20 @@ class JointKernelOperator:
         c = torch.as_tensor(cols, device=self.device)
         gram = self._row_gram[r][:, self._rows] + self._col_gram[c][:, self._cols]
         return self.kernel.ntk_from_gram(gram, self._sq_norms(r, c), self._sq)
+
+    def dense(self, progress=False):
+        """The (N, N) float64 kernel between observed entries as an ndarray, filled in row
+        tiles (peak memory N^2 + one tile), e.g. for ``solve_exact(K, y, ridge, overwrite=True)``."""
+        N = self.n_observed
+        check_fits(8 * N * N, self._budget, f"the dense {N} x {N} joint kernel",
+                   "Use the CG solver (solver='cg') or raise memory_budget.")
+        K = np.empty((N, N))
+        rows, cols = self._rows.cpu().numpy(), self._cols.cpu().numpy()
+        for start in tqdm(range(0, N, self.tile), desc="kernel tiles", disable=not progress,
+                          leave=False):
+            stop = min(N, start + self.tile)
+            K[start:stop] = self.block(rows[start:stop], cols[start:stop]).cpu().numpy()
+        return K
 
     def diag(self):
         """(N,) tensor: K((i, j), (i, j)) for the observed entries."""
@@ -669,8 +686,10 @@ def choose_solver(mode, shape, n_observed, onehot=False, memory_budget=None):
     """Name of the solver ``solver='auto'`` uses (one of :data:`SOLVERS`).
 
     rows/cols mode -> 'shared'; joint mode with one-hot row and column priors -> 'structured';
-    joint mode with other priors -> 'exact' while the dense N x N kernel and its factor fit in
-    ``memory_budget`` (3 N^2 float64), else 'cg' (tiled products, Nystrom-preconditioned).
+    joint mode with other priors -> 'exact' while the dense N x N float64 kernel, factored in
+    place (:meth:`JointKernelOperator.dense` then ``solve_exact(..., overwrite=True)``), fits
+    in ``memory_budget`` with a quarter to spare for the tiles, else 'cg' (tiled products,
+    Nystrom-preconditioned; each product costs N^2 kernel evaluations).
     """
     if mode in ("rows", "cols"):
         return "shared"
@@ -680,4 +699,4 @@ def choose_solver(mode, shape, n_observed, onehot=False, memory_budget=None):
         raise ValueError(f"n_observed = {n_observed} does not fit a matrix of shape {shape}")
     if onehot:
         return "structured"
-    return "exact" if 3 * 8 * n_observed**2 <= parse_bytes(memory_budget) else "cg"
+    return "exact" if 1.25 * 8 * n_observed**2 <= parse_bytes(memory_budget) else "cg"

@@ -243,6 +243,11 @@ def test_joint_operator_cg_matches_dense_ntk_regression():
     assert op.tile < rows.size / 2
     V = rng.standard_normal((rows.size, 2))
     np.testing.assert_allclose(op.matvec(V), K @ V, rtol=1e-8, atol=1e-8)
+    K_tiled = op.dense()
+    np.testing.assert_allclose(K_tiled, K, rtol=1e-8, atol=1e-8)
+    y2 = rng.standard_normal((rows.size, 2))
+    np.testing.assert_allclose(solve_exact(K_tiled, y2, 1e-3, overwrite=True),
+                               _dense_ridge_solve(K, y2, 1e-3), rtol=1e-6)
     y = rng.standard_normal(rows.size)
     want = _dense_ridge_solve(K, y, 1e-2)
     result = op.solve(y, 1e-2, tol=1e-11, rank=60, return_info=True)
@@ -274,6 +279,7 @@ def test_choose_solver():
     assert choose_solver("cols", (100, 10), 500) == "shared"
     assert choose_solver("joint", (5000, 5000), 1_000_000, onehot=True) == "structured"
     assert choose_solver("joint", (100, 100), 2000) == "exact"
+    assert choose_solver("joint", (1000, 1000), 14_000) == "exact"  # 1.5 GB kernel in 2 GB
     assert choose_solver("joint", (1000, 1000), 200_000) == "cg"
     with pytest.raises(ValueError, match="mode"):
         choose_solver("diagonal", (3, 3), 4)
