@@ -315,10 +315,9 @@ class NTKImputer:
         ``source_mask`` (the observed values, or a completed matrix when refining)."""
         kernel = self._kernel(cfg["depth"])
         ridge = float(cfg["ridge"])
-        data_mask = source_mask
         if cfg["mode"] in ("rows", "cols"):
             axis = 0 if cfg["mode"] == "rows" else 1
-            P = self._prior(specs[0], source, data_mask, axis)
+            P = self._prior(specs[0], source, source_mask, axis)
             K = kernel.ntk(P, device=self.device)
             K = np.asarray(K, dtype=np.float64)
             R, M = (resid, mask) if axis == 0 else (resid.T, mask.T)
@@ -334,8 +333,8 @@ class NTKImputer:
             values4 = [float(kernel.ntk_from_gram(g, 1.0, 1.0)) for g in (1.0, a2, b2, 0.0)]
             alpha = solve_onehot_joint(rows, cols, y, values4, ridge, (m, n))
             return predict_onehot_joint(rows, cols, alpha, values4, (m, n))
-        Pr = self._prior(row_spec, source, data_mask, 0)
-        Pc = self._prior(col_spec, source, data_mask, 1)
+        Pr = self._prior(row_spec, source, source_mask, 0)
+        Pc = self._prior(col_spec, source, source_mask, 1)
         op = JointKernelOperator(kernel, 0.5 * Pr @ Pr.T, 0.5 * Pc @ Pc.T, rows, cols,
                                  device=self.device)
         if cfg["solver"] == "exact":
@@ -415,6 +414,9 @@ class NTKImputer:
         rng = np.random.default_rng(self.random_state)
         rows, cols = np.nonzero(mask)
         fold = rng.permutation(rows.size) % self.cv_folds
+        alone = (np.bincount(rows, minlength=mask.shape[0])[rows] == 1) | \
+            (np.bincount(cols, minlength=mask.shape[1])[cols] == 1)
+        fold[alone] = -1
         out = []
         for f in range(min(self.cv_max_folds, self.cv_folds)):
             val = np.zeros_like(mask)

@@ -268,3 +268,14 @@ def test_unfitted_and_other_matrix_errors():
         imp.transform(small_matrix(seed=5))
     with pytest.raises(ValueError, match="outside"):
         imp.predict([100], [0])
+
+
+def test_cv_folds_keep_single_observations_in_training():
+    X = small_matrix(12, 8, seed=6)
+    X[3, :] = np.nan
+    X[3, 5] = 0.7  # the only observation of row 3
+    imp = NTKImputer(mode="rows", prior="profile", random_state=1, cv_folds=2, cv_max_folds=2)
+    imp._validate_params()
+    folds = imp._folds(~np.isnan(X))
+    assert len(folds) == 2 and not any(f[3, 5] for f in folds)
+    assert np.isfinite(imp.fit(X).transform()).all()
