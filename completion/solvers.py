@@ -29,8 +29,7 @@ import scipy.sparse.csgraph
 import torch
 from tqdm.auto import tqdm
 
-from models.device import (DEFAULT_MEMORY_BUDGET, check_fits, parse_bytes, resolve_device,
-                           resolve_dtype)
+from models.device import check_fits, parse_bytes, resolve_device, resolve_dtype
 
 __all__ = ["solve_exact", "OneHotJointKernel", "solve_onehot_joint", "predict_onehot_joint",
            "solve_shared_kernel", "solve_cg", "CGResult", "JointKernelOperator",
@@ -254,9 +253,12 @@ class OneHotJointKernel:
         """Absolute ridge: ``ridge`` times the mean diagonal (= k_same)."""
         return _check_ridge(ridge) * float(self.values[0])
 
-    # U = [R, C, 1] (N x (m + n + 1)), scaled by D^(1/2) = diag(sqrt b, sqrt c, sqrt d)
-    def _sqrt_d(self):
-        return math.sqrt(self.b), math.sqrt(self.c), math.sqrt(self.d)
+    # U = [R, C, 1] (N x (m + n + 1)), scaled by D^(1/2) = diag(sqrt b I_m, sqrt c I_n, sqrt d)
+    def _reduced_scale(self):
+        """D^(1/2) as a ((m + n + 1), 1) column."""
+        m, n = self.shape
+        return np.concatenate([np.full(m, math.sqrt(self.b)), np.full(n, math.sqrt(self.c)),
+                               [math.sqrt(self.d)]])[:, None]
 
     def _U(self, p):
         """U p for p ((m + n + 1), t): the value per entry, (N, t)."""
@@ -286,8 +288,7 @@ class OneHotJointKernel:
     # -- the reduced (m + n + 1) system M q = D^(1/2) U^T y, M = s I + D^(1/2) U^T U D^(1/2) ----
     def _reduced_dense(self, s):
         m, n = self.shape
-        sb, sc, sd = self._sqrt_d()
-        scale = np.concatenate([np.full(m, sb), np.full(n, sc), [sd]])
+        scale = self._reduced_scale()[:, 0]
         G = np.zeros((m + n + 1, m + n + 1))
         G[np.arange(m), np.arange(m)] = self.row_counts
         G[m + np.arange(n), m + np.arange(n)] = self.col_counts
@@ -306,11 +307,6 @@ class OneHotJointKernel:
         def matvec(Q):
             return s * Q + scale * self._UT(self._U(scale * Q))
         return matvec
-
-    def _reduced_scale(self):
-        m, n = self.shape
-        sb, sc, sd = self._sqrt_d()
-        return np.concatenate([np.full(m, sb), np.full(n, sc), [sd]])[:, None]
 
     def _reduced_preconditioner(self, s, max_components=1000):
         """Jacobi plus an exact coarse correction on the per-component row/column constants.

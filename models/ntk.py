@@ -164,8 +164,7 @@ class FullyConnectedNTK:
             raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-        for name, value, lower_ok in (("weight_var", weight_var, False), ("bias_var", bias_var, True),
-                                      ("slope", slope, True)):
+        for name, value in (("weight_var", weight_var), ("bias_var", bias_var), ("slope", slope)):
             if not isinstance(value, (int, float, np.floating, np.integer)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
         if weight_var <= 0:

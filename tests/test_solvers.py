@@ -1,6 +1,5 @@
 """Fast solvers against dense oracles: the entry kernel built explicitly (from the NTK of the
 actual joint inputs z_ij, or by looping over entry pairs) and solved by numpy."""
-import warnings
 
 import numpy as np
 import pytest
@@ -109,6 +108,7 @@ def test_onehot_joint_matvec_and_erf_kernel():
     rows, cols, values, Z = _onehot_problem(shape, mask, kernel, a=0.8, b=1.3)
     K = kernel.ntk(Z(rows, cols))
     op = OneHotJointKernel(rows, cols, shape, values)
+    np.testing.assert_allclose(op.dense(), K, rtol=1e-12)
     v = np.random.default_rng(4).standard_normal(rows.size)
     np.testing.assert_allclose(op.matvec(v), K @ v, rtol=1e-10, atol=1e-12)
     for method in ("dense", "cg"):
