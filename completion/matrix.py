@@ -162,7 +162,7 @@ class NTKImputer:
             if non_numeric:
                 raise ValueError(f"column(s) {non_numeric[:10]} are not numeric")
             values = frame.to_numpy(dtype=np.float64, na_value=np.nan)
-            rows, cols = list(frame.index), list(frame.columns)
+            rows, cols = frame.index.copy(), frame.columns.copy()  # names kept
         else:
             if isinstance(X, torch.Tensor):
                 X = X.detach().cpu().numpy()

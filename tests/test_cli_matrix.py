@@ -35,7 +35,7 @@ def test_round_trip_keeps_labels_and_observed_values(tmp_path, screen_csv):
     assert res.exit_code == 0, res.output
     assert digest(path) == before
     done = pd.read_csv(out, index_col=0)
-    assert list(done.index) == list(observed.index)
+    assert list(done.index) == list(observed.index) and done.index.name == "cell"
     assert list(done.columns) == list(observed.columns)
     obs = observed.notna().to_numpy()
     np.testing.assert_allclose(done.to_numpy()[obs], observed.to_numpy()[obs], rtol=1e-12)
