@@ -34,10 +34,13 @@ class SolveInfo:
 
 
 def kernel_block(kern, rows, cols) -> torch.Tensor:
-    """K[rows, cols] for flat pixel indices (row-major over the (H, W) grid), as a dense matrix."""
+    """K[rows, cols] for flat pixel indices (row-major over the (H, W) grid), as a dense matrix:
+    the kernel's own ``block`` when it has one, else gathered from ``table`` or ``dense()``."""
+    if hasattr(kern, "block"):
+        return kern.block(rows, cols)
     table = getattr(kern, "table", None)
     if table is None:
-        full = kern.dense()
+        full = torch.as_tensor(kern.dense())
         h, w = full.shape[:2]
         return full.reshape(h * w, h * w)[rows][:, cols]
     ph, pw, h, w = table.shape

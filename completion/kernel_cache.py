@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .io import atomic_output
-from .kernel_ops import StationaryKernel, arch_key
+from .kernel_ops import arch_key
 
 
 def _prior_key(prior) -> str:
@@ -44,7 +44,8 @@ class KernelCache:
         if path.exists():
             stored = torch.load(path, map_location=device, weights_only=True)
             if stored.get("key") == key:
-                return _from_table(stored["table"])
+                from models.cntk import StructuredKernel
+                return StructuredKernel(stored["table"])
         kern = compute()
         if getattr(kern, "table", None) is not None:
             buf = io.BytesIO()
@@ -53,9 +54,3 @@ class KernelCache:
                 fh.write(buf.getvalue())
         return kern
 
-
-def _from_table(table):
-    if table.shape[:2] == (1, 1):
-        return StationaryKernel(table[0, 0])
-    from models.cntk import StructuredKernel
-    return StructuredKernel(table)
