@@ -439,7 +439,7 @@ def predict_onehot_joint(rows, cols, alpha, values, shape, test_rows=None, test_
 
 
 # -- rows / cols mode: one kernel over rows shared by every column -------------------------------
-def solve_shared_kernel(K_rows, Y, mask, ridge, memory_budget=None, progress=False):
+def solve_shared_kernel(K_rows, Y, mask, ridge, memory_budget=None, progress=False, method="auto"):
     """Complete Y column by column with one kernel over rows; returns the (m, n) prediction.
 
     ``K_rows``: the (m, m) kernel between rows (K((i, j), (i', j')) = [j == j'] K_rows[i, i']),
@@ -454,7 +454,16 @@ def solve_shared_kernel(K_rows, Y, mask, ridge, memory_budget=None, progress=Fal
     dense entry kernel, so this equals :func:`solve_exact` on that kernel. Columns with the same
     observed pattern share one Cholesky factorisation (float64). ``memory_budget`` bounds the
     largest factor, the prediction and the tiles (refused before allocating).
+
+    ``method``: 'direct' (factor each pattern's observed block), 'downdate' (invert the full
+    m x m system once, then factor each pattern's missing block; array ``K_rows`` only) or
+    'auto' (the one with fewer flops, downdate only when 3 m^2 floats fit the budget). Many
+    distinct patterns with few missing rows each (random missingness) favour 'downdate'.
     """
+    if method not in ("auto", "direct", "downdate"):
+        raise ValueError(f"method must be 'auto', 'direct' or 'downdate', got {method!r}")
+    if method == "downdate" and callable(K_rows):
+        raise ValueError("method='downdate' needs K_rows as an array")
     mask = np.asarray(mask)
     Y = np.asarray(Y, dtype=np.float64)
     if mask.dtype != bool:
@@ -500,6 +509,13 @@ def solve_shared_kernel(K_rows, Y, mask, ridge, memory_budget=None, progress=Fal
                            for s in range(0, used.size, tile)])
     lam = ridge * float(diag @ counts[used]) / float(counts.sum())
 
+    if method == "auto" and not callable(K_rows):
+        method = "downdate" if (_downdate_is_cheaper(mask, first, group)
+                                and 8 * (3 * m * m + 2 * m * n) <= budget) else "direct"
+    if method == "downdate":
+        check_fits(8 * (3 * m * m + 2 * m * n), budget, f"rows-mode downdate solve ({m} x {m} inverse)",
+                   "Raise memory_budget or use method='direct'.")
+        return _shared_by_downdates(K, Y, mask, first, group, lam, ridge, progress)
     pred = np.zeros((m, n))
     for g in tqdm(range(first.size), desc="column patterns", disable=not progress, leave=False):
         obs = np.flatnonzero(mask[:, first[g]])
@@ -516,6 +532,54 @@ def solve_shared_kernel(K_rows, Y, mask, ridge, memory_budget=None, progress=Fal
             rows = unobserved[start:start + tile]
             K_tile = torch.as_tensor(np.asarray(block(rows, obs), dtype=np.float64))
             pred[np.ix_(rows, cols)] = (K_tile @ alpha).numpy()
+    return pred
+
+
+def _downdate_is_cheaper(mask, first, group):
+    """Flop estimate: one factor per pattern (sum |O|^3 / 3) against one inverse of the full
+    m x m system plus a factor of each pattern's missing block (m^3 + sum |M|^3 / 3 + 2 m^2 n)."""
+    m, n = mask.shape
+    n_obs = mask[:, first].sum(0).astype(np.float64)
+    per_pattern = np.bincount(group).astype(np.float64)
+    direct = float((n_obs**3 / 3 + 2 * m * n_obs * per_pattern).sum())
+    downdate = float(m**3 + ((m - n_obs) ** 3 / 3 + 2 * n_obs * (m - n_obs) * per_pattern).sum()
+                     + 2 * m * m * n)
+    return downdate < direct
+
+
+def _shared_by_downdates(K, Y, mask, first, group, lam, ridge, progress):
+    """Rows mode through B = (K + lam I)^{-1} over all m rows: for a column observed on O and
+    missing on M, (K_OO + lam I)^{-1} = B_OO - B_OM B_MM^{-1} B_MO, so each pattern costs a
+    factor of its (small) missing block instead of its (large) observed block."""
+    m, n = Y.shape
+    A = torch.from_numpy(K.copy())
+    A.diagonal().add_(lam)
+    L, info = torch.linalg.cholesky_ex(A)
+    if int(info) != 0:
+        raise _not_positive_definite(lam, ridge)
+    del A
+    B = torch.cholesky_inverse(L)
+    del L
+    V = B @ torch.from_numpy(np.where(mask, Y, 0.0))  # B[:, O] y_O for every column
+    coef = torch.zeros((m, n), dtype=torch.float64)
+    for g in tqdm(range(first.size), desc="column patterns", disable=not progress, leave=False):
+        observed = mask[:, first[g]]
+        obs, miss = np.flatnonzero(observed), np.flatnonzero(~observed)
+        if obs.size == 0:
+            continue
+        cols = torch.from_numpy(np.flatnonzero(group == g))
+        obs_t, miss_t = torch.from_numpy(obs), torch.from_numpy(miss)
+        if miss.size == 0:
+            coef[:, cols] = V[:, cols]
+            continue
+        L_mm, info = torch.linalg.cholesky_ex(B[miss_t][:, miss_t])
+        if int(info) != 0:
+            raise _not_positive_definite(lam, ridge)
+        W = torch.cholesky_solve(V[miss_t][:, cols], L_mm)
+        coef[obs_t[:, None], cols] = V[obs_t][:, cols] - B[obs_t][:, miss_t] @ W
+    pred = (torch.from_numpy(K) @ coef).numpy()
+    # at the observed entries K_OO alpha = y - lam alpha exactly
+    pred[mask] = Y[mask] - lam * coef.numpy()[mask]
     return pred
 
 

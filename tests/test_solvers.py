@@ -166,8 +166,9 @@ def test_shared_kernel_matches_brute_force(shape, frac, extra):
     Y = np.where(mask, rng.standard_normal(shape), np.nan)
     for ridge in (1e-5, 0.1):
         want = _brute_force_rows_mode(K_rows, Y, mask, ridge)
-        got = solve_shared_kernel(K_rows, Y, mask, ridge)
-        assert _rel(got, want) < 1e-6
+        for method in ("direct", "downdate"):
+            got = solve_shared_kernel(K_rows, Y, mask, ridge, method=method)
+            assert _rel(got, want) < 1e-6
         # block function instead of the matrix, with a budget allowing row tiles of >= 4 rows
         m, n = shape
         blocks = solve_shared_kernel(lambda a, b: K_rows[np.ix_(a, b)], Y, mask, ridge,
@@ -181,6 +182,7 @@ def test_shared_kernel_matches_brute_force(shape, frac, extra):
     ((np.eye(3), np.zeros((3, 2)), np.ones((3, 2)), 0.1), "boolean"),
     ((np.eye(3), np.zeros((4, 2)), np.ones((4, 2), bool), 0.1), "shape"),
     ((np.eye(3), np.zeros((3, 2)), np.zeros((3, 2), bool), 0.1), "no observed"),
+    ((np.eye(3), np.zeros((3, 2)), np.ones((3, 2), bool), 0.1, None, False, "lu"), "method"),
     ((np.eye(3), np.full((3, 2), np.nan), np.eye(3, 2, dtype=bool), 0.1), r"row 0, column 0"),
 ])
 def test_shared_kernel_rejects_bad_input(args, message):
