@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from models.device import check_fits, parse_bytes, resolve_device, resolve_dtype
 
 __all__ = ["solve_exact", "OneHotJointKernel", "solve_onehot_joint", "predict_onehot_joint",
-           "solve_shared_kernel", "solve_cg", "CGResult", "JointKernelOperator",
+           "solve_shared_kernel", "shared_kernel_flops", "solve_cg", "CGResult", "JointKernelOperator",
            "nystrom_preconditioner", "choose_solver", "SOLVERS"]
 
 SOLVERS = ("exact", "structured", "shared", "cg")
@@ -535,15 +535,23 @@ def solve_shared_kernel(K_rows, Y, mask, ridge, memory_budget=None, progress=Fal
     return pred
 
 
+def shared_kernel_flops(n_rows, observed, columns):
+    """Estimated flops of the two rows-mode methods: returns (direct, downdate).
+
+    ``n_rows``: m; ``observed``: observed rows |O| of each distinct column pattern;
+    ``columns``: number of columns sharing each pattern. Direct: sum |O|^3 / 3 + 2 m |O| t;
+    downdate: m^3 (inverse) + sum |M|^3 / 3 + 2 |O| |M| t, + 2 m^2 n (products).
+    """
+    m = float(n_rows)
+    obs = np.asarray(observed, dtype=np.float64)
+    t = np.asarray(columns, dtype=np.float64)
+    direct = float((obs**3 / 3 + 2 * m * obs * t).sum())
+    downdate = float(m**3 + ((m - obs) ** 3 / 3 + 2 * obs * (m - obs) * t).sum() + 2 * m * m * t.sum())
+    return direct, downdate
+
+
 def _downdate_is_cheaper(mask, first, group):
-    """Flop estimate: one factor per pattern (sum |O|^3 / 3) against one inverse of the full
-    m x m system plus a factor of each pattern's missing block (m^3 + sum |M|^3 / 3 + 2 m^2 n)."""
-    m, n = mask.shape
-    n_obs = mask[:, first].sum(0).astype(np.float64)
-    per_pattern = np.bincount(group).astype(np.float64)
-    direct = float((n_obs**3 / 3 + 2 * m * n_obs * per_pattern).sum())
-    downdate = float(m**3 + ((m - n_obs) ** 3 / 3 + 2 * n_obs * (m - n_obs) * per_pattern).sum()
-                     + 2 * m * m * n)
+    direct, downdate = shared_kernel_flops(mask.shape[0], mask[:, first].sum(0), np.bincount(group))
     return downdate < direct
 
 
