@@ -230,8 +230,9 @@ class NTKImputer:
         return self.fit(X).transform()
 
     def predict(self, rows, cols):
-        """Kernel predictions at entries (rows[k], cols[k]): integer positions, or labels when a
-        DataFrame was fitted. Observed entries get the kernel fit (module docstring)."""
+        """Kernel predictions at entries (rows[k], cols[k]): integer positions when an array was
+        fitted, labels when a DataFrame was fitted; returns a (len(rows),) array. Observed
+        entries get the kernel fit (module docstring), not the observed value."""
         self._check_fitted()
         r = self._positions(rows, self.row_labels_, "row")
         c = self._positions(cols, self.col_labels_, "column")
@@ -246,7 +247,7 @@ class NTKImputer:
 
     def _positions(self, keys, labels, what):
         keys = np.atleast_1d(np.asarray(keys))
-        if self._frame_type and not np.issubdtype(keys.dtype, np.integer):
+        if self._frame_type:  # a fitted DataFrame is addressed by its labels, never positions
             lookup = {str(lab): k for k, lab in enumerate(labels)}
             missing = [str(k) for k in keys if str(k) not in lookup]
             if missing:

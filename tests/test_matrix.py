@@ -164,6 +164,9 @@ def test_predict_by_labels():
         assert out.loc["c", "D"] == pytest.approx(imp.completed_[2, 3])
     with pytest.raises(ValueError, match="unknown row label"):
         imp.predict(["zz"], ["A"])
+    ints = pd.DataFrame(X, index=range(100, 109))  # integer labels are labels, not positions
+    imp = NTKImputer(mode="rows", prior="profile", depth=1, ridge=0.1).fit(ints)
+    assert imp.predict([102], [3])[0] == pytest.approx(imp.completed_[2, 3])
 
 
 # -- priors --------------------------------------------------------------------------------------
