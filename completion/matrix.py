@@ -32,7 +32,7 @@ import torch
 
 from models.ntk import ACTIVATIONS, FullyConnectedNTK
 
-from .priors import PriorSpec, build_prior, parse_prior
+from .priors import build_prior, parse_prior
 from .solvers import (SOLVERS, JointKernelOperator, choose_solver, predict_onehot_joint,
                       solve_exact, solve_onehot_joint, solve_shared_kernel)
 

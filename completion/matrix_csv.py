@@ -14,7 +14,8 @@ import pandas as pd
 from .io import atomic_output
 from .matrix import additive_baseline
 
-__all__ = ["read_matrix_csv", "read_features_csv", "write_matrix_csv", "holdout_mask", "scores"]
+__all__ = ["read_matrix_csv", "read_features_csv", "write_matrix_csv", "holdout_mask", "scores",
+           "baseline_scores"]
 
 
 def _read_labelled(path, na_values, what):
