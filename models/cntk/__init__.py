@@ -21,8 +21,8 @@ from .kernel import CNTKKernel, StructuredKernel
 from .layers import Activation, Concat, Conv, Downsample, LeakyReLU, ReLU, Upsample
 from .network import Sequential
 from .priors import make_prior, meshgrid_features
-from .spec import PRESETS, encoder_decoder_spec, parse_spec
+from .spec import PRESETS, encoder_decoder_spec, parse_spec, skip_spec, symmetric_spec
 
 __all__ = ["Sequential", "Concat", "Conv", "ReLU", "LeakyReLU", "Downsample", "Upsample", "Activation",
-           "CNTKKernel", "StructuredKernel", "PRESETS", "encoder_decoder_spec", "parse_spec", "make_prior",
+           "CNTKKernel", "StructuredKernel", "PRESETS", "encoder_decoder_spec", "symmetric_spec", "skip_spec", "parse_spec", "make_prior",
            "meshgrid_features"]

@@ -14,7 +14,7 @@ from . import tables
 from .layers import Activation, Concat, Conv, Grid, Post, Resample
 
 # live tables of a layer's output size at its peak (inputs, outputs and temporaries)
-WORK_FACTOR = {"Activation": 7, "Conv": 4, "Resample": 4, "Output": 3, "Concat": 12}
+WORK_FACTOR = {"Activation": 3, "Conv": 4, "Resample": 4, "Output": 3, "Concat": 6}
 
 
 def _work_kind(layer, last):

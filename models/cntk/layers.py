@@ -82,7 +82,7 @@ class Conv(Layer):
     def apply(self, state: Post) -> Pre:
         if state.M is None:
             A = tables.window_sum(state.S, self.k)
-            K = A
+            K = A.clone()
         else:
             A = tables.window_sum(state.S, self.k)
             K = tables.window_sum(state.M, self.k).add_(A)
@@ -117,7 +117,7 @@ class Activation(Layer):
     def apply(self, pre: Pre, diag: Optional[torch.Tensor] = None) -> Post:
         """``S' = kap1(rho) sqrt(n1 n2) / k^2``, ``M' = kap0(rho) / k^2 * K`` with
         ``rho = A / sqrt(n1 n2)`` and ``n = A(p, p)``; ``diag`` (Ph, Pw) = A at offset 0 when the
-        table does not hold row offset 0 (tiled computation)."""
+        table does not hold row offset 0 (tiled computation). Overwrites ``pre``'s tables."""
         S, M = tables.activation(pre.A, pre.K, pre.grid.rows, pre.k, self.duals, diag)
         return Post(S, M, pre.grid)
 

@@ -105,11 +105,38 @@ def encoder_decoder_spec(levels: int, k: int = 3, activation: str = "L", upsampl
     return f"{levels}*({block},D),{block},{decoder}{upsample},C{k}"
 
 
+def symmetric_spec(levels: int, k: int = 3, activation: str = "L", upsample: str = "U") -> str:
+    """``levels`` x (Conv-act-Down), Conv-act, ``levels`` x (Up-Conv-act), Conv: a conv-act
+    block after every upsampling."""
+    block = f"C{k},{activation}"
+    if levels == 0:
+        return f"{block},C{k}"
+    return f"{levels}*({block},D),{block},{levels}*({upsample},{block}),C{k}"
+
+
+def skip_spec(levels: int, fraction: float = 4 / 132, k: int = 3, activation: str = "L",
+              upsample: str = "U") -> str:
+    """DIP's ``skip`` network shape: Conv-act, then per level a Concat of a 1x1 Conv-act skip
+    branch (``fraction`` of the channels; DIP: 4 of 4 + 128) and a main branch Conv-act-Down,
+    Conv-act, (deeper level), Up; after each Concat Conv(k)-act, Conv1-act; read-out Conv1."""
+    a = activation
+    inner = ""
+    for _ in range(levels):
+        main = f"C{k},{a},D,C{k},{a}," + (inner + "," if inner else "") + upsample
+        inner = f"[{fraction!r}|C1,{a}|{main}],C{k},{a},C1,{a}"
+    return f"C{k},{a}," + (inner + "," if inner else "") + "C1"
+
+
 PRESETS = {
     "reference": encoder_decoder_spec(3),
     **{f"ed{s}": encoder_decoder_spec(s) for s in range(1, 7)},
     **{f"ed{s}-bilinear": encoder_decoder_spec(s, upsample="Ub") for s in range(1, 7)},
     **{f"ed{s}-relu": encoder_decoder_spec(s, activation="R") for s in range(1, 7)},
+    **{f"sym{s}": symmetric_spec(s) for s in range(1, 7)},
+    **{f"sym{s}-bilinear": symmetric_spec(s, upsample="Ub") for s in range(1, 7)},
+    **{f"skip{s}": skip_spec(s) for s in range(1, 7)},
 }
-"""Named architectures: ``reference`` (the public notebook net) and encoder-decoders ``ed<s>``
-with s levels (LeakyReLU 0.01, nearest), ``ed<s>-bilinear``, ``ed<s>-relu``."""
+"""Named architectures: ``reference`` (the public notebook net), encoder-decoders ``ed<s>`` with
+s levels in its shape (LeakyReLU 0.01, nearest), ``ed<s>-bilinear``, ``ed<s>-relu``;
+``sym<s>`` / ``sym<s>-bilinear`` (a conv-act block after every upsampling); ``skip<s>``
+(DIP's skip network shape, see :func:`skip_spec`)."""

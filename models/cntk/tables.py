@@ -52,24 +52,26 @@ def partner_diagonal(diag: torch.Tensor, rows: torch.Tensor, n_cols: int) -> tor
     return diag[ir[:, None, :, None], ic[None, :, None, :]]
 
 
-def activation(A, K, rows, k, duals, diag=None):
-    """Dual of an activation after a k x k conv. Returns (S', M') with
-    ``S' = kap1(rho) sqrt(n1 n2) / k^2`` and ``M' = kap0(rho) K / k^2``, ``rho = A / sqrt(n1 n2)``
-    clamped to [-1, 1]; all zero where n1 or n2 is zero."""
-    if diag is None:
-        diag = diagonal(A, rows)
-    norm = partner_diagonal(diag, rows, A.shape[3])
-    norm.mul_(diag[:, :, None, None]).sqrt_()
-    positive = norm > 0
-    rho = torch.where(positive, A / torch.where(positive, norm, torch.ones_like(norm)),
-                      torch.zeros_like(A)).clamp_(-1, 1)
-    kap0, kap1 = duals(rho)
-    del rho
+def activation(A, K, rows, k, duals, diag=None, chunks=8):
+    """Dual of an activation after a k x k conv, IN PLACE: A becomes S' and K becomes M', with
+    ``S' = kap1(rho) sqrt(n1 n2) / k^2``, ``M' = kap0(rho) K / k^2``, ``rho = A / sqrt(n1 n2)``
+    clamped to [-1, 1]; all zero where n1 or n2 is zero. Works through the row offsets in
+    ``chunks`` pieces so that temporaries stay a fraction of a table."""
+    diag = (diagonal(A, rows) if diag is None else diag).clone()
     scale = 1.0 / (k * k)
-    S = kap1.mul_(norm).mul_(scale)
-    M = kap0.mul_(K).mul_(scale)
-    M.masked_fill_(~positive, 0)
-    return S, M
+    step = max(1, -(-A.shape[2] // chunks))
+    for start in range(0, A.shape[2], step):
+        part = slice(start, start + step)
+        a, kk = A[:, :, part], K[:, :, part]
+        norm = partner_diagonal(diag, rows[part], A.shape[3])
+        norm.mul_(diag[:, :, None, None]).sqrt_()
+        positive = norm > 0
+        rho = torch.where(positive, a / torch.where(positive, norm, 1.0), 0.0).clamp_(-1, 1)
+        kap0, kap1 = duals(rho)
+        del rho
+        a.copy_(kap1.mul_(norm).mul_(scale))
+        kk.mul_(kap0.mul_(scale)).masked_fill_(~positive, 0)
+    return A, K
 
 
 def resample(T: torch.Tensor, terms, axis: int, positions) -> torch.Tensor:
