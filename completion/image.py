@@ -100,7 +100,7 @@ class CNTKInpainter:
 
     def __init__(self, arch=DEFAULT_ARCH, prior=DEFAULT_PRIOR, ridge=DEFAULT_RIDGE, *, device="auto",
                  dtype=None, memory_budget=None, center=True, pad="reflect", margin=0,
-                 solver="auto", tol=1e-6, maxiter=500, keep_observed=True, cache_dir=None,
+                 solver="auto", tol=1e-3, maxiter=500, keep_observed=True, cache_dir=None,
                  progress=False):
         if not ridge > 0:
             raise ValueError(f"ridge must be positive, got {ridge}")
