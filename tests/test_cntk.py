@@ -160,7 +160,8 @@ def test_brute_force_16x16_two_levels_bilinear():
     np.testing.assert_allclose(as_matrix(net.ntk((16, 16), engine="dense")), oracle, rtol=1e-10)
 
 
-@pytest.mark.parametrize("spec", ["ed2", "ed3-bilinear", "ed2-relu", "C3,R,D,C5,L,U,C3,L,C3"])
+@pytest.mark.parametrize("spec", ["ed2", "ed3-bilinear", "ed2-relu", "C3,R,D,C5,L,U,C3,L,C3",
+                                  "sym2", "skip2"])
 def test_structured_equals_dense_16x16(spec):
     net = Sequential.from_spec(spec)
     s = net.ntk((16, 16), engine="structured").dense()
@@ -426,9 +427,13 @@ def test_spec_round_trip_and_grammar():
     assert ref.spec() == Sequential.from_spec(PRESETS["reference"]).spec()
     assert ref.spec().count("C3") == 7 and ref.spec().count("D") == 3
     assert len(net.describe().splitlines()) == 7
+    skip = Sequential.from_spec("skip2")
+    assert Sequential.from_spec(skip.spec()) == skip and skip.spec().count("[") == 2
     for bad, msg in [("C3,X,C3", "cannot read layer"), ("C4,R,C3", "odd"),
                      ("C3,R", "last layer"), ("R,C3", "first layer"), ("C3,D,C3", "followed by"),
-                     ("C3,R,R,C3", "directly follow"), ("2*(C3,R,C3", "unbalanced")]:
+                     ("C3,R,R,C3", "directly follow"), ("2*(C3,R,C3", "unbalanced"),
+                     ("C3,R,[0.5|C1|D,U],C3", "followed by"), ("C3,R,[1.5||D,U],C3", "fraction"),
+                     ("C3,R,[0.5|D|D,U],C3", "different sizes")]:
         with pytest.raises(ValueError, match=msg):
             Sequential.from_spec(bad)
 

@@ -317,6 +317,11 @@ def run_chain(layers, state: Post) -> Post:
     return state
 
 
+def _scale_steps(layers) -> int:
+    """Number of x2 upsamplings minus downsamplings of a layer list."""
+    return sum(isinstance(x, Upsample) - isinstance(x, Downsample) for x in layers)
+
+
 class Concat(Layer):
     """Channel concatenation of two branches fed by the same input (DIP's skip connections):
     ``skip`` (often a 1x1 Conv-activation, or nothing = identity) and ``main`` (e.g. Down ...
@@ -331,6 +336,9 @@ class Concat(Layer):
         self.alpha, self.skip, self.main = alpha, tuple(skip), tuple(main)
         for name, branch in (("skip", self.skip), ("main", self.main)):
             check_chain(branch, f"Concat {name} branch", readout=False)
+        if _scale_steps(self.skip) != _scale_steps(self.main):
+            raise ValueError("Concat branches end at different sizes: they need as many "
+                             "Upsample minus Downsample layers each")
 
     @property
     def token(self):
