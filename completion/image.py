@@ -90,7 +90,10 @@ class CNTKInpainter:
         ``missing``); ``margin`` adds that many extra padded pixels (weakens the wrap-around of
         circular convolutions between opposite edges).
     solver : ``'auto'`` (Cholesky when it fits the memory budget, else preconditioned CG),
-        ``'cholesky'`` or ``'cg'``; ``tol``/``maxiter`` control CG.
+        ``'cholesky'`` or ``'cg'``; ``tol`` (relative residual; 1e-3 gives the same PSNR to
+        0.01 dB as 1e-6 on the dev images) and ``maxiter`` control CG; ``precondition`` uses
+        r -> P (K + mu I)^-1 P r (halves the iterations, but each costs 2-4x more with the current
+        engine, so it is off by default; see benchmarks/RESULTS.md).
     keep_observed : observed pixels keep their input values (else the smoothed fit is returned).
     cache_dir : folder where computed kernels are stored for reuse (keyed by architecture, size,
         prior and dtype); kernels are also kept in memory for images of the same size.
@@ -100,7 +103,7 @@ class CNTKInpainter:
 
     def __init__(self, arch=DEFAULT_ARCH, prior=DEFAULT_PRIOR, ridge=DEFAULT_RIDGE, *, device="auto",
                  dtype=None, memory_budget=None, center=True, pad="reflect", margin=0,
-                 solver="auto", tol=1e-3, maxiter=500, keep_observed=True, cache_dir=None,
+                 solver="auto", tol=1e-3, maxiter=500, precondition=False, keep_observed=True, cache_dir=None,
                  progress=False):
         if not ridge > 0:
             raise ValueError(f"ridge must be positive, got {ridge}")
@@ -112,6 +115,7 @@ class CNTKInpainter:
         self.memory_budget = memory_budget
         self.center, self.pad, self.margin = center, pad, int(margin)
         self.solver, self.tol, self.maxiter = solver, tol, maxiter
+        self.precondition = precondition
         self.keep_observed, self.progress = keep_observed, progress
         self._cache = KernelCache(cache_dir)
         self._kernels = {}
@@ -156,7 +160,8 @@ class CNTKInpainter:
         t1 = time.perf_counter()
         alpha, info = solve_observed(kern, targets, observed, lam, solver=self.solver,
                                      memory_budget=self.memory_budget, tol=self.tol,
-                                     maxiter=self.maxiter, progress=self.progress)
+                                     maxiter=self.maxiter, precondition=self.precondition,
+                                     progress=self.progress)
         fit = kern.matvec(alpha) + mean[:, None, None]
         t_solve = time.perf_counter() - t1
         out = np.moveaxis(fit.cpu().numpy(), 0, 2)[:h, :w]
