@@ -187,8 +187,10 @@ def inpaint(image, mask, method="cntk", **options):
     img, m, grey = validate_image_and_mask(image, mask)
     if method == "dip":
         from .dip import dip_inpaint
-        out = dip_inpaint(img[:, :, 0] if grey else img, m[:, :, 0] if grey else m, **options)
-        return np.asarray(out)
+        if not (m == m[:, :, :1]).all():
+            raise ValueError("method='dip' needs one mask shared by all channels (H, W)")
+        result = dip_inpaint(img[:, :, 0] if grey else img, m[:, :, 0], **options)
+        return np.asarray(result.image)
     if method == "biharmonic":
         _reject_options(method, options)
         try:
