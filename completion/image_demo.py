@@ -12,7 +12,7 @@ from .image_io import write_image
 from .masks import generate_mask, mask_to_image
 from .metrics import psnr
 
-DEMO_ARCH = "3*(C3,L,D),C3,L,3*(U,C3,L),C3+avg"  # 3 levels: a few seconds at 64 x 64
+DEMO_ARCH = "sym3+avg"  # 3 levels: a few seconds at 64 x 64
 
 
 def demo_image(size=64) -> np.ndarray:

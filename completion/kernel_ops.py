@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-DEFAULT_ARCHITECTURE = "5*(C3,L,D),C3,L,5*(U,C3,L),C3+avg"
+DEFAULT_ARCHITECTURE = "sym5+avg"  # 5*(C3,L,D),C3,L,5*(U,C3,L),C3, phase-averaged
 """What ``arch="default"`` means (chosen by benchmarks/bench_inpaint.py; see RESULTS.md)."""
 
 
