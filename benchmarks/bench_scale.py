@@ -183,6 +183,8 @@ def _notes(results):
                 f"{min(direct, downdate) / rate / 3600:,.1f} hours at the {rate / 1e9:.1f} GFlop/s "
                 f"measured in the rows-random case: infeasible here, which is why the realistic "
                 f"variant (whole rows missing, one shared factor) is measured at full size.")
+    notes.append("- Times on this shared 2-core machine vary with the other jobs' load (given above); "
+                 "compare figures from one run.")
     return "\n".join(notes)
 
 
