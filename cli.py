@@ -141,9 +141,12 @@ def matrix_command(input_csv, output, mode, row_features, col_features, prior, d
               help="Write the mask used (folder in batch mode).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder caching computed kernels between runs.")
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default=None,
+              help="Kernel precision (default float64 on CPU, float32 on GPU); float32 halves "
+                   "the memory of large kernels (e.g. 512 x 512 with the default architecture).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def inpaint_command(image, output, mask, invert_mask, missing_fraction, seed, mask_type, reference,
-                    method, arch, prior, ridge, iterations, device, save_mask, cache_dir, quiet):
+                    method, arch, prior, ridge, iterations, device, save_mask, cache_dir, dtype, quiet):
     """Fill the missing pixels of IMAGE (or of every image in the folder IMAGE).
 
     \b
@@ -161,7 +164,7 @@ def inpaint_command(image, output, mask, invert_mask, missing_fraction, seed, ma
     try:
         jobs = plan_jobs(image, output, mask, reference, save_mask,
                          generate=missing_fraction is not None)
-        fill = _image_filler(method, arch, prior, ridge, iterations, device, cache_dir,
+        fill = _image_filler(method, arch, prior, ridge, iterations, device, cache_dir, dtype,
                              progress=not quiet and len(jobs) == 1)
         bar = tqdm(jobs, desc="inpaint", unit="image", disable=quiet or len(jobs) == 1)
         for job in bar:
@@ -175,14 +178,15 @@ def inpaint_command(image, output, mask, invert_mask, missing_fraction, seed, ma
         raise click.ClickException(str(err)) from err
 
 
-def _image_filler(method, arch, prior, ridge, iterations, device, cache_dir, progress):
+def _image_filler(method, arch, prior, ridge, iterations, device, cache_dir, dtype, progress):
     """``fill(image, mask)`` for the chosen method (one CNTK inpainter reused across images)."""
     from completion.image import DEFAULT_RIDGE, CNTKInpainter, inpaint
 
     if method == "cntk":
         options = {"maxiter": iterations} if iterations is not None else {}
         inpainter = CNTKInpainter(arch, prior, DEFAULT_RIDGE if ridge is None else ridge,
-                                  device=device, cache_dir=cache_dir, progress=progress, **options)
+                                  device=device, dtype=dtype, cache_dir=cache_dir, progress=progress,
+                                  **options)
         return inpainter.inpaint
     if method == "dip":
         options = {"device": device, "progress": progress}
