@@ -168,7 +168,7 @@ def dip_inpaint(image, mask, iterations: int = 3000, lr: float = 0.01,
 
     with _deterministic(device), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        net = DIPNetwork(c, config).to(device)
+        net = DIPNetwork(c, config).to(device=device, dtype=torch.float32)  # whatever torch's default dtype
         z = net.noise_input(hp, wp, device=device)
         perturb = torch.Generator(device=device).manual_seed(seed + 1)
         target = torch.from_numpy(padded)[None].to(device)
