@@ -198,7 +198,10 @@ def inpaint(image, mask, method="cntk", **options):
         except ImportError as err:
             raise ImportError("method='biharmonic' needs scikit-image: "
                               "pip install 'ntk-completion[compare]'") from err
-        out = np.stack([inpaint_biharmonic(img[:, :, c], m[:, :, c]) for c in range(img.shape[2])], 2)
+        # scikit-image needs C-contiguous planes; channel slices of an RGB array are not.
+        out = np.stack([inpaint_biharmonic(np.ascontiguousarray(img[:, :, c]),
+                                           np.ascontiguousarray(m[:, :, c]))
+                        for c in range(img.shape[2])], 2)
     elif method == "telea":
         radius = options.pop("radius", 3)
         _reject_options(method, options)

@@ -14,7 +14,16 @@ from models.cntk import (PRESETS, Activation, Concat, Conv, Downsample, LeakyReL
                          Upsample, meshgrid_features)
 from models.device import MemoryBudgetError
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _float64_default():
+    """The oracles here build float64 tensors by default; restored afterwards so that other
+    test modules see torch's usual float32 default."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 # ---------------------------------------------------------------- brute-force oracle --------
