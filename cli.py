@@ -113,18 +113,32 @@ def matrix_command(input_csv, output, mode, row_features, col_features, prior, d
 
 # --- image commands (issue 3) ----------------------------------------------------------------
 
+def _mask_source_options(command):
+    """The options choosing the mask, shared by ``inpaint`` and ``compare``: a mask file, or a
+    generated mask (then IMAGE is the clean reference)."""
+    options = [
+        click.option("--mask", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="Mask image, non-zero = missing (OpenCV / scikit-image convention)."),
+        click.option("--invert-mask", is_flag=True,
+                     help="The mask file marks the KNOWN pixels instead."),
+        click.option("--missing-fraction", type=click.FloatRange(0, 1, max_open=True),
+                     help="Generate a mask hiding this fraction of the pixels (IMAGE is then "
+                          "taken as the clean image)."),
+        click.option("--seed", default=0, show_default=True,
+                     help="Seed of the generated mask (and of DIP's initialisation)."),
+        click.option("--mask-type", type=click.Choice(["pixels", "text", "box"]),
+                     default="pixels", show_default=True, help="Kind of generated mask."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command("inpaint")
 @click.argument("image", type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Output image (or folder when IMAGE is a folder).")
-@click.option("--mask", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Mask image, non-zero = missing (OpenCV / scikit-image convention).")
-@click.option("--invert-mask", is_flag=True, help="Mask files mark the KNOWN pixels instead.")
-@click.option("--missing-fraction", type=click.FloatRange(0, 1, max_open=True),
-              help="Generate a mask hiding this fraction of the pixels (input = clean image).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the generated mask.")
-@click.option("--mask-type", type=click.Choice(["pixels", "text", "box"]), default="pixels",
-              show_default=True, help="Kind of generated mask.")
+@_mask_source_options
 @click.option("--reference", type=click.Path(exists=True, path_type=Path),
               help="Clean image (folder in batch mode): print PSNR and SSIM of the result.")
 @click.option("--method", type=click.Choice(["cntk", "dip", "biharmonic", "telea"]), default="cntk",
@@ -202,14 +216,7 @@ def _image_filler(method, arch, prior, ridge, iterations, device, cache_dir, dty
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the outputs, figure, tables and DIP curve.")
-@click.option("--mask", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Mask image, non-zero = missing (OpenCV / scikit-image convention).")
-@click.option("--invert-mask", is_flag=True, help="The mask file marks the KNOWN pixels instead.")
-@click.option("--missing-fraction", type=click.FloatRange(0, 1, max_open=True),
-              help="Generate a mask hiding this fraction of IMAGE (then IMAGE is the reference).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the generated mask and of DIP.")
-@click.option("--mask-type", type=click.Choice(["pixels", "text", "box"]), default="pixels",
-              show_default=True, help="Kind of generated mask.")
+@_mask_source_options
 @click.option("--reference", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Clean image for PSNR/SSIM (default with a generated mask: IMAGE itself).")
 @click.option("--methods", default="cntk,dip,biharmonic,telea", show_default=True,

@@ -180,6 +180,16 @@ def solve_cg(matvec, b, precond=None, tol=1e-8, maxiter=None, progress=False, re
 
 
 # -- joint mode, one-hot priors: K = a I + b R R^T + c C C^T + d 1 1^T ---------------------------
+def _validated_targets(y, n_observed):
+    """y as float64, shape (n_observed,) or (n_observed, t), all finite; else ValueError."""
+    y = np.asarray(y, dtype=np.float64)
+    if y.ndim not in (1, 2) or y.shape[0] != n_observed:
+        raise ValueError(f"y must have shape ({n_observed},) or ({n_observed}, t), got {y.shape}")
+    if not np.isfinite(y).all():
+        raise ValueError("y must be finite (no NaN or inf)")
+    return y
+
+
 def _validated_entries(rows, cols, shape, what="observed"):
     rows = np.asarray(rows)
     cols = np.asarray(cols)
@@ -365,12 +375,7 @@ class OneHotJointKernel:
         m + n + 1 = 4000 unknowns). With ``return_info``, returns (alpha, info) where info is a
         dict with 'method' and, for CG, 'n_iter' and 'residual' (reduced system).
         """
-        y = np.asarray(y, dtype=np.float64)
-        if y.ndim not in (1, 2) or y.shape[0] != self.n_observed:
-            raise ValueError(f"y must have shape ({self.n_observed},) or ({self.n_observed}, t), "
-                             f"got {y.shape}")
-        if not np.isfinite(y).all():
-            raise ValueError("y must be finite (no NaN or inf)")
+        y = _validated_targets(y, self.n_observed)
         if method not in ("auto", "dense", "cg"):
             raise ValueError(f"method must be 'auto', 'dense' or 'cg', got {method!r}")
         lam = self.ridge_lambda(ridge)
@@ -720,12 +725,7 @@ class JointKernelOperator:
         """alpha = (K + ridge * mean(diag K) * I)^{-1} y by CG with a Nystrom preconditioner of
         ``rank`` landmarks (default min(N, 500), chosen uniformly at random); y (N,) or (N, t).
         Returns an ndarray shaped like y (or a :class:`CGResult` when ``return_info``)."""
-        y = np.asarray(y, dtype=np.float64)
-        if y.ndim not in (1, 2) or y.shape[0] != self.n_observed:
-            raise ValueError(f"y must have shape ({self.n_observed},) or ({self.n_observed}, t), "
-                             f"got {y.shape}")
-        if not np.isfinite(y).all():
-            raise ValueError("y must be finite (no NaN or inf)")
+        y = _validated_targets(y, self.n_observed)
         lam = self.ridge_lambda(ridge)
         N = self.n_observed
         rank = min(N, 500) if rank is None else int(rank)

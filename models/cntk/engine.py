@@ -11,7 +11,7 @@ import torch
 
 from ..device import check_fits, format_bytes
 from . import tables
-from .layers import Activation, Concat, Conv, Grid, Post, Resample
+from .layers import Activation, Concat, Conv, Grid, Post, Resample, trace_geometry
 
 # live tables of a layer's output size at its peak (inputs, outputs and temporaries)
 WORK_FACTOR = {"Activation": 3, "Conv": 4, "Resample": 4, "Output": 3, "Concat": 6}
@@ -25,20 +25,6 @@ def _work_kind(layer, last):
                 if isinstance(layer, cls))
 
 
-def plan_geometry(layers, size, period):
-    """[(size, period)] after each layer, starting from the input ``size`` and ``period``."""
-    out = []
-    (H, W), (ph, pw) = size, period
-    for layer in layers:
-        if isinstance(layer, Resample):
-            ph, pw = layer.new_period(ph, H), layer.new_period(pw, W)
-            H, W = layer.new_size(H), layer.new_size(W)
-        elif isinstance(layer, Concat):
-            (H, W), (ph, pw) = layer.geometry((H, W), (ph, pw))
-        out.append(((H, W), (ph, pw)))
-    return out
-
-
 class Propagator:
     """Computes the NTK table of ``layers`` on input grid ``size`` for prior ``prior``, starting
     with input period ``period`` ((1, 1) structured, ``size`` dense)."""
@@ -46,7 +32,7 @@ class Propagator:
     def __init__(self, layers, size, period, prior, device, dtype):
         self.layers, self.prior, self.device, self.dtype = layers, prior, device, dtype
         self.size, self.period = tuple(size), tuple(period)
-        self.geometry = plan_geometry(layers, self.size, self.period)
+        self.geometry = trace_geometry(layers, self.size, self.period)
         self.out_size, self.out_period = self.geometry[-1]
         self.itemsize = torch.empty((), dtype=dtype).element_size()
 

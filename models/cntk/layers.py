@@ -357,16 +357,8 @@ class Concat(Layer):
 
     def geometry(self, size, period):
         """(size, period) of the output for an input grid ``size`` with ``period``."""
-        out = []
-        for branch in (self.skip, self.main):
-            (H, W), (ph, pw) = size, period
-            for layer in branch:
-                if isinstance(layer, Resample):
-                    ph, pw = layer.new_period(ph, H), layer.new_period(pw, W)
-                    H, W = layer.new_size(H), layer.new_size(W)
-                elif isinstance(layer, Concat):
-                    (H, W), (ph, pw) = layer.geometry((H, W), (ph, pw))
-            out.append(((H, W), (ph, pw)))
+        out = [trace_geometry(branch, size, period)[-1] if branch else (size, period)
+               for branch in (self.skip, self.main)]
         if out[0][0] != out[1][0]:
             raise ValueError(f"Concat branches end at different sizes: skip {out[0][0]}, main "
                              f"{out[1][0]}")
@@ -383,3 +375,18 @@ class Concat(Layer):
                  tables.tile_period(y, period), alpha=1 - self.alpha)
                  for x, y in ((a.S, b.S), (a.M, b.M))]
         return Post(mixed[0], mixed[1], Grid(size, period, state.grid.rows))
+
+
+def trace_geometry(layers, size, period):
+    """[(size, period)] after each of ``layers``, starting from the input ``size`` and ``period``
+    (both (rows, cols) pairs); only resampling and concatenation change them."""
+    out = []
+    (H, W), (ph, pw) = size, period
+    for layer in layers:
+        if isinstance(layer, Resample):
+            ph, pw = layer.new_period(ph, H), layer.new_period(pw, W)
+            H, W = layer.new_size(H), layer.new_size(W)
+        elif isinstance(layer, Concat):
+            (H, W), (ph, pw) = layer.geometry((H, W), (ph, pw))
+        out.append(((H, W), (ph, pw)))
+    return out

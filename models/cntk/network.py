@@ -6,7 +6,7 @@ import torch
 from ..device import parse_bytes, resolve_device, resolve_dtype
 from .engine import Propagator
 from .kernel import CNTKKernel
-from .layers import Conv, Layer, check_chain
+from .layers import Conv, Layer, check_chain, trace_geometry
 from .priors import make_prior
 from .spec import PRESETS, parse_spec
 
@@ -64,8 +64,7 @@ class Sequential:
         return all(getattr(layer, "stationary", True) for layer in self.layers)
 
     def output_size(self, size):
-        from .engine import plan_geometry
-        return plan_geometry(self.layers, tuple(size), (1, 1))[-1][0]
+        return trace_geometry(self.layers, tuple(size), (1, 1))[-1][0]
 
     def ntk(self, size, prior="noise", device="auto", dtype=None, memory_budget=None,
             engine="auto", progress=False) -> CNTKKernel:
