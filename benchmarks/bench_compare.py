@@ -85,7 +85,7 @@ def run_table(args) -> None:
     torch.set_num_threads(args.threads)
     methods = parse_methods(args.methods)
     OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / "compare_table.csv"
+    path = OUT / args.csv
     fields = ["image", "mask", "seed", "method", "psnr_db", "ssim", "seconds", "peak_rss_mb", "note"]
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
@@ -94,7 +94,8 @@ def run_table(args) -> None:
         print("|---|---|---|---|---|---|---|")
         for name, kind, seed, image, mask in cases(args.seeds, args.astronaut):
             runs = compare_methods(image, mask, methods, reference=image, progress=False,
-                                   dip_options={"iterations": args.dip_iterations, "seed": seed})
+                                   dip_options={"iterations": args.dip_iterations, "seed": seed},
+                                   cntk_options={"dtype": args.cntk_dtype} if args.cntk_dtype else None)
             for r in runs:
                 note = "" if r.method != "dip" else f"{args.dip_iterations} iterations"
                 writer.writerow({"image": name, "mask": kind, "seed": seed, "method": r.method,
@@ -152,9 +153,13 @@ def main(argv=None) -> None:
     curve.add_argument("--device", default="auto")
     table = sub.add_parser("table", help="all methods on the dev images and astronaut")
     table.add_argument("--methods", default="cntk,dip,biharmonic,telea")
-    table.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    table.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2],
+                       help="seeds of the dev-image masks (none: astronaut only)")
     table.add_argument("--astronaut", nargs="*", default=["text", "box"], choices=["text", "box"])
     table.add_argument("--dip-iterations", type=int, default=3000)
+    table.add_argument("--cntk-dtype", choices=["float64", "float32"], default=None,
+                       help="CNTK kernel precision (float32 fits 512 x 512 in the default budget)")
+    table.add_argument("--csv", default="compare_table.csv", help="file name under benchmarks/out")
     table.add_argument("--threads", type=int, default=1)
     summary = sub.add_parser("summary", help="plot a curve against the CNTK row of the table")
     summary.add_argument("--image", default="cameraman", choices=DEV_IMAGES)
