@@ -22,6 +22,8 @@ from tqdm.auto import tqdm
 
 from models.device import check_fits, parse_bytes
 
+from .solvers import solve_cg
+
 
 @dataclasses.dataclass
 class SolveInfo:
@@ -90,51 +92,33 @@ def cg_solve(kern, targets, observed, ridge, *, tol=1e-6, maxiter=500, precondit
     Preconditioner: r -> P (K + mu I)^-1 P r (exact block-circulant solve on the full grid), with
     ``mu = ridge / observed_fraction`` by default: sub-sampling a fraction f of the pixels scales
     the smooth part of K by about f.  Stops when every channel's residual norm is below ``tol``
-    times its right-hand side's norm, or after ``maxiter`` iterations.
+    times its right-hand side's norm, or after ``maxiter`` iterations (then
+    :func:`completion.solvers.solve_cg`, which runs the iteration, warns).
     """
     obs = observed.to(targets.dtype)
-    b = targets * obs
-    c = b.shape[0]
+    grid = targets.shape
     fraction = float(obs.mean())
     if mu is None:
         mu = ridge / max(fraction, 1e-12)
 
-    def apply_a(v):
-        return kern.matvec(v) * obs + ridge * v
+    # solve_cg iterates on (N, t) blocks: N = H * W grid entries, one column per channel.
+    def to_grid(cols):
+        return cols.T.reshape(grid)
 
-    def apply_m(r):
-        return kern.solve_shifted(r, mu) * obs if precondition else r
+    def to_cols(image):
+        return image.reshape(grid[0], -1).T
 
-    def dot(u, v):
-        return (u * v).reshape(c, -1).sum(1)
+    def apply_a(cols):
+        v = to_grid(cols)
+        return to_cols(kern.matvec(v) * obs + ridge * v)
 
-    b_norm = dot(b, b).sqrt().clamp_min(torch.finfo(b.dtype).tiny)
-    x = torch.zeros_like(b)
-    r = b.clone()
-    z = apply_m(r)
-    p = z.clone()
-    rz = dot(r, z)
-    rel = dot(r, r).sqrt() / b_norm
-    it = 0
-    bar = tqdm(total=maxiter, desc="CG", disable=not progress, leave=False)
-    while it < maxiter and bool((rel > tol).any()):
-        active = (rel > tol).to(b.dtype)
-        ap = apply_a(p)
-        pap = dot(p, ap)
-        step = torch.where(pap > 0, rz / pap.clamp_min(torch.finfo(b.dtype).tiny), 0.0) * active
-        x += step[:, None, None] * p
-        r -= step[:, None, None] * ap
-        z = apply_m(r)
-        rz_new = dot(r, z)
-        beta = torch.where(rz > 0, rz_new / rz.clamp_min(torch.finfo(b.dtype).tiny), 0.0)
-        p = z + beta[:, None, None] * p
-        rz = rz_new
-        rel = dot(r, r).sqrt() / b_norm
-        it += 1
-        bar.update(1)
-        bar.set_postfix(residual=f"{float(rel.max()):.1e}")
-    bar.close()
-    return x, SolveInfo("cg", it, tuple(float(v) for v in rel), bool((rel <= tol).all()))
+    def apply_m(cols):
+        return to_cols(kern.solve_shifted(to_grid(cols), mu) * obs)
+
+    result = solve_cg(apply_a, to_cols(targets * obs), apply_m if precondition else None,
+                      tol=tol, maxiter=maxiter, progress=progress, return_info=True)
+    return to_grid(result.x), SolveInfo("cg", result.n_iter,
+                                        tuple(float(v) for v in result.residual), result.converged)
 
 
 def solve_observed(kern, targets, observed, ridge, *, solver="auto", memory_budget=None,
