@@ -22,7 +22,6 @@ observed value minus ridge * mean-diagonal * alpha (exact interpolation as ``rid
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -30,6 +29,7 @@ import time
 import numpy as np
 import torch
 
+from models.device import limited_threads
 from models.ntk import ACTIVATIONS, FullyConnectedNTK
 
 from .priors import build_prior, parse_prior
@@ -60,16 +60,6 @@ def additive_baseline(values, mask):
     rcounts = mask.sum(1)
     row = np.where(rcounts > 0, resid.sum(1) / np.maximum(rcounts, 1), 0.0)
     return col[None, :] + row[:, None]
-
-
-@contextlib.contextmanager
-def _torch_threads(n):
-    old = torch.get_num_threads()
-    torch.set_num_threads(min(n, old))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _check_choice(name, value, allowed, auto=True):
@@ -198,7 +188,7 @@ class NTKImputer:
         self._row_feats = self._aligned("row", self.row_features, rows)
         self._col_feats = self._aligned("col", self.col_features, cols)
         threads = CPU_THREADS if str(self.device) in ("auto", "cpu") else torch.get_num_threads()
-        with _torch_threads(threads):
+        with limited_threads(threads):
             started = time.perf_counter()
             self.chosen_, self.cv_results_ = self._choose(values, mask)
             self._say(f"chosen: {self._describe(self.chosen_)} "

@@ -19,7 +19,6 @@ training points (the observed entries), so every fast solver solves exactly the 
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 
@@ -30,7 +29,7 @@ import scipy.sparse.csgraph
 import torch
 from tqdm.auto import tqdm
 
-from models.device import check_fits, parse_bytes, resolve_device, resolve_dtype
+from models.device import check_fits, limited_threads, parse_bytes, resolve_device, resolve_dtype
 
 __all__ = ["solve_exact", "OneHotJointKernel", "solve_onehot_joint", "predict_onehot_joint",
            "solve_shared_kernel", "shared_kernel_flops", "solve_cg", "CGResult", "JointKernelOperator",
@@ -577,22 +576,12 @@ def _shared_by_downdates(K, Y, mask, first, group, lam, ridge, progress):
     del L
     V = B @ torch.from_numpy(np.where(mask, Y, 0.0))  # B[:, O] y_O for every column
     coef = torch.zeros((m, n), dtype=torch.float64)
-    with _single_thread():  # many small factors: parallel regions cost more than they save
+    with limited_threads(1):  # many small factors: parallel regions cost more than they save
         _downdate_patterns(B, V, coef, mask, first, group, lam, ridge, progress)
     pred = (torch.from_numpy(K) @ coef).numpy()
     # at the observed entries K_OO alpha = y - lam alpha exactly
     pred[mask] = Y[mask] - lam * coef.numpy()[mask]
     return pred
-
-
-@contextlib.contextmanager
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _downdate_patterns(B, V, coef, mask, first, group, lam, ridge, progress):

@@ -7,6 +7,7 @@ values, and :func:`check_fits` refuses work that would exceed the budget.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 
 import torch
@@ -71,3 +72,17 @@ def check_fits(needed_bytes: float, budget_bytes: int, what: str, advice: str) -
         raise MemoryBudgetError(
             f"{what} would need {format_bytes(needed_bytes)} but the memory budget is "
             f"{format_bytes(budget_bytes)}. {advice}")
+
+
+@contextlib.contextmanager
+def limited_threads(n: int):
+    """Run the block with at most ``n`` torch CPU threads, restoring the previous count after.
+
+    Many small factorisations on a 2-core machine run faster on one thread: each parallel
+    region costs more than it saves."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(int(n), previous)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
