@@ -20,7 +20,7 @@ from models.device import resolve_device, resolve_dtype
 
 from .inpaint_solver import relative_ridge, solve_observed
 from .kernel_cache import KernelCache
-from .kernel_ops import build_kernel, levels_of
+from .kernel_ops import build_kernel, kernel_is_averaged, levels_of
 
 METHODS = ("cntk", "dip", "biharmonic", "telea")
 PAD_MODES = ("reflect", "wrap", "missing")
@@ -92,8 +92,13 @@ class CNTKInpainter:
     solver : ``'auto'`` (Cholesky when it fits the memory budget, else preconditioned CG),
         ``'cholesky'`` or ``'cg'``; ``tol`` (relative residual; 1e-3 gives the same PSNR to
         0.01 dB as 1e-6 on the dev images) and ``maxiter`` control CG; ``precondition`` uses
-        r -> P (K + mu I)^-1 P r (halves the iterations, but each costs 2-4x more with the current
-        engine, so it is off by default; see benchmarks/RESULTS.md).
+        r -> P (K + mu I)^-1 P r (halves the iterations but not the time: off by default; see
+        benchmarks/RESULTS.md).
+    device, dtype : where and in what precision the kernel is computed. ``dtype=None``: float32
+        for phase-averaged architectures (``NAME+avg``, the default; the average is accumulated
+        in float64 and the solve runs in float64: same PSNR to 0.001 dB on the dev images, half
+        the time), else float64 on a CPU and float32 on a GPU. The solve runs in the kernel's
+        dtype.
     keep_observed : observed pixels keep their input values (else the smoothed fit is returned).
     cache_dir : folder where computed kernels are stored for reuse (keyed by architecture, size,
         prior and dtype); kernels are also kept in memory for images of the same size.
@@ -111,6 +116,8 @@ class CNTKInpainter:
             raise ValueError(f"pad must be one of {', '.join(PAD_MODES)}, got {pad!r}")
         self.arch, self.prior, self.ridge = arch, prior, float(ridge)
         self.device = resolve_device(device)
+        if dtype is None and kernel_is_averaged(arch):
+            dtype = torch.float32  # accumulated in float64 anyway (see the class docstring)
         self.dtype = resolve_dtype(dtype, self.device)
         self.memory_budget = memory_budget
         self.center, self.pad, self.margin = center, pad, int(margin)
@@ -148,13 +155,14 @@ class CNTKInpainter:
 
         to_t = lambda a: torch.as_tensor(np.ascontiguousarray(np.moveaxis(a, 2, 0)),
                                          device=self.device)
-        y = to_t(img_p).to(self.dtype)
+        dtype = kern.dtype  # phase-averaged kernels are float64 whatever they were computed in
+        y = to_t(img_p).to(dtype)
         observed = to_t(~m_p)
-        obs_f = observed.to(self.dtype)
+        obs_f = observed.to(dtype)
         if self.center:
             mean = (y * obs_f).sum((1, 2)) / obs_f.sum((1, 2))
         else:
-            mean = torch.zeros(y.shape[0], dtype=self.dtype, device=self.device)
+            mean = torch.zeros(y.shape[0], dtype=dtype, device=self.device)
         targets = (y - mean[:, None, None]) * obs_f
         lam = relative_ridge(kern, self.ridge)
         t1 = time.perf_counter()

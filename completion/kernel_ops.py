@@ -30,6 +30,11 @@ def _split_arch(arch):
     return [arch], False
 
 
+def kernel_is_averaged(arch) -> bool:
+    """True when ``arch`` names a phase-averaged (stationary) kernel, e.g. ``"default"``."""
+    return _split_arch(arch)[1]
+
+
 def network_of(arch):
     """A ``models.cntk.Sequential`` from a preset name, a layer spec string or a network."""
     from models.cntk import PRESETS, Sequential
@@ -76,18 +81,9 @@ def build_kernel(arch, shape, *, prior="noise", device="auto", dtype=None, memor
     networks' CNTKs, or its phase average (``"NAME+avg"``)."""
     parts, averaged = _split_arch(arch)
     kernels = [network_of(a).ntk(tuple(shape), prior=prior, device=device, dtype=dtype,
-                                 memory_budget=memory_budget, progress=progress) for a in parts]
-    kern = kernels[0] if len(kernels) == 1 else sum_kernels(kernels)
-    return phase_average(kern) if averaged else kern
-
-
-def phase_average(kern):
-    """The stationary kernel mean_s K(p + s, q + s) of a structured (periodic) kernel."""
-    from models.cntk import StructuredKernel
-    if kern.table is None:
-        raise ValueError("phase averaging needs a structured (periodic) kernel, not a dense one")
-    return StructuredKernel(kern.table.mean(dim=(0, 1), keepdim=True),
-                            memory_budget=getattr(kern, "memory_budget", None))
+                                 memory_budget=memory_budget, progress=progress,
+                                 average_phases=averaged) for a in parts]
+    return kernels[0] if len(kernels) == 1 else sum_kernels(kernels)
 
 
 def sum_kernels(kernels):

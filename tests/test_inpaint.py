@@ -8,7 +8,6 @@ from PIL import Image
 
 from completion.image import CNTKInpainter, inpaint, pad_to_multiple, validate_image_and_mask
 from completion.inpaint_solver import cg_solve, exact_solve, kernel_block, relative_ridge
-from completion.kernel_ops import phase_average
 from models.cntk import StructuredKernel
 from completion.masks import generate_mask, mask_to_image, read_mask
 from completion.metrics import psnr
@@ -62,13 +61,6 @@ class LoopKernel:
     def solve_shifted(self, v, mu):
         mat = self._dense.reshape(self.h * self.w, -1) + mu * torch.eye(self.h * self.w, dtype=F64)
         return torch.linalg.solve(mat, v.reshape(-1, self.h * self.w).T).T.reshape(v.shape)
-
-
-def test_phase_average_is_mean_over_joint_shifts():
-    kern = LoopKernel(6, 6, period=2)
-    avg = torch.as_tensor(phase_average(kern).dense())
-    shifted = [torch.roll(kern.dense(), shifts=(a, b, a, b), dims=(0, 1, 2, 3)) for a in range(2) for b in range(2)]
-    assert torch.allclose(avg, torch.stack(shifted).mean(0), atol=1e-12)
 
 
 def test_kernel_block_gathers_periodic_table():

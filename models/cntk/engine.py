@@ -25,15 +25,24 @@ def _work_kind(layer, last):
                 if isinstance(layer, cls))
 
 
+# tiles are kept to about this much working memory even when the budget allows more: fresh
+# allocations of large tables cost page faults, and smaller tiles reuse freed memory
+TILE_WORK_BYTES = 64 * 2 ** 20
+
+
 class Propagator:
     """Computes the NTK table of ``layers`` on input grid ``size`` for prior ``prior``, starting
-    with input period ``period`` ((1, 1) structured, ``size`` dense)."""
+    with input period ``period`` ((1, 1) structured, ``size`` dense). With ``average`` the output
+    is the phase average of the table (period (1, 1), float64)."""
 
-    def __init__(self, layers, size, period, prior, device, dtype):
+    def __init__(self, layers, size, period, prior, device, dtype, average=False):
         self.layers, self.prior, self.device, self.dtype = layers, prior, device, dtype
         self.size, self.period = tuple(size), tuple(period)
+        self.average = bool(average)
         self.geometry = trace_geometry(layers, self.size, self.period)
         self.out_size, self.out_period = self.geometry[-1]
+        if self.average:
+            self.out_period = (1, 1)
         self.itemsize = torch.empty((), dtype=dtype).element_size()
 
     # ---- row-offset bookkeeping ------------------------------------------------------------
@@ -70,7 +79,7 @@ class Propagator:
 
     def output_bytes(self):
         (H, W), (ph, pw) = self.out_size, self.out_period
-        return ph * pw * H * W * self.itemsize
+        return ph * pw * H * W * (8 if self.average else self.itemsize)
 
     # ---- forward ----------------------------------------------------------------------------
     def run(self, out_rows, diags=None, record=None, on_layer=None):
@@ -86,7 +95,7 @@ class Propagator:
                    if isinstance(layer, (Activation, Concat)))
         for i, layer in enumerate(self.layers):
             if i == last:
-                out = layer.output(state)
+                out = layer.output(state, self.average)
             elif isinstance(layer, Conv):
                 state = layer.apply(state)
             elif isinstance(layer, Activation):
@@ -113,13 +122,17 @@ class Propagator:
                    "Raise memory_budget, use float32, a smaller image, fewer upsampling levels, "
                    "or the structured engine (stationary prior).")
         all_rows = torch.arange(H_out, device=self.device)
+        concat = any(isinstance(layer, Concat) for layer in self.layers)
+        # on a CPU, tiles also stay near TILE_WORK_BYTES (a GPU's caching allocator reuses memory)
+        target = TILE_WORK_BYTES if self.device.type == "cpu" else budget
         n_tiles = 1
         while True:
             tiles = torch.tensor_split(all_rows, n_tiles)
             worst = max(self.peak_bytes(self.needed_rows(t)[0]) for t in tiles)
-            if out_bytes * (n_tiles > 1) + worst <= budget:
+            fits = out_bytes * (n_tiles > 1) + worst <= budget
+            if fits and (concat or worst <= target or 8 * n_tiles >= H_out):
                 break
-            if n_tiles >= H_out or any(isinstance(layer, Concat) for layer in self.layers):
+            if n_tiles >= H_out or concat:
                 check_fits(out_bytes + worst, budget,
                            f"the CNTK computation (output table {format_bytes(out_bytes)} plus "
                            f"{format_bytes(worst)} of work for the smallest tile; networks with "
@@ -138,7 +151,7 @@ class Propagator:
                      on_layer=bar.update)
             ph, pw = self.out_period
             table = torch.empty((ph, pw, H_out, self.out_size[1]), device=self.device,
-                                dtype=self.dtype)
+                                dtype=torch.float64 if self.average else self.dtype)
             for t in tiles:
                 table[:, :, t] = self.run(t, diags=diags, on_layer=bar.update)
             return table

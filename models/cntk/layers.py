@@ -88,9 +88,14 @@ class Conv(Layer):
             K = tables.window_sum(state.M, self.k).add_(A)
         return Pre(A, K, self.k, state.grid)
 
-    def output(self, state: Post) -> torch.Tensor:
-        """Last layer: the NTK table ``sum_m [S + M](p+m, q+m)``."""
+    def output(self, state: Post, average: bool = False) -> torch.Tensor:
+        """Last layer: the NTK table ``sum_m [S + M](p+m, q+m)``; with ``average``, its mean over
+        the phases (1, 1, R, W) in float64, which is ``k^2`` times the mean of ``S + M`` (the
+        window only moves phases)."""
         total = state.S if state.M is None else state.S + state.M
+        if average:
+            n = total.shape[0] * total.shape[1]
+            return total.sum(dim=(0, 1), keepdim=True, dtype=torch.float64).mul_(self.k ** 2 / n)
         return tables.window_sum(total, self.k)
 
 
@@ -102,23 +107,20 @@ class Activation(Layer):
     all kernels have one size (checked against wide finite networks in the tests)."""
     slope = 0.0
 
-    def duals(self, rho: torch.Tensor):
-        """(kap0(rho), kap1(rho)) for correlations ``rho`` in [-1, 1]."""
-        theta = torch.arccos(rho)
-        sin = torch.sqrt(torch.clamp(1 - rho * rho, min=0))
-        kap0 = (math.pi - theta) / math.pi
-        kap1 = (rho * (math.pi - theta) + sin) / math.pi
-        if self.slope:
-            c = 2 * self.slope / (math.pi * (1 + self.slope ** 2))
-            kap0 = kap0 + c * theta
-            kap1 = kap1 + c * (rho * theta - sin)
-        return kap0, kap1
+    def dual_coefficients(self):
+        """(u, v) of the normalised dual activations at correlation rho = cos(theta):
+        ``kap0(rho) = 1 + u theta`` and ``kap1(rho) = rho kap0(rho) + v sin(theta)``.
+        ReLU: u = -1/pi, v = 1/pi (the arc-cosine kernels); LeakyReLU(slope) adds
+        c = 2 slope / (pi (1 + slope^2)) to u and subtracts it from v."""
+        c = 2 * self.slope / (math.pi * (1 + self.slope ** 2))
+        return c - 1 / math.pi, 1 / math.pi - c
 
     def apply(self, pre: Pre, diag: Optional[torch.Tensor] = None) -> Post:
         """``S' = kap1(rho) sqrt(n1 n2) / k^2``, ``M' = kap0(rho) / k^2 * K`` with
         ``rho = A / sqrt(n1 n2)`` and ``n = A(p, p)``; ``diag`` (Ph, Pw) = A at offset 0 when the
         table does not hold row offset 0 (tiled computation). Overwrites ``pre``'s tables."""
-        S, M = tables.activation(pre.A, pre.K, pre.grid.rows, pre.k, self.duals, diag)
+        S, M = tables.activation(pre.A, pre.K, pre.grid.rows, pre.k, self.dual_coefficients(),
+                                     diag)
         return Post(S, M, pre.grid)
 
 

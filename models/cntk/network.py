@@ -67,13 +67,17 @@ class Sequential:
         return trace_geometry(self.layers, tuple(size), (1, 1))[-1][0]
 
     def ntk(self, size, prior="noise", device="auto", dtype=None, memory_budget=None,
-            engine="auto", progress=False) -> CNTKKernel:
+            engine="auto", progress=False, average_phases=False) -> CNTKKernel:
         """The CNTK between output pixels for a network input of spatial ``size`` (H, W).
 
         ``prior``: 'noise' | 'identity' | 'meshgrid' | array (C0, H, W) (see
         :mod:`models.cntk.priors`). ``engine``: 'structured' (stationary prior, periodic layers;
         O(P^2 H W k) time and memory, P = 2**upsamplings), 'dense' (any prior; (HW)^2 memory,
         tiled over row offsets to fit ``memory_budget``), 'auto' (structured when possible).
+        ``average_phases``: return the stationary kernel mean_s K(p + s, q + s) over the joint
+        shifts s by one period (the kernel of the network with a random circular shift of its
+        output grid), accumulated in float64; it is computed tile by tile without ever holding
+        the periodic table, so it needs far less memory.
         Raises MemoryBudgetError before allocating when the result cannot fit."""
         try:
             H, W = (int(s) for s in size)
@@ -96,7 +100,9 @@ class Sequential:
         dt = resolve_dtype(dtype, dev)
         budget = parse_bytes(memory_budget)
         period = (1, 1) if engine == "structured" else (H, W)
-        prop = Propagator(self.layers, (H, W), period, prior_obj, dev, dt)
+        if average_phases and engine != "structured":
+            raise ValueError("average_phases needs the structured engine (a stationary prior)")
+        prop = Propagator(self.layers, (H, W), period, prior_obj, dev, dt, average=average_phases)
         with torch.no_grad():
             table = prop.compute(budget, progress=progress)
         return CNTKKernel(table, prop.out_size, engine, budget)

@@ -43,49 +43,72 @@ def diagonal(T: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return T[:, :, int(hit[0]), 0]
 
 
-def partner_diagonal(diag: torch.Tensor, rows: torch.Tensor, n_cols: int) -> torch.Tensor:
-    """(Ph, Pw, R, W): X(q, q) for q = p + d, i.e. ``diag[(a + d) mod P]``."""
+def _partner_diagonal(diag: torch.Tensor, phases: torch.Tensor, rows: torch.Tensor):
+    """``diag[(a + d) mod P]`` for the phase rows ``phases`` (n,), row offsets ``rows`` (R,) and
+    all column offsets, as an (n, Pw, R, 1, Pw) tensor broadcastable to (n, Pw, R, W // Pw, Pw):
+    the column part only depends on d_c mod Pw, so it is gathered once per column phase."""
     ph, pw = diag.shape
     dev = diag.device
-    ir = (torch.arange(ph, device=dev)[:, None] + rows[None, :]) % ph
-    ic = (torch.arange(pw, device=dev)[:, None] + torch.arange(n_cols, device=dev)[None, :]) % pw
-    return diag[ir[:, None, :, None], ic[None, :, None, :]]
+    ir = (phases[:, None] + rows[None, :]) % ph                                   # (n, R)
+    ic = (torch.arange(pw, device=dev)[:, None] + torch.arange(pw, device=dev)) % pw  # (Pw, Pw)
+    part = diag[ir[:, None, :, None], ic[None, :, None, :]]                        # (n, Pw, R, Pw)
+    return part[:, :, :, None, :]
 
 
-def activation(A, K, rows, k, duals, diag=None, chunks=8):
+def activation(A, K, rows, k, coefficients, diag=None, chunk_elements=1 << 20):
     """Dual of an activation after a k x k conv, IN PLACE: A becomes S' and K becomes M', with
     ``S' = kap1(rho) sqrt(n1 n2) / k^2``, ``M' = kap0(rho) K / k^2``, ``rho = A / sqrt(n1 n2)``
-    clamped to [-1, 1]; all zero where n1 or n2 is zero. Works through the row offsets in
-    ``chunks`` pieces so that temporaries stay a fraction of a table."""
+    clamped to [-1, 1]; both zero where n1 or n2 is zero. The duals are written through
+    ``coefficients = (u, v)``: ``kap0 = 1 + u theta``, ``kap1 = rho kap0 + v sin(theta)`` with
+    ``theta = arccos(rho)`` (ReLU: u = -1/pi, v = 1/pi). Works through the phase rows in pieces of
+    about ``chunk_elements`` so that temporaries stay small."""
+    u, v = coefficients
     diag = (diagonal(A, rows) if diag is None else diag).clone()
+    ph, pw = diag.shape
+    R, W = A.shape[2:]
+    diag.clamp_(min=0)
+    degenerate = not bool((diag > 0).all())
     scale = 1.0 / (k * k)
-    step = max(1, -(-A.shape[2] // chunks))
-    for start in range(0, A.shape[2], step):
-        part = slice(start, start + step)
-        a, kk = A[:, :, part], K[:, :, part]
-        norm = partner_diagonal(diag, rows[part], A.shape[3])
-        norm.mul_(diag[:, :, None, None]).sqrt_()
-        positive = norm > 0
-        rho = torch.where(positive, a / torch.where(positive, norm, 1.0), 0.0).clamp_(-1, 1)
-        kap0, kap1 = duals(rho)
-        del rho
-        a.copy_(kap1.mul_(norm).mul_(scale))
-        kk.mul_(kap0.mul_(scale)).masked_fill_(~positive, 0)
+    step = max(1, chunk_elements // max(1, pw * R * W))
+    for start in range(0, ph, step):
+        phases = torch.arange(start, min(start + step, ph), device=A.device)
+        shape5 = (len(phases), pw, R, W // pw, pw)
+        a = A[start:start + len(phases)].view(shape5)
+        kk = K[start:start + len(phases)].view(shape5)
+        # sqrt(n1 n2) rather than sqrt(n1) sqrt(n2): exactly n on the diagonal, so rho = 1 there
+        norm = (_partner_diagonal(diag, phases, rows) *
+                diag[start:start + len(phases), :, None, None, None]).sqrt_()
+        rho = torch.div(a, norm).nan_to_num_(0.0, 0.0, 0.0) if degenerate else torch.div(a, norm)
+        rho.clamp_(-1, 1)
+        kap0 = torch.arccos(rho).mul_(u).add_(1)
+        # a = (rho kap0 + v sqrt(1 - rho^2)) * norm / k^2
+        a.copy_(rho.mul(kap0).add_(rho.square_().neg_().add_(1).clamp_(min=0).sqrt_(), alpha=v)
+                .mul_(norm).mul_(scale))
+        kk.mul_(kap0.mul_(scale))
+        if degenerate:
+            kk.masked_fill_(norm == 0, 0)
     return A, K
 
 
 def resample(T: torch.Tensor, terms, axis: int, positions) -> torch.Tensor:
     """Resample along ``axis`` (0 rows, 1 columns): the output at (phase a', offset j) is
-    ``sum_terms weight * T[phase, positions(offset)]`` (see :meth:`Resample.terms`);
-    ``positions`` maps offset values to indices of the held offsets."""
-    view = T.movedim((axis, axis + 2), (0, 1))
-    out = None
-    for weight, phase, offset in terms:
-        g = view[phase, positions(offset)]
-        if weight is not None:
-            g = g * weight.to(T.dtype)[:, :, None, None]
-        out = g if out is None else out.add_(g)
-    return out.movedim((0, 1), (axis, axis + 2)).contiguous()
+    ``sum_terms weight * T[phase(a'), positions(offset)]`` (see :meth:`Resample.terms`; the
+    source phase depends on the output phase only); ``positions`` maps offset values to indices
+    of the held offsets. One ``index_select`` per output phase and term."""
+    p_out, n_out = terms[0][1].shape
+    shape = list(T.shape)
+    shape[axis], shape[axis + 2] = p_out, n_out
+    out = torch.empty(shape, dtype=T.dtype, device=T.device)
+    for j, (weight, phase, offset) in enumerate(terms):
+        src_phase = phase[:, 0].tolist()
+        for a in range(p_out):
+            g = torch.index_select(T.select(axis, src_phase[a]), axis + 1, positions(offset[a]))
+            if weight is not None:
+                w = weight[a].to(T.dtype)
+                g.mul_(w[:, None] if axis == 0 else w)
+            dst = out.select(axis, a)
+            dst.copy_(g) if j == 0 else dst.add_(g)
+    return out
 
 
 def value_positions(values: torch.Tensor, n: int):
