@@ -156,8 +156,9 @@ def _mask_source_options(command):
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder caching computed kernels between runs.")
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default=None,
-              help="Kernel precision (default float64 on CPU, float32 on GPU); float32 halves "
-                   "the memory of large kernels (e.g. 512 x 512 with the default architecture).")
+              help="Precision of the kernel computation. Default: float32 for phase-averaged "
+                   "architectures (NAME+avg, the default; averaged and solved in float64), else "
+                   "float64 on CPU and float32 on GPU.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def inpaint_command(image, output, mask, invert_mask, missing_fraction, seed, mask_type, reference,
                     method, arch, prior, ridge, iterations, device, save_mask, cache_dir, dtype, quiet):

@@ -1,7 +1,8 @@
 """Benchmark of the CNTK kernel engine (models.cntk).
 
 Times kernel construction with the structured engine on 256 x 256 and 512 x 512 grids for
-encoder-decoders with s levels (preset ``ed<s>``, the reference notebook's shape), the reference
+encoder-decoders with s levels (preset ``ed<s>``, the reference notebook's shape), the default
+inpainting kernel (``sym5+avg``: phase-averaged, computed tile by tile) up to 1024 x 1024, the reference
 notebook net at 16 / 32 / 64 with both engines, and compares against a per-pixel-pair Python
 loop in the style of the public reference implementation (its algorithm: float32 arrays, one
 pixel pair and one window offset at a time; single process), measured in the same run.
@@ -111,8 +112,10 @@ def pair_loop_ntk(net, d):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="skip the largest rows")
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+                    help="torch threads for the large kernels")
     args = ap.parse_args()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads)
     rows = []
 
     def row(what, size, engine, dtype, seconds, note=""):
@@ -138,6 +141,14 @@ def main():
                 continue
             row(f"ed{s} (s={s} levels)", f"{n}x{n}", "structured", str(dt)[6:], t,
                 f"period {kern.period}")
+            del kern
+    default = Sequential.from_spec("sym5")
+    for n in (256, 512) if args.quick else (256, 512, 1024):
+        for dt in (torch.float32, torch.float64):
+            t, kern = best_time(lambda: default.ntk((n, n), dtype=dt, average_phases=True),
+                                repeat=2 if n == 256 else 1)
+            row("default (sym5+avg)", f"{n}x{n}", "structured", str(dt)[6:], t,
+                "phase-averaged, tiled")
             del kern
     # small kernels: one thread, like the pair loop (and immune to thread contention on a
     # shared machine, which slows many small parallel ops by 10x)
