@@ -175,9 +175,12 @@ def smooth_rgb(h, w):
 def test_rgb_per_channel_masks_odd_size_equal_channelwise_fits():
     img = smooth_rgb(13, 11)                      # padded to 16 x 12, then cropped
     mask = np.random.default_rng(3).random(img.shape) < 0.5
-    inp = CNTKInpainter(SMALL_ARCH, solver="cholesky")
+    inp = CNTKInpainter(SMALL_ARCH, solver="cholesky", margin=0)
     out = inp.inpaint(img, mask)
     assert out.shape == img.shape and inp.last_info["padded_shape"] == (16, 12)
+    default = CNTKInpainter(SMALL_ARCH, solver="cholesky")   # >= 16 missing pixels of margin
+    assert default.inpaint(img, mask).shape == img.shape
+    assert default.last_info["padded_shape"] == (32, 28)
     assert np.array_equal(out[~mask], img[~mask])
     for ch in range(3):  # each channel is its own regression: same as inpainting it alone
         alone = inp.inpaint(img[:, :, ch], mask[:, :, ch])
