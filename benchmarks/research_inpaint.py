@@ -1,0 +1,92 @@
+"""Screening of inpainting kernels: the research log of benchmarks/RESULTS.md ("second round").
+
+Each VARIANT is ``ARCH`` followed by optional ``@key=value`` settings:
+
+* ``ARCH``: an architecture for ``CNTKInpainter`` (preset, spec, ``NAME+avg``), or
+  ``skip:LEVELS:FRACTION`` for DIP's skip shape with that skip-channel fraction, phase-averaged;
+* ``ridge=``, ``margin=``, ``pad=``: the ``CNTKInpainter`` options;
+* ``sigma=``: a Gaussian-smoothed noise input prior (DIP's U(0, 0.1) noise low-pass filtered
+  with a Gaussian of ``sigma`` pixels: covariance 1/400 + (1/300 - 1/400) exp(-|d|^2 / 2 sigma^2)),
+  a stationary prior used only here.
+
+Prints PSNR per dev image (50% Bernoulli missing) and the mean, one line per variant::
+
+    python benchmarks/research_inpaint.py --seeds 0 "sym5+avg@margin=0" "sym5+avg" \\
+        "skip:5:0.0303@sigma=4" "sym6+avg@ridge=1e-2"
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from completion.image import CNTKInpainter
+from completion.image_io import read_image
+from completion.masks import generate_mask
+from completion.metrics import psnr
+from models.cntk.priors import Prior
+from models.cntk.spec import skip_spec
+
+IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
+
+
+class SmoothNoisePrior(Prior):
+    """Stationary prior: 1/400 + (1/300 - 1/400) exp(-|d|^2 / (2 sigma^2)) at offset d (circular)."""
+    stationary = True
+
+    def __init__(self, sigma: float):
+        self.sigma = float(sigma)
+        self.name = f"smooth-noise-{self.sigma:g}"
+
+    def table(self, size, period, rows, device, dtype):
+        H, W = size
+        r = torch.minimum(rows, H - rows).to(dtype)
+        c = torch.arange(W, device=device)
+        c = torch.minimum(c, W - c).to(dtype)
+        bump = torch.exp(-(r[:, None] ** 2 + c[None, :] ** 2) / (2 * self.sigma ** 2))
+        base = (1 / 400 + (1 / 300 - 1 / 400) * bump)[None, None]
+        return base.expand(period[0], period[1], len(rows), W).contiguous()
+
+
+def inpainter(variant: str) -> CNTKInpainter:
+    arch, *settings = variant.split("@")
+    options = dict(s.split("=", 1) for s in settings)
+    if arch.startswith("skip:"):
+        _, levels, fraction = arch.split(":")
+        arch = skip_spec(int(levels), float(fraction)) + "+avg"
+    kwargs = {"memory_budget": "8GB"}
+    for key, cast in (("ridge", float), ("margin", int), ("pad", str)):
+        if key in options:
+            kwargs[key] = cast(options.pop(key))
+    if "sigma" in options:
+        kwargs["prior"] = SmoothNoisePrior(float(options.pop("sigma")))
+    if options:
+        raise SystemExit(f"unknown settings {sorted(options)} in {variant!r}")
+    return CNTKInpainter(arch, **kwargs)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("variants", nargs="+")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    images = {p.stem: read_image(p) for p in sorted(IMAGES.glob("*.png"))}
+    print(f"{'variant':<40}" + "".join(f"{name:>11}" for name in images) + "       mean")
+    for variant in args.variants:
+        inp = inpainter(variant)
+        t0 = time.perf_counter()
+        scores = [np.mean([psnr(np.clip(inp.inpaint(img, generate_mask(img.shape, 0.5, seed)),
+                                        0, 1), img) for seed in args.seeds])
+                  for img in images.values()]
+        print(f"{variant:<40}" + "".join(f"{v:>11.2f}" for v in scores) +
+              f"{np.mean(scores):>11.3f}  ({time.perf_counter() - t0:.1f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
