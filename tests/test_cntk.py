@@ -266,11 +266,14 @@ def test_reference_net_hand_checked_entries(shared_data):
 
 
 # ---------------------------------------------------------------- kernel algebra -------------
-@pytest.mark.parametrize("spec,engine,size", [("ed2", "structured", (16, 16)),
-                                              ("C3,R,D,C3,L,Ub,C3", "structured", (8, 16)),
-                                              ("ed2", "dense", (8, 8))])
-def test_matvec_solve_diag_block_against_dense(spec, engine, size):
-    kern = Sequential.from_spec(spec).ntk(size, engine=engine)
+@pytest.mark.parametrize("spec,engine,size,average", [
+    ("ed2", "structured", (16, 16), False),
+    ("C3,R,D,C3,L,Ub,C3", "structured", (8, 16), False),
+    ("ed2", "dense", (8, 8), False),
+    ("C3,R,C3,L,C3", "structured", (8, 16), False),       # period (1, 1): Fourier-diagonal
+    ("ed2", "structured", (16, 8), True)])                 # phase-averaged: period (1, 1)
+def test_matvec_solve_diag_block_against_dense(spec, engine, size, average):
+    kern = Sequential.from_spec(spec).ntk(size, engine=engine, average_phases=average)
     H, W = size
     K = kern.dense().reshape(H * W, H * W)
     rng = np.random.default_rng(0)

@@ -167,8 +167,8 @@ class CNTKKernel:
         numpy out, torch in -> torch out)."""
         t, how = self._prepare(v)
         B = self.blocks()
-        spec = self._to_spectrum(t)
-        out = torch.matmul(B, spec.to(B.dtype))
+        spec = self._to_spectrum(t).to(B.dtype)
+        out = B * spec if B.shape[-1] == 1 else torch.matmul(B, spec)  # stationary: a product
         return self._finish(self._from_spectrum(out, t.shape[0]), how)
 
     def solve_shifted(self, v, mu: float):
@@ -177,6 +177,14 @@ class CNTKKernel:
         if not mu > 0:
             raise ValueError(f"mu must be positive, got {mu}")
         t, how = self._prepare(v)
+        if self.period == (1, 1) and self._coarse() != (1, 1):
+            # stationary kernel: K is diagonal in Fourier space, (K + mu I)^-1 is a division
+            B = self.blocks()
+            if bool((B.real.min() + mu) <= 0):
+                raise ValueError(f"K + {mu} I is not numerically positive definite in "
+                                 f"{self.dtype}; use a larger mu or float64")
+            spec = self._to_spectrum(t).to(B.dtype)
+            return self._finish(self._from_spectrum(spec / (B + mu), t.shape[0]), how)
         if self._chol is None or self._chol[0] != mu:
             B = self.blocks()
             eye = torch.eye(B.shape[-1], dtype=B.dtype, device=B.device)
