@@ -130,8 +130,9 @@ def compare_methods(image, mask, methods, reference=None, dip_options=None, cntk
             else:
                 out = inpaint(image, mask, method=method)
             seconds = time.perf_counter() - start
-        run = MethodRun(method, np.asarray(out, dtype=np.float64), seconds, mem.peak_mb,
-                        history=history, extra=extra)
+        # scored as written to the output files: clipped to the valid range [0, 1]
+        run = MethodRun(method, np.clip(np.asarray(out, dtype=np.float64), 0.0, 1.0), seconds,
+                        mem.peak_mb, history=history, extra=extra)
         if reference is not None:
             run.psnr = psnr(run.image, reference)
             try:

@@ -111,3 +111,16 @@ def test_first_reaching_and_method_parsing():
     assert parse_methods(" CNTK, dip ") == ["cntk", "dip"]
     with pytest.raises(ValueError, match="repeats"):
         parse_methods("dip,dip")
+
+
+def test_compare_scores_outputs_clipped_to_valid_range():
+    from completion.compare import compare_methods
+    from completion.image import inpaint
+    stripes = np.tile((np.arange(32) // 4 % 2).astype(float), (32, 1))   # 0/1 bars: overshoot
+    mask = generate_mask(stripes.shape, 0.5, seed=0)
+    raw = inpaint(stripes, mask, method="cntk", arch="sym2+avg")
+    assert raw.min() < 0 or raw.max() > 1          # the unclipped fit leaves [0, 1]
+    run, = compare_methods(stripes, mask, ["cntk"], reference=stripes, progress=False,
+                           cntk_options={"arch": "sym2+avg"})
+    assert 0 <= run.image.min() and run.image.max() <= 1
+    assert run.psnr == pytest.approx(psnr(np.clip(raw, 0, 1), stripes), abs=1e-9)
