@@ -7,6 +7,8 @@ Image Prior network), between output pixel positions.
 >>> kern = net.ntk((16, 16), prior="noise")
 >>> kern.dense().shape
 (16, 16, 16, 16)
+>>> net.ntk((512, 512), average_phases=True).period     # stationary average, tile by tile
+(1, 1)
 
 The preset ``"reference"`` is the public reference notebook's net as its stored kernels
 show it: 3 x (Conv3-LeakyReLU(0.01)-Downsample), Conv3-LeakyReLU, 2 x (Upsample-Conv3-LeakyReLU),
