@@ -8,7 +8,6 @@ default kernel. The solve alone (kernel excluded) is timed with both settings in
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,8 +16,8 @@ from completion.image import CNTKInpainter
 from completion.image_io import read_image
 from completion.masks import generate_mask
 from completion.metrics import psnr
+from devdata import IMAGES
 
-IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
 
 
 def cases():

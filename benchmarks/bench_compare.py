@@ -35,8 +35,8 @@ from completion.compare import compare_methods, first_reaching, parse_methods, p
 from completion.dip import HistoryPoint, dip_inpaint  # noqa: E402
 from completion.image_io import read_image  # noqa: E402
 from completion.masks import generate_mask  # noqa: E402
+from devdata import IMAGES  # noqa: E402
 
-IMAGES = ROOT.parent / "shared" / "data" / "images"
 OUT = ROOT / "benchmarks" / "out"
 DEV_IMAGES = ("cameraman", "house", "peppers", "montage")
 PUBLISHED_DIP_PSNR = {"cameraman": 29.8, "house": 39.16, "peppers": 33.05, "montage": 34.54}
@@ -93,9 +93,13 @@ def run_table(args) -> None:
         print("| image | mask | seed | method | PSNR (dB) | SSIM | time (s) |")
         print("|---|---|---|---|---|---|---|")
         for name, kind, seed, image, mask in cases(args.seeds, args.astronaut):
+            cntk_options = {"device": args.device}
+            if args.cntk_dtype:
+                cntk_options["dtype"] = args.cntk_dtype
             runs = compare_methods(image, mask, methods, reference=image, progress=False,
-                                   dip_options={"iterations": args.dip_iterations, "seed": seed},
-                                   cntk_options={"dtype": args.cntk_dtype} if args.cntk_dtype else None)
+                                   dip_options={"iterations": args.dip_iterations, "seed": seed,
+                                                "device": args.device},
+                                   cntk_options=cntk_options)
             for r in runs:
                 note = "" if r.method != "dip" else f"{args.dip_iterations} iterations"
                 writer.writerow({"image": name, "mask": kind, "seed": seed, "method": r.method,
@@ -161,6 +165,7 @@ def main(argv=None) -> None:
                        help="CNTK kernel precision (float32 fits 512 x 512 in the default budget)")
     table.add_argument("--csv", default="compare_table.csv", help="file name under benchmarks/out")
     table.add_argument("--threads", type=int, default=1)
+    table.add_argument("--device", default="auto", help="for the CNTK and DIP (auto: CUDA if present)")
     summary = sub.add_parser("summary", help="plot a curve against the CNTK row of the table")
     summary.add_argument("--image", default="cameraman", choices=DEV_IMAGES)
     summary.add_argument("--seed", type=int, default=0)

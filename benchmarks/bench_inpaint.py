@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,8 +20,8 @@ from completion.image import CNTKInpainter, inpaint
 from completion.image_io import read_image
 from completion.masks import generate_mask
 from completion.metrics import psnr, ssim
+from devdata import dev_image_paths
 
-IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
 
 
 def score(fill, images, seeds):
@@ -50,7 +49,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    images = sorted(IMAGES.glob("*.png"))
+    images = dev_image_paths()
     methods = {"biharmonic": lambda img, m: inpaint(img, m, method="biharmonic")}
     for arch in args.arch or ["default"]:
         options = {} if args.ridge is None else {"ridge": args.ridge}

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,8 +35,8 @@ from completion.masks import generate_mask
 from completion.metrics import psnr
 from models.cntk.priors import Prior
 from models.cntk.spec import skip_spec
+from devdata import dev_image_paths
 
-IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
 
 
 class SmoothNoisePrior(Prior):
@@ -89,7 +88,7 @@ def main():
     parser.add_argument("--crop", type=int, default=0, help="score two N x N crops per image")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    images = {p.stem: read_image(p) for p in sorted(IMAGES.glob("*.png"))}
+    images = {p.stem: read_image(p) for p in dev_image_paths()}
     if args.crop:
         n = args.crop
         images = {name: [img[r:r + n, c:c + n] for r, c in ((96, 96), (32, 160))]

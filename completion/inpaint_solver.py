@@ -18,7 +18,6 @@ import dataclasses
 import math
 
 import torch
-from tqdm.auto import tqdm
 
 from models.device import check_fits, parse_bytes
 
