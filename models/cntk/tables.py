@@ -107,7 +107,10 @@ def resample(T: torch.Tensor, terms, axis: int, positions) -> torch.Tensor:
                 w = weight[a].to(T.dtype)
                 g.mul_(w[:, None] if axis == 0 else w)
             dst = out.select(axis, a)
-            dst.copy_(g) if j == 0 else dst.add_(g)
+            if j == 0:
+                dst.copy_(g)
+            else:
+                dst.add_(g)
     return out
 
 
