@@ -275,7 +275,7 @@ def plot_dip_curve(path, history, cntk_psnr=None, cntk_seconds=None):
     points = [p for p in history if p.psnr is not None]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, key, label in ((axes[0], "iteration", "DIP iteration"),
-                           (axes[1], "seconds", "wall time (s)")):
+                           (axes[1], "seconds", "wall time (s, log scale)")):
         ax.plot([getattr(p, key) for p in points], [p.psnr for p in points], marker=".",
                 markersize=3, label="DIP")
         ax.set_xlabel(label)
@@ -285,11 +285,14 @@ def plot_dip_curve(path, history, cntk_psnr=None, cntk_seconds=None):
             ax.axhline(cntk_psnr, color="C3", ls="--", label=f"CNTK {cntk_psnr:.2f} dB")
             hit = first_reaching(points, cntk_psnr)
             if hit is not None:
-                ax.axvline(getattr(hit, key), color="C2", ls=":",
-                           label=f"DIP reaches it: {getattr(hit, key):.0f}")
+                where = (f"iteration {hit.iteration}" if key == "iteration"
+                         else f"{hit.seconds:.0f} s")
+                ax.axvline(getattr(hit, key), color="C2", ls=":", label=f"DIP reaches it: {where}")
             if key == "seconds" and cntk_seconds is not None:
                 ax.plot([cntk_seconds], [cntk_psnr], "o", color="C3",
                         label=f"CNTK wall time {cntk_seconds:.1f} s")
+        if key == "seconds" and points:
+            ax.set_xscale("log")   # the CNTK's seconds and DIP's hours on one axis
         ax.legend(fontsize=8)
     if not points:
         fig.suptitle("no reference image: PSNR unavailable")
