@@ -489,6 +489,9 @@ def test_memory_refusals_state_the_size():
     net = Sequential.from_spec("ed2")
     with pytest.raises(MemoryBudgetError, match=r"would need 128\.0 MB.*memory_budget"):
         net.ntk((64, 64), engine="dense", memory_budget="16MB")
+    with pytest.raises(MemoryBudgetError, match=r"would need 8\.0 MB.*average_phases=True"):
+        net.ntk((256, 256), memory_budget="4MB")     # periodic table, 4 x 4 phases
+    assert net.ntk((256, 256), memory_budget="4MB", average_phases=True).period == (1, 1)
     kern = net.ntk((256, 256), dtype=torch.float32)
     with pytest.raises(MemoryBudgetError, match="would need .* GB"):
         kern.dense()

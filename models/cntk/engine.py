@@ -117,10 +117,12 @@ class Propagator:
         """Full output table (Ph, Pw, H, W), tiled over row offsets to fit ``budget`` bytes."""
         H_out = self.out_size[0]
         out_bytes = self.output_bytes()
+        cheaper = ("average_phases=True (the stationary average, computed tile by tile)"
+                   if self.period == (1, 1) else "the structured engine (stationary prior)")
         check_fits(out_bytes, budget, f"the CNTK table ({self.out_period[0]} x "
                    f"{self.out_period[1]} phases x {self.out_size[0]} x {self.out_size[1]} offsets)",
-                   "Raise memory_budget, use float32, a smaller image, fewer upsampling levels, "
-                   "or the structured engine (stationary prior).")
+                   f"Use {cheaper}, float32, a smaller image or fewer upsampling levels, or raise "
+                   "memory_budget.")
         all_rows = torch.arange(H_out, device=self.device)
         concat = any(isinstance(layer, Concat) for layer in self.layers)
         # on a CPU, tiles also stay near TILE_WORK_BYTES (a GPU's caching allocator reuses memory)
