@@ -91,7 +91,7 @@ class CNTKInpainter:
         ``wrap``). The default (16 missing pixels at least) keeps the circular convolutions from
         correlating opposite edges: +0.18 dB mean PSNR on the dev images over no margin
         (benchmarks/RESULTS.md).
-    solver : ``'auto'`` (Cholesky when it fits the memory budget, else preconditioned CG),
+    solver : ``'auto'`` (Cholesky up to 2000 observed pixels, else preconditioned CG),
         ``'cholesky'`` or ``'cg'``; ``tol`` (relative residual; 1e-3 gives the same PSNR to
         0.01 dB as 1e-6 on the dev images) and ``maxiter`` control CG; ``precondition`` uses
         r -> P (K + mu I)^-1 P r, a division in Fourier space for the stationary default kernel:

@@ -24,6 +24,11 @@ from models.device import check_fits, parse_bytes
 from .solvers import solve_cg
 
 
+# 'auto' factorises K_oo only for small problems: with FFT products, preconditioned CG solves a
+# 96 x 96 image (4,600 observed pixels) in 0.17 s where the Cholesky factorisation takes 2.5 s
+CHOLESKY_MAX_OBSERVED = 2000
+
+
 @dataclasses.dataclass
 class SolveInfo:
     """How a solve went: ``method`` ('cholesky' or 'cg'), CG ``iterations``, final relative
@@ -123,13 +128,14 @@ def cg_solve(kern, targets, observed, ridge, *, tol=1e-6, maxiter=500, precondit
 def solve_observed(kern, targets, observed, ridge, *, solver="auto", memory_budget=None,
                    tol=1e-6, maxiter=500, precondition=True, mu=None, progress=False):
     """alpha with (K_oo + ridge I) alpha = y_o: exact Cholesky when ``solver='cholesky'`` or when
-    ('auto') its matrix fits in a quarter of the memory budget, else :func:`cg_solve`."""
+    ('auto') there are at most ``CHOLESKY_MAX_OBSERVED`` observed pixels and its matrix fits in a
+    quarter of the memory budget, else :func:`cg_solve`."""
     if solver not in ("auto", "cholesky", "cg"):
         raise ValueError(f"solver must be 'auto', 'cholesky' or 'cg', got {solver!r}")
     if solver == "auto":
         n = int(observed.reshape(observed.shape[0], -1).sum(1).max())
         fits = 3 * n * n * targets.element_size() <= parse_bytes(memory_budget) / 4
-        solver = "cholesky" if fits and n <= 12000 else "cg"
+        solver = "cholesky" if fits and n <= CHOLESKY_MAX_OBSERVED else "cg"
     if solver == "cholesky":
         return exact_solve(kern, targets, observed, ridge, memory_budget)
     return cg_solve(kern, targets, observed, ridge, tol=tol, maxiter=maxiter,

@@ -193,6 +193,12 @@ def test_cntk_cg_equals_cholesky_on_image():
     exact = CNTKInpainter(SMALL_ARCH, solver="cholesky").inpaint(img, mask)
     cg = CNTKInpainter(SMALL_ARCH, solver="cg", tol=1e-10, maxiter=3000).inpaint(img, mask)
     assert np.abs(cg - exact).max() < 1e-6 * np.abs(exact).max()
+    auto = CNTKInpainter(SMALL_ARCH)                 # 'auto': Cholesky for few observed pixels
+    auto.inpaint(img, mask)
+    assert auto.last_info["solver"] == "cholesky"
+    big = smooth_rgb(72, 72)[:, :, 0]                # > 2000 observed pixels: CG
+    auto.inpaint(big, generate_mask(big.shape, 0.2, seed=1))
+    assert auto.last_info["solver"] == "cg"
 
 
 @pytest.mark.parametrize("arch", [SMALL_ARCH, SMALL_ARCH + "+avg"])
