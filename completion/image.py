@@ -95,7 +95,7 @@ class CNTKInpainter:
         ``'cholesky'`` or ``'cg'``; ``tol`` (relative residual; 1e-3 gives the same PSNR to
         0.01 dB as 1e-6 on the dev images) and ``maxiter`` control CG; ``precondition`` uses
         r -> P (K + mu I)^-1 P r, a division in Fourier space for the stationary default kernel:
-        as fast as plain CG on scattered missing pixels and 6-16x faster on text and box masks
+        as fast as plain CG on scattered missing pixels and 6-19x faster on text and box masks
         (649 -> 50 iterations; benchmarks/RESULTS.md).
     device, dtype : where and in what precision the kernel is computed. ``dtype=None``: float32
         for phase-averaged architectures (``NAME+avg``, the default; the average is accumulated
