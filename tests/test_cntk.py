@@ -242,24 +242,24 @@ def test_phase_averaged_kernel_is_mean_over_joint_shifts(spec):
 
 # ---------------------------------------------------------------- reference implementation ---
 @pytest.mark.parametrize("d", [8, 16])
-def test_reference_notebook_net_reproduced(shared_data, d):
-    ref = np.load(shared_data / "reference" / f"cntk_reference_net_{d}x{d}.npy")
+def test_reference_notebook_net_reproduced(test_data, d):
+    ref = np.load(test_data / f"cntk_reference_net_{d}x{d}.npy")
     net = Sequential.from_spec("reference")
     for engine in ("structured", "dense"):
         K = net.ntk((d, d), engine=engine).dense()
         assert np.abs(K / ref - 1).max() < 1e-5
 
 
-def test_reference_net_hand_checked_entries(shared_data):
+def test_reference_net_hand_checked_entries(test_data):
     # 8x8: the three downsamplings reach a 1x1 grid, where every pair is a diagonal pair
     # (correlation 1, kap0 = kap1 = 1); each of the 7 convs then adds A = 9 * (1/300) to the
     # NTK: every entry is 7 * 0.03 = 0.21.
-    ref8 = np.load(shared_data / "reference" / "cntk_reference_net_8x8.npy")
+    ref8 = np.load(test_data / "cntk_reference_net_8x8.npy")
     K8 = Sequential.from_spec("reference").ntk((8, 8)).dense()
     assert np.allclose(ref8, 0.21, rtol=1e-6) and np.allclose(K8, 0.21, rtol=1e-12)
     # 16x16: symmetric and periodic with period 8 under joint shifts (three x2 upsamplings)
     K16 = Sequential.from_spec("reference").ntk((16, 16)).dense()
-    for K in (K16, np.load(shared_data / "reference" / "cntk_reference_net_16x16.npy")):
+    for K in (K16, np.load(test_data / "cntk_reference_net_16x16.npy")):
         np.testing.assert_allclose(K, K.transpose(2, 3, 0, 1), rtol=1e-6)
         np.testing.assert_allclose(K, np.roll(K, (8, 8, 8, 8), axis=(0, 1, 2, 3)), rtol=1e-6)
         assert not np.allclose(K, np.roll(K, (4, 0, 4, 0), axis=(0, 1, 2, 3)), rtol=1e-3)
