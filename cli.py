@@ -4,14 +4,52 @@ Each sub-command is small and documented with an example; run ``ntk-complete COM
 """
 from __future__ import annotations
 
+import contextlib
+import sys
+import warnings
 from pathlib import Path
 
 import click
 
 
+class _Refused(click.ClickException):
+    """A request refused before any work (an output that cannot be written, options that
+    contradict each other): one line on stderr, exit status 2 like click's usage errors."""
+
+    exit_code = 2
+
+
+def _error(err: Exception) -> click.ClickException:
+    """The one-line CLI error for an exception of the library (exit status 2 for outputs)."""
+    from completion.files import UnwritableOutput
+    if isinstance(err, OSError):
+        return click.ClickException(f"{err.filename or ''}: {err.strerror or err}".lstrip(": "))
+    return (_Refused if isinstance(err, UnwritableOutput) else click.ClickException)(str(err))
+
+
+def _show_progress(quiet: bool) -> bool:
+    """Progress bars only for a person watching: not with -q, not when stderr is a file or pipe."""
+    return not quiet and sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """Show each warning of the library as one line ``warning: ...`` on stderr (between
+    progress bars), every time it is raised."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        from tqdm import tqdm
+        tqdm.write(f"warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UserWarning)
+        warnings.showwarning = show
+        yield
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ntk-completion")
-def main():
+@click.pass_context
+def main(ctx):
     """Complete matrices and images by kernel regression with the NTK/CNTK of infinitely
     wide networks.
 
@@ -21,6 +59,7 @@ def main():
       ntk-complete matrix ratings.csv -o completed.csv --holdout 0.1
       ntk-complete inpaint photo.png --mask photo_mask.png -o filled.png
     """
+    ctx.with_resource(_warnings_as_lines())
 
 
 # --- matrix commands (issue 2) ---------------------------------------------------------------
@@ -37,10 +76,27 @@ def _auto_or(kind):
     return convert
 
 
+def _separator(ctx, param, value):
+    """click converter for --sep: ',', ';', 'tab' (or a literal tab), None = sniff."""
+    if value is None:
+        return None
+    sep = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";"}.get(value.lower(), value)
+    if sep not in (",", ";", "\t"):
+        raise click.BadParameter(f"expected ',', ';' or 'tab', got {value!r}")
+    return sep
+
+
 @main.command("matrix")
 @click.argument("input_csv", metavar="IN.csv", type=click.Path(exists=True, dir_okay=False,
-                                                                path_type=Path))
-@click.option("-o", "--output", required=True, help="Completed CSV ('-' = standard output).")
+                                                                allow_dash=True, path_type=Path))
+@click.option("-o", "--output", required=True, help="Completed CSV ('-' = standard output), "
+              "with the input's separator.")
+@click.option("--sep", callback=_separator, help="Separator of the input files: ',', ';' or "
+              "'tab' [default: found from the file].")
+@click.option("--encoding", help="Text encoding of the input files, e.g. latin-1 or cp1252 "
+              "[default: UTF-8].")
+@click.option("--no-row-labels", is_flag=True, help="The first column is data, not row labels "
+              "(the output has no row labels either).")
 @click.option("--mode", type=click.Choice(["rows", "cols", "joint", "auto"]), default="rows",
               show_default=True, help="rows: a kernel over rows predicts each column; cols: the "
               "transpose; joint: a kernel over entries [row prior; column prior].")
@@ -61,54 +117,58 @@ def _auto_or(kind):
               "R^2 and Pearson r on them next to the additive row+column-mean baseline.")
 @click.option("--na-values", default="", help="Extra comma-separated tokens that mean missing.")
 @click.option("-v", "--verbose", is_flag=True, help="Report the CV scores and the choices made.")
-def matrix_command(input_csv, output, mode, row_features, col_features, prior, depth, ridge,
-                   device, seed, holdout, na_values, verbose):
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors, warnings and --holdout "
+              "scores (not the choices made).")
+def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_features,
+                   col_features, prior, depth, ridge, device, seed, holdout, na_values, verbose,
+                   quiet):
     """Fill the missing entries of the matrix in IN.csv (row labels in the first column, column
-    labels in the header; blank cells and NA tokens are missing) and write the completed matrix.
-    Observed entries are written unchanged. The input is never modified.
+    labels in the header; blank cells and NA tokens are missing; '-' reads standard input) and
+    write the completed matrix. Observed entries are written unchanged. The input is never
+    modified.
 
     \b
     Examples:
       ntk-complete matrix ic50.csv -o completed.csv --mode cols -v
       ntk-complete matrix ic50.csv -o - --row-features cells.csv --prior features+identity:0.5
       ntk-complete matrix ic50.csv -o completed.csv --holdout 0.1 --seed 0
+      ntk-complete matrix ratings.tsv -o completed.tsv --no-row-labels --encoding latin-1
+      cat ic50.csv | ntk-complete matrix - -o - -q > completed.csv
     """
-    import numpy as np
-
-    from completion.io import refuse_overwrite_input
+    from completion.files import check_writable, refuse_overwrite_input
+    from completion.holdout import complete_with_holdout
     from completion.matrix import NTKImputer
-    from completion.matrix_csv import (baseline_scores, holdout_mask, read_features_csv,
-                                       read_matrix_csv, scores, write_matrix_csv)
+    from completion.matrix_csv import read_features_csv, read_matrix_csv, write_matrix_csv
 
     tokens = [t.strip() for t in na_values.split(",") if t.strip()]
+    csv_options = {"sep": sep, "encoding": encoding}
     try:
         refuse_overwrite_input(output, input_csv, row_features, col_features)
-        frame = read_matrix_csv(input_csv, tokens)
-        rf = read_features_csv(row_features, tokens) if row_features else None
-        cf = read_features_csv(col_features, tokens) if col_features else None
-        values = frame.to_numpy()
-        mask = ~np.isnan(values)
-        hidden = holdout_mask(mask, holdout, seed) if holdout is not None else None
-        fit_frame = frame.mask(hidden) if hidden is not None else frame
+        if output != "-":
+            check_writable(output)
+        frame = read_matrix_csv(input_csv, tokens, row_labels=not no_row_labels, **csv_options)
+        rf = read_features_csv(row_features, tokens, **csv_options) if row_features else None
+        cf = read_features_csv(col_features, tokens, **csv_options) if col_features else None
         imputer = NTKImputer(mode=mode, prior=prior, depth=depth, ridge=ridge, device=device,
                              row_features=rf, col_features=cf, random_state=seed,
                              verbose=int(verbose))
-        completed = imputer.fit_transform(fit_frame)
-        if hidden is not None:
-            ours = scores(completed.to_numpy()[hidden], values[hidden])
-            base = baseline_scores(values, mask & ~hidden, hidden)
-            click.echo(f"holdout: {int(hidden.sum())} of {int(mask.sum())} observed entries",
+        if holdout is not None:
+            completed, report = complete_with_holdout(imputer, frame, holdout, seed)
+            click.echo(f"holdout: {report['hidden']} of {report['observed']} observed entries",
                        err=True)
             click.echo(f"{'method':<10} {'RMSE':>9} {'R^2':>8} {'Pearson':>8}", err=True)
-            for name, s in (("ntk", ours), ("additive", base)):
+            for name in ("ntk", "additive"):
+                s = report[name]
                 click.echo(f"{name:<10} {s['rmse']:9.4f} {s['r2']:8.4f} {s['pearson']:8.4f}",
                            err=True)
-            completed = completed.where(~hidden, frame)  # the written matrix keeps every value
-        click.echo("chosen: " + ", ".join(f"{k}={v}" for k, v in imputer.chosen_.items()),
-                   err=True)
-        write_matrix_csv(completed, output)
-    except (ValueError, MemoryError) as err:
-        raise click.ClickException(str(err)) from err
+        else:
+            completed = imputer.fit_transform(frame)
+        if not quiet:
+            click.echo("chosen: " + ", ".join(f"{k}={v}" for k, v in imputer.chosen_.items()),
+                       err=True)
+        write_matrix_csv(completed, output, sep=frame.attrs["sep"], row_labels=not no_row_labels)
+    except (ValueError, MemoryError, OSError) as err:
+        raise _error(err) from err
 
 
 # --- image commands (issue 3) ----------------------------------------------------------------
@@ -132,6 +192,21 @@ def _mask_source_options(command):
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def _check_mask_source(ctx, mask, missing_fraction, invert_mask, require_one=False):
+    """Refuse contradicting mask options (a mask file and generation options together)."""
+    given = lambda name: ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+    if mask is not None:
+        generation = [flag for flag, name in (("--missing-fraction", "missing_fraction"),
+                                             ("--mask-type", "mask_type")) if given(name)]
+        if generation:
+            raise _Refused(f"--mask reads the mask from a file; {' and '.join(generation)} only "
+                           "apply to a generated mask: give one or the other")
+    elif invert_mask:
+        raise _Refused("--invert-mask applies to a --mask file")
+    if require_one and mask is None and missing_fraction is None:
+        raise _Refused("give exactly one of --mask M.png or --missing-fraction F")
 
 
 @main.command("inpaint")
@@ -159,10 +234,19 @@ def _mask_source_options(command):
               help="Precision of the kernel computation. Default: float32 for phase-averaged "
                    "architectures (NAME+avg, the default; averaged and solved in float64), else "
                    "float64 on CPU and float32 on GPU.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def inpaint_command(image, output, mask, invert_mask, missing_fraction, seed, mask_type, reference,
-                    method, arch, prior, ridge, iterations, device, save_mask, cache_dir, dtype, quiet):
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar (none either when stderr "
+              "is not a terminal).")
+@click.pass_context
+def inpaint_command(ctx, image, output, mask, invert_mask, missing_fraction, seed, mask_type,
+                    reference, method, arch, prior, ridge, iterations, device, save_mask, cache_dir,
+                    dtype, quiet):
     """Fill the missing pixels of IMAGE (or of every image in the folder IMAGE).
+
+    The output keeps the input's bit depth (8 or 16) and its alpha channel (carried through
+    unchanged, never inpainted: transparent pixels stay transparent, their colour is filled only
+    where the mask says). A JPEG output is lossy: a warning says so and the scores are measured
+    on the file as written. Mask files: non-zero = missing; the alpha of a mask composites it
+    onto black (transparent = known); JPEG masks are thresholded at mid-grey.
 
     \b
     Examples:
@@ -176,12 +260,14 @@ def inpaint_command(image, output, mask, invert_mask, missing_fraction, seed, ma
 
     from completion.inpaint_jobs import plan_jobs, run_job
 
+    _check_mask_source(ctx, mask, missing_fraction, invert_mask)
+    progress = _show_progress(quiet)
     try:
         jobs = plan_jobs(image, output, mask, reference, save_mask,
                          generate=missing_fraction is not None)
         fill = _image_filler(method, arch, prior, ridge, iterations, device, cache_dir, dtype,
-                             progress=not quiet and len(jobs) == 1)
-        bar = tqdm(jobs, desc="inpaint", unit="image", disable=quiet or len(jobs) == 1)
+                             progress=progress and len(jobs) == 1)
+        bar = tqdm(jobs, desc="inpaint", unit="image", disable=not progress or len(jobs) == 1)
         for job in bar:
             res = run_job(job, fill, invert_mask, missing_fraction, seed, mask_type)
             line = f"{job.output}: {res['missing_fraction']:.1%} missing, {res['seconds']:.1f} s"
@@ -189,8 +275,8 @@ def inpaint_command(image, output, mask, invert_mask, missing_fraction, seed, ma
                 ssim_text = "n/a (needs scikit-image)" if res["ssim"] is None else f"{res['ssim']:.4f}"
                 line += f", PSNR {res['psnr']:.2f} dB, SSIM {ssim_text}"
             tqdm.write(line)
-    except (ValueError, ImportError, MemoryError) as err:
-        raise click.ClickException(str(err)) from err
+    except (ValueError, ImportError, MemoryError, OSError) as err:
+        raise _error(err) from err
 
 
 def _image_filler(method, arch, prior, ridge, iterations, device, cache_dir, dtype, progress):
@@ -227,50 +313,51 @@ def _image_filler(method, arch, prior, ridge, iterations, device, cache_dir, dty
 @click.option("--dip-lr", type=float, default=0.01, show_default=True, help="DIP Adam learning rate.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--no-figures", is_flag=True, help="Skip the matplotlib figures (tables only).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def compare_command(image, output_dir, mask, invert_mask, missing_fraction, seed, mask_type,
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars (none either when stderr "
+              "is not a terminal).")
+@click.pass_context
+def compare_command(ctx, image, output_dir, mask, invert_mask, missing_fraction, seed, mask_type,
                     reference, methods, iterations, dip_lr, device, no_figures, quiet):
     """Run several inpainting methods on IMAGE with the same mask and compare them.
 
     Writes METHOD.png, mask.png, corrupted.png, comparison.png (corrupted | methods |
     reference), table.csv and table.md (PSNR, SSIM, wall time, peak RSS increase) and, with
     DIP, dip_curve.csv/png (PSNR against iterations and seconds, with the CNTK's PSNR marked).
+    Images keep the input's bit depth and alpha; the scores are those of the files written.
+    DIP's published recipe takes thousands of iterations, about 2 s each at 256 x 256 on one
+    CPU core (a warning gives the estimate): use --device cuda or fewer --iterations.
 
     \b
     Examples:
-      ntk-complete compare photo.png --missing-fraction 0.5 --seed 0 -o cmp/
+      ntk-complete compare photo.png --missing-fraction 0.5 --seed 0 \\
+          --methods cntk,biharmonic,telea -o cmp/
       ntk-complete compare photo.png --mask m.png --reference clean.png \\
-          --methods cntk,dip --iterations 3000 -o cmp/
+          --methods cntk,dip --iterations 50 -o cmp/
     """
     from completion.compare import check_dependencies, compare_methods, parse_methods, write_comparison
-    from completion.image_io import read_image
-    from completion.io import refuse_overwrite_input
-    from completion.masks import generate_mask, read_mask
+    from completion.files import check_writable, refuse_overwrite_input
+    from completion.inpaint_jobs import load_inputs
 
+    _check_mask_source(ctx, mask, missing_fraction, invert_mask, require_one=True)
     try:
+        check_writable(output_dir, folder=True)
         names = parse_methods(methods)
         check_dependencies(names, figures=not no_figures)
-        if (mask is None) == (missing_fraction is None):
-            raise ValueError("give exactly one of --mask M.png or --missing-fraction F")
-        img = read_image(image)
-        if mask is not None:
-            m = read_mask(mask, img.shape, invert=invert_mask, image_path=image)
-        else:
-            m = generate_mask(img.shape, missing_fraction, seed=seed, mask_type=mask_type)
+        if mask is None:
             reference = reference or image
-        ref = read_image(reference) if reference is not None else None
-        if ref is not None and ref.shape != img.shape:
-            raise ValueError(f"reference {reference} has shape {ref.shape} but image {image} "
-                             f"has {img.shape}")
         for name in ["mask", "corrupted", *names]:
             refuse_overwrite_input(output_dir / f"{name}.png", image, mask, reference)
-        runs = compare_methods(img, m, names, reference=ref, progress=not quiet,
+        found, m, ref = load_inputs(image, mask, reference, invert_mask, missing_fraction, seed,
+                                    mask_type)
+        runs = compare_methods(found.pixels, m, names, reference=ref,
+                               progress=_show_progress(quiet), bits=found.bits,
                                dip_options={"iterations": iterations, "lr": dip_lr,
                                             "device": device, "seed": seed},
                                cntk_options={"device": device})
-        write_comparison(output_dir, img, m, runs, reference=ref, figures=not no_figures)
-    except (ValueError, ImportError, MemoryError) as err:
-        raise click.ClickException(str(err)) from err
+        write_comparison(output_dir, found.pixels, m, runs, reference=ref, figures=not no_figures,
+                         bits=found.bits, alpha=found.alpha)
+    except (ValueError, ImportError, MemoryError, OSError) as err:
+        raise _error(err) from err
     from completion.compare import markdown_table, table_rows
     click.echo(markdown_table(table_rows(runs)), nl=False)
     click.echo(f"outputs written to {output_dir}")
@@ -297,9 +384,14 @@ def demo_command(output_dir, seed):
     Example:
       ntk-complete demo -o demo-output
     """
+    from completion.files import check_writable
     from completion.image_demo import run_demo as run_image_demo
     from completion.matrix_demo import run_demo as run_matrix_demo
 
+    try:
+        check_writable(output_dir, folder=True)
+    except ValueError as err:
+        raise _error(err) from err
     click.echo("[1/2] matrix completion demo ...", err=True)
     m = run_matrix_demo(output_dir / "matrix", seed=seed)
     click.echo(f"matrix  hidden-entry RMSE: NTK {m['ntk']['rmse']:.3f} (R^2 {m['ntk']['r2']:.3f}, "

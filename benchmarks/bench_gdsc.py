@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from completion.matrix import NTKImputer, additive_baseline  # noqa: E402
-from completion.matrix_csv import holdout_mask, scores  # noqa: E402
+from completion.holdout import holdout_mask, scores  # noqa: E402
 from devdata import SHARED_DATA  # noqa: E402
 DATA = SHARED_DATA / "gdsc"
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .files import atomic_output, write_text
 from .image import METHODS, inpaint
-from .image_io import write_image
-from .io import atomic_output
+from .image_io import quantise, write_image
 from .metrics import psnr, ssim
 
 OPTIONAL_MODULES = {"biharmonic": ("skimage", "scikit-image"), "telea": ("cv2", "OpenCV")}
@@ -109,9 +109,11 @@ class _PeakRSS:
 
 
 def compare_methods(image, mask, methods, reference=None, dip_options=None, cntk_options=None,
-                    progress=True) -> list[MethodRun]:
+                    progress=True, bits=None) -> list[MethodRun]:
     """Run each of ``methods`` on ``image`` (H x W (x C), [0, 1]) with the same bool ``mask``
-    (True = missing) and score against ``reference`` (same shape) when given."""
+    (True = missing) and score against ``reference`` (same shape) when given. Each result is
+    clipped to [0, 1] and, with ``bits`` (8 or 16), rounded as the PNG written of it will be,
+    so that the scores are those of the files."""
     from .dip import dip_inpaint
 
     runs = []
@@ -130,8 +132,9 @@ def compare_methods(image, mask, methods, reference=None, dip_options=None, cntk
             else:
                 out = inpaint(image, mask, method=method)
             seconds = time.perf_counter() - start
-        # scored as written to the output files: clipped to the valid range [0, 1]
-        run = MethodRun(method, np.clip(np.asarray(out, dtype=np.float64), 0.0, 1.0), seconds,
+        # scored as written to the output files: clipped to [0, 1] (and rounded to ``bits``)
+        written = np.clip(np.asarray(out, dtype=np.float64), 0.0, 1.0)
+        run = MethodRun(method, written if bits is None else quantise(written, bits), seconds,
                         mem.peak_mb, history=history, extra=extra)
         if reference is not None:
             run.psnr = psnr(run.image, reference)
@@ -191,13 +194,10 @@ def markdown_table(rows) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_text(path, text):
-    with atomic_output(path, "w") as fh:
-        fh.write(text)
-
-
-def write_comparison(out_dir, image, mask, runs, reference=None, figures=True) -> list:
-    """Write the files listed in the module docstring into ``out_dir``; returns their paths."""
+def write_comparison(out_dir, image, mask, runs, reference=None, figures=True, bits=8,
+                     alpha=None) -> list:
+    """Write the files listed in the module docstring into ``out_dir`` (images at ``bits`` per
+    channel, with the input's ``alpha`` channel when given); returns their paths."""
     from pathlib import Path
 
     from .masks import mask_to_image
@@ -208,24 +208,22 @@ def write_comparison(out_dir, image, mask, runs, reference=None, figures=True) -
 
     def image_out(name, img):
         path = out_dir / name
-        write_image(path, img)
+        write_image(path, img, bits, alpha)
         written.append(path)
 
-    mask_path = out_dir / "mask.png"
-    with atomic_output(mask_path, "wb") as fh:
-        mask_to_image(mask).save(fh, format="PNG")
-    written.append(mask_path)
+    write_image(out_dir / "mask.png", mask_to_image(mask))
+    written.append(out_dir / "mask.png")
     corrupted = np.where(mask if image.ndim == 2 else mask[:, :, None], 0.0, image)
     image_out("corrupted.png", corrupted)
     for r in runs:
         image_out(f"{r.method}.png", r.image)
     rows = table_rows(runs)
     for name, text in (("table.csv", _csv_text(rows)), ("table.md", markdown_table(rows))):
-        _write_text(out_dir / name, text)
+        write_text(out_dir / name, text)
         written.append(out_dir / name)
     dip = next((r for r in runs if r.method == "dip"), None)
     if dip is not None:
-        _write_text(out_dir / "dip_curve.csv", _csv_text(
+        write_text(out_dir / "dip_curve.csv", _csv_text(
             [{"iteration": p.iteration, "loss": p.loss, "psnr_db": p.psnr, "seconds": p.seconds}
              for p in dip.history]))
         written.append(out_dir / "dip_curve.csv")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
@@ -35,6 +36,11 @@ from models.dip import DIPConfig, DIPNetwork
 # (float32, forward + backward: peak RSS 1.05 GB at 256 x 256, of which ~0.3 GB is the torch
 # runtime); scaled by the channel width for other configurations.
 _BYTES_PER_PIXEL_PER_128_CHANNELS = 12_000
+
+# On a CPU the wall time of training is estimated from the steps after the first (which pays
+# for allocation) up to this one, and announced in a warning when above _WARN_SECONDS.
+_TIMED_STEPS = 3
+_WARN_SECONDS = 60.0
 
 
 class HistoryPoint(NamedTuple):
@@ -216,6 +222,11 @@ def dip_inpaint(image, mask, iterations: int = 3000, lr: float = 0.01,
                 if callback is not None:
                     callback(point)
             bar.update(1)
+            if it == 1:
+                first_step_done = time.perf_counter()
+            elif it == _TIMED_STEPS and device.type == "cpu" and iterations > _TIMED_STEPS:
+                _warn_cpu_time(int(iterations), (time.perf_counter() - first_step_done)
+                               / (_TIMED_STEPS - 1), mask.shape)
         bar.close()
         with torch.no_grad():
             final = net(z)
@@ -227,6 +238,17 @@ def dip_inpaint(image, mask, iterations: int = 3000, lr: float = 0.01,
         result.psnr = psnr(result.image, reference)
         result.psnr_output = psnr(result.output, reference)
     return result
+
+
+def _warn_cpu_time(iterations: int, seconds_per_step: float, shape) -> None:
+    """Warn when ``iterations`` steps at the measured rate exceed ``_WARN_SECONDS``."""
+    total = iterations * seconds_per_step
+    if total <= _WARN_SECONDS:
+        return
+    span = f"{total / 3600:.1f} h" if total >= 3600 else f"{total / 60:.0f} min"
+    warnings.warn(f"DIP on the CPU: {iterations} iterations on a {shape[0]} x {shape[1]} image "
+                  f"will take about {span} ({seconds_per_step:.2f} s per step, measured on steps "
+                  f"2-{_TIMED_STEPS}); a GPU or fewer iterations is faster", stacklevel=3)
 
 
 def _crop(out: torch.Tensor, shape, grey: bool) -> np.ndarray:

@@ -186,6 +186,14 @@ class CNTKInpainter:
 
 
 def inpaint(image, mask, method="cntk", **options):
+    """Fill the pixels where ``mask`` is True (non-zero); uint8, uint16 and float images come
+    back in their own dtype (see :mod:`completion.image_types`); details in :func:`_inpaint`."""
+    from .image_types import as_bool_mask, as_float_image
+    img, restore = as_float_image(image)
+    return restore(_inpaint(img, as_bool_mask(mask), method, **options))
+
+
+def _inpaint(image, mask, method="cntk", **options):
     """Fill the pixels where ``mask`` is True.
 
     ``method``: ``'cntk'`` (kernel regression, options of :class:`CNTKInpainter`), ``'dip'``

@@ -1,17 +1,23 @@
-"""The file side of the ``inpaint`` command: which images, masks and outputs, then one job each.
+"""The file side of the ``inpaint`` and ``compare`` commands: which images, masks and outputs
+(checked before any work), their loading, then one job each.
 
 A job reads an image, gets its mask (a mask file, ``NAME_mask.png`` beside the image in batch
-mode, or a generated one), inpaints, writes the output atomically (never over an input), and
-optionally scores against a clean reference image.
+mode, or a generated one), inpaints, writes the output atomically (never over an input; at the
+input's bit depth, with its alpha channel) and optionally scores what was written against a
+clean reference image.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from pathlib import Path
 
-from .image_io import IMAGE_SUFFIXES, read_image, write_image
-from .io import refuse_overwrite_input
+import numpy as np
+
+from .files import check_writable, refuse_overwrite_input
+from .image_io import (IMAGE_SUFFIXES, ImageFile, check_output_suffix, load_image, output_losses,
+                       read_image, write_image)
 from .masks import generate_mask, mask_to_image, read_mask
 
 MASK_SUFFIX = "_mask"
@@ -39,6 +45,11 @@ def plan_jobs(image, output, mask=None, reference=None, save_mask=None, generate
     image, output = Path(image), Path(output)
     if not image.exists():
         raise ValueError(f"input {image} does not exist")
+    for path in (output, save_mask):
+        if path is not None:
+            check_writable(path, folder=image.is_dir())
+            if image.is_file():
+                check_output_suffix(path)
     if image.is_file():
         if mask is None and not generate:
             raise ValueError(f"no mask for {image}: give --mask MASK.png or --missing-fraction F")
@@ -73,36 +84,52 @@ def _find_same_stem(folder: Path, img: Path) -> Path:
     return found[0]
 
 
+def load_inputs(image, mask=None, reference=None, invert_mask=False, missing_fraction=None,
+                seed=0, mask_type="pixels") -> tuple[ImageFile, np.ndarray, np.ndarray | None]:
+    """(image file, bool (H, W) mask with True = missing, reference pixels or None): the mask
+    read from ``mask`` or generated (``missing_fraction``, ``seed``, ``mask_type``); the
+    reference must have the image's shape. Errors name the files."""
+    found = load_image(image)
+    if mask is not None:
+        m = read_mask(mask, found.pixels.shape, invert=invert_mask, image_path=image)
+    else:
+        m = generate_mask(found.pixels.shape, missing_fraction, seed, mask_type)
+    ref = None
+    if reference is not None:
+        ref = read_image(reference)
+        if ref.shape != found.pixels.shape:
+            raise ValueError(f"reference {reference} has shape {ref.shape} but image {image} "
+                             f"has {found.pixels.shape}")
+    return found, m, ref
+
+
 def run_job(job: Job, fill, invert_mask=False, missing_fraction=None, seed=0, mask_type="pixels"):
     """Run one job with ``fill(image, mask) -> image``; returns a dict of what happened
-    (``psnr``/``ssim`` when a reference was given, ``seconds``, ``missing_fraction``)."""
+    (``psnr``/``ssim`` of the file as written when a reference was given, ``seconds``,
+    ``missing_fraction``). A lossy output format is reported in a warning before the work."""
     inputs = [job.image, job.mask, job.reference]
     refuse_overwrite_input(job.output, *inputs)
     if job.save_mask is not None:
         refuse_overwrite_input(job.save_mask, *inputs)
-    image = read_image(job.image)
-    if job.mask is not None:
-        mask = read_mask(job.mask, image.shape, invert=invert_mask, image_path=job.image)
-    else:
-        mask = generate_mask(image.shape, missing_fraction, seed, mask_type)
-    reference = None
-    if job.reference is not None:
-        reference = read_image(job.reference)
-        if reference.shape != image.shape:
-            raise ValueError(f"reference {job.reference} has shape {reference.shape} but image "
-                             f"{job.image} has {image.shape}")
+    found, mask, reference = load_inputs(job.image, job.mask, job.reference, invert_mask,
+                                         missing_fraction, seed, mask_type)
+    losses = output_losses(job.output, found.bits, found.alpha is not None)
+    if losses:
+        warnings.warn(f"{job.output}: {'; '.join(losses)}; scores are measured on the written "
+                      "file", stacklevel=2)
     t0 = time.perf_counter()
-    filled = fill(image, mask)
+    filled = fill(found.pixels, mask)
     result = {"image": str(job.image), "output": str(job.output),
               "seconds": time.perf_counter() - t0, "missing_fraction": float(mask.mean())}
-    write_image(job.output, filled)
+    write_image(job.output, filled, found.bits, found.alpha)
     if job.save_mask is not None:
         write_image(job.save_mask, mask_to_image(mask))
     if reference is not None:
         from .metrics import psnr, ssim
-        result["psnr"] = psnr(filled.clip(0, 1), reference)
+        written = read_image(job.output)
+        result["psnr"] = psnr(written, reference)
         try:
-            result["ssim"] = ssim(filled.clip(0, 1), reference)
+            result["ssim"] = ssim(written, reference)
         except ImportError:
             result["ssim"] = None
     return result

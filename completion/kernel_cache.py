@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import atomic_output
+from .files import atomic_output
 from .kernel_ops import arch_key
 
 

@@ -2,10 +2,12 @@
 
 Convention everywhere: a mask is a bool array, ``True`` = missing pixel, of shape (H, W) (shared
 by all channels) or (H, W, C) (one mask per channel).  Mask files follow OpenCV/scikit-image:
-non-zero = missing.
+non-zero = missing, read as image editors save them (:func:`mask_values`: alpha composites onto
+black; :func:`threshold_mask`: grey or JPEG-noisy masks are thresholded at mid-grey).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -59,16 +61,47 @@ def _text_mask(h, w, fraction, rng) -> np.ndarray:
     return np.asarray(canvas) > 0
 
 
-def read_mask(path, shape, invert=False, image_path=None) -> np.ndarray:
-    """Read a mask image (non-zero in any channel = missing; ``invert`` flips it) and check that
-    it is (H, W) = ``shape[:2]``; the error names both files."""
-    path = Path(path)
+def mask_values(path) -> tuple[np.ndarray, bool]:
+    """(values, lossy): a mask file's (H, W) values in [0, 1], the brightest colour channel
+    composited onto black by the alpha channel when there is one (so an opaque black image with
+    white strokes and white strokes on a transparent layer both mark the strokes; transparent =
+    not missing), and whether the file is JPEG (lossy: its values carry compression noise)."""
+    from .image_io import load_image
+
     try:
-        with Image.open(path) as im:
-            arr = np.asarray(im)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read mask file {path}: {err}") from err
-    mask = arr != 0 if arr.ndim == 2 else np.any(arr != 0, axis=-1)
+        found = load_image(path)
+    except ValueError as err:
+        raise ValueError(str(err).replace("image file", "mask file")) from None
+    value = found.pixels if found.pixels.ndim == 2 else found.pixels.max(axis=-1)
+    return (value if found.alpha is None else value * found.alpha), found.format == "JPEG"
+
+
+def threshold_mask(values, lossy=False, path="mask") -> np.ndarray:
+    """Bool mask (True = missing) from values in [0, 1]. Lossless files: non-zero = missing
+    (OpenCV's convention: 0/1 and 0/255 masks both work; anti-aliased stroke edges count as
+    missing). Lossy (JPEG) files: compression noise makes black pixels non-zero, so they are
+    thresholded at mid-grey (>= 0.5 = missing). Grey pixels are reported in a warning: how many
+    there were, and for JPEG how many lay between 25% and 75% grey, where the threshold decides."""
+    values = np.asarray(values, dtype=np.float64)
+    grey = int(np.count_nonzero((values > 0) & (values < 1)))
+    if not lossy:
+        if grey:
+            warnings.warn(f"mask {path}: {grey} grey pixel(s) (neither black nor white) count as "
+                          "missing (non-zero = missing)", stacklevel=2)
+        return values > 0
+    near = int(np.count_nonzero((values >= 0.25) & (values <= 0.75)))
+    warnings.warn(f"mask {path} is a JPEG: thresholded at mid-grey against compression noise; "
+                  f"{near} pixel(s) were between 25% and 75% grey (of {grey} grey pixels)",
+                  stacklevel=2)
+    return values >= 0.5
+
+
+def read_mask(path, shape, invert=False, image_path=None) -> np.ndarray:
+    """Read a mask file (:func:`mask_values`, then :func:`threshold_mask`; ``invert`` flips it)
+    and check that it is (H, W) = ``shape[:2]``; the error names both files."""
+    path = Path(path)
+    values, lossy = mask_values(path)
+    mask = threshold_mask(values, lossy, path)
     h, w = _check_shape(shape)
     if mask.shape != (h, w):
         of = f" of image {image_path}" if image_path is not None else ""
