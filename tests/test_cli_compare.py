@@ -124,3 +124,52 @@ def test_compare_scores_outputs_clipped_to_valid_range():
                            cntk_options={"arch": "sym2+avg"})
     assert 0 <= run.image.min() and run.image.max() <= 1
     assert run.psnr == pytest.approx(psnr(np.clip(raw, 0, 1), stripes), abs=1e-9)
+
+
+def test_dip_on_cpu_warns_with_a_measured_estimate():
+    import warnings
+
+    from completion.dip import dip_inpaint
+
+    class Stop(Exception):
+        pass
+
+    def stop(point):
+        raise Stop  # the estimate comes from the first steps; no need to train further
+
+    img = np.random.default_rng(0).random((16, 16))
+    mask = generate_mask(img.shape, 0.3, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(Stop):
+            dip_inpaint(img, mask, iterations=100_000, log_every=5, callback=stop,
+                        progress=False, device="cpu")
+    messages = [str(w.message) for w in caught if "DIP on the CPU" in str(w.message)]
+    assert len(messages) == 1 and "100000 iterations" in messages[0] and "s per step" in messages[0]
+    seconds_per_step = float(messages[0].split("(")[1].split(" s per step")[0])
+    hours = float(messages[0].split("about ")[1].split(" h")[0])
+    assert hours == pytest.approx(100_000 * seconds_per_step / 3600, rel=0.05)
+    with warnings.catch_warnings(record=True) as caught:   # a short run is not warned about
+        warnings.simplefilter("always")
+        dip_inpaint(img, mask, iterations=5, progress=False, device="cpu")
+    assert not [w for w in caught if "DIP on the CPU" in str(w.message)]
+
+
+def _examples(command):
+    """The example command lines in ``ntk-complete COMMAND --help`` (continuations joined)."""
+    text = CliRunner().invoke(main, [command, "--help"], terminal_width=200).output
+    text = text.split("Example")[1].replace("\\\n", " ")
+    return [ln.split("#")[0].split() for ln in text.splitlines() if "ntk-complete" in ln]
+
+
+@pytest.mark.parametrize("command", ["matrix", "inpaint", "compare", "demo"])
+def test_help_examples_finish_quickly(command):
+    """No example trains DIP for more than 100 iterations (about 2 s each on a CPU)."""
+    examples = _examples(command)
+    assert examples
+    for words in examples:
+        value = lambda flag, default: words[words.index(flag) + 1] if flag in words else default
+        methods = value("--methods", "cntk,dip,biharmonic,telea" if command == "compare" else "")
+        runs_dip = "dip" in methods.split(",") or value("--method", "") == "dip"
+        iterations = int(value("--iterations", 3000))
+        assert not runs_dip or iterations <= 100, " ".join(words)

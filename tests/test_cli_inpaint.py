@@ -96,3 +96,33 @@ def test_batch_folder(tmp_path):
     (src / "b_mask.png").unlink()
     res = CliRunner().invoke(main, ["inpaint", str(src), "-o", str(tmp_path / "out2"), "--method", "biharmonic"])
     assert res.exit_code != 0 and "b.png" in res.output and "b_mask.png" in res.output
+
+
+def test_mask_file_with_generation_options_refused(tmp_path):
+    src = save(tmp_path / "img.png", smooth_image())
+    mask = tmp_path / "m.png"
+    Image.fromarray(generate_mask((24, 24), 0.3, seed=0).astype(np.uint8) * 255).save(mask)
+    out = tmp_path / "o.png"
+    runner = CliRunner()
+    for extra in (["--missing-fraction", "0.3"], ["--mask-type", "box"]):
+        for command in (["inpaint", str(src), "-o", str(out)],
+                        ["compare", str(src), "-o", str(tmp_path / "cmp")]):
+            res = runner.invoke(main, [*command, "--mask", str(mask), *extra,
+                                       "--method" if command[0] == "inpaint" else "--methods",
+                                       "biharmonic"])
+            assert res.exit_code == 2 and extra[0] in res.stderr and "--mask" in res.stderr
+    res = runner.invoke(main, ["inpaint", str(src), "-o", str(out), "--missing-fraction", "0.3",
+                               "--invert-mask"])
+    assert res.exit_code == 2 and "--invert-mask" in res.stderr
+    assert not out.exists() and not (tmp_path / "cmp").exists()
+
+
+def test_no_progress_bars_when_stderr_is_not_a_terminal(tmp_path, monkeypatch):
+    import cli
+    src = save(tmp_path / "img.png", smooth_image())
+    res = CliRunner().invoke(main, ["inpaint", str(src), "--missing-fraction", "0.3",
+                                    "-o", str(tmp_path / "o.png"), "--arch", SMALL_ARCH])
+    assert res.exit_code == 0, res.output
+    assert "it/s" not in res.stderr and "%|" not in res.stderr, res.stderr   # CliRunner: no TTY
+    monkeypatch.setattr(cli.sys.stderr, "isatty", lambda: True, raising=False)
+    assert cli._show_progress(quiet=False) and not cli._show_progress(quiet=True)

@@ -38,7 +38,7 @@ def test_round_trip_keeps_labels_and_observed_values(tmp_path, screen_csv):
     assert list(done.index) == list(observed.index) and done.index.name == "cell"
     assert list(done.columns) == list(observed.columns)
     obs = observed.notna().to_numpy()
-    np.testing.assert_allclose(done.to_numpy()[obs], observed.to_numpy()[obs], rtol=1e-12)
+    assert np.array_equal(done.to_numpy()[obs], observed.to_numpy()[obs])
     assert np.isfinite(done.to_numpy()).all()
     assert not list(out.parent.glob(".*.tmp"))  # atomic write left no temporary file
 
@@ -68,7 +68,7 @@ def test_holdout_prints_scores_next_to_baseline(tmp_path, screen_csv):
     assert f"{round(0.2 * n_obs)} of {n_obs} observed entries" in res.stderr
     done = pd.read_csv(out, index_col=0)  # the written matrix keeps the hidden values too
     obs = observed.notna().to_numpy()
-    np.testing.assert_allclose(done.to_numpy()[obs], observed.to_numpy()[obs], rtol=1e-12)
+    assert np.array_equal(done.to_numpy()[obs], observed.to_numpy()[obs])
 
 
 def test_non_numeric_cell_names_row_and_column(tmp_path):
@@ -129,3 +129,96 @@ def test_run_demo_beats_baseline(tmp_path):
     assert result["ntk"]["rmse"] < 0.5 * result["additive"]["rmse"]
     for f in result["files"]:
         assert (tmp_path / f.split("/")[-1]).exists()
+
+
+# --- files as users have them (issue 10) ------------------------------------------------------
+
+TABLE = [["id", "a", "b", "c"], ["r1", "1", "", "3"], ["r2", "2", "5", ""],
+         ["r3", "", "4", "2"], ["r4", "1.5", "2", "1"]]
+
+
+def table_text(sep, rows=TABLE):
+    return "".join(sep.join(row) + "\n" for row in rows)
+
+
+def observed_kept(text, sep):
+    """The completed text (same separator) keeps every observed cell's value, fills the rest."""
+    got = pd.read_csv(io.StringIO(text), sep=sep, index_col=0)
+    given = pd.read_csv(io.StringIO(table_text(sep)), sep=sep, index_col=0)
+    obs = given.notna().to_numpy()
+    assert list(got.columns) == list(given.columns) and got.shape == given.shape
+    assert np.array_equal(got.to_numpy()[obs], given.to_numpy()[obs])
+    assert np.isfinite(got.to_numpy()).all()
+
+
+@pytest.mark.parametrize("sep,name", [("\t", "m.tsv"), (";", "m.csv"), (",", "m.csv")])
+def test_separator_sniffed_and_kept(tmp_path, sep, name):
+    path = tmp_path / name
+    path.write_text(table_text(sep))
+    res = CliRunner().invoke(main, ["matrix", str(path), "-o", "-", "-q", *FAST])
+    assert res.exit_code == 0, res.output
+    observed_kept(res.stdout, sep)
+    res = CliRunner().invoke(main, ["matrix", str(path), "-o", "-", "-q", "--sep",
+                                    {"\t": "tab"}.get(sep, sep), *FAST])
+    assert res.exit_code == 0, res.output
+    observed_kept(res.stdout, sep)
+
+
+def test_wrong_separator_named(tmp_path):
+    path = tmp_path / "m.tsv"
+    path.write_text(table_text("\t"))
+    res = CliRunner().invoke(main, ["matrix", str(path), "-o", "-", "--sep", ";", *FAST])
+    assert res.exit_code == 1 and "semicolon-separated" in res.stderr and "--sep" in res.stderr
+
+
+def test_latin1_file_suggests_encoding(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes(table_text(",").replace("id,a", "id,caf\u00e9").encode("latin-1"))
+    res = CliRunner().invoke(main, ["matrix", str(path), "-o", "-", *FAST])
+    assert res.exit_code == 1
+    assert "latin.csv" in res.stderr and "--encoding latin-1" in res.stderr
+    assert "line 1" in res.stderr
+    res = CliRunner().invoke(main, ["matrix", str(path), "-o", "-", "-q", "--encoding", "latin-1",
+                                    *FAST])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.splitlines()[0] == "id,caf\u00e9,b,c"
+
+
+def test_no_row_labels_and_standard_input(tmp_path):
+    text = table_text(",", [row[1:] for row in TABLE])
+    res = CliRunner().invoke(main, ["matrix", "-", "-o", "-", "--no-row-labels", "-q", *FAST],
+                             input=text)
+    assert res.exit_code == 0, res.output
+    assert res.stdout.splitlines()[0] == "a,b,c"                  # no label column added
+    got = pd.read_csv(io.StringIO(res.stdout))
+    given = pd.read_csv(io.StringIO(text))
+    obs = given.notna().to_numpy()
+    assert np.array_equal(got.to_numpy()[obs], given.to_numpy()[obs])
+    res = CliRunner().invoke(main, ["matrix", "-", "-o", "-", *FAST], input=text)
+    assert res.exit_code == 1 and "--no-row-labels" in res.stderr  # a blank first-column cell
+
+
+def test_duplicate_column_names_refused(tmp_path):
+    path = tmp_path / "dup.csv"
+    path.write_text("id,a,b,a\nr1,1,,3\nr2,2,5,\nr3,,4,2\n")
+    res = CliRunner().invoke(main, ["matrix", str(path), "-o", "-", *FAST])
+    assert res.exit_code == 1 and "duplicated column label(s) ['a']" in res.stderr
+
+
+def test_quiet_prints_only_results(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text(table_text(","))
+    res = CliRunner().invoke(main, ["matrix", str(path), "-o", str(tmp_path / "o.csv"), *FAST])
+    assert res.exit_code == 0 and "chosen:" in res.stderr
+    res = CliRunner().invoke(main, ["matrix", str(path), "-o", str(tmp_path / "o.csv"), "-q",
+                                    *FAST])
+    assert res.exit_code == 0 and res.stderr == ""
+
+
+def test_demo_completed_csv_keeps_observed_values_exactly(tmp_path):
+    run_demo(tmp_path, seed=0)
+    given = pd.read_csv(tmp_path / "responses.csv", index_col=0)
+    done = pd.read_csv(tmp_path / "completed.csv", index_col=0)
+    obs = given.notna().to_numpy()
+    assert np.array_equal(done.to_numpy()[obs], given.to_numpy()[obs])   # hidden ones too
+    assert np.isfinite(done.to_numpy()).all()
