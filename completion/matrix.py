@@ -34,7 +34,7 @@ from models.ntk import ACTIVATIONS, FullyConnectedNTK
 
 from .priors import build_prior, parse_prior
 from .solvers import (SOLVERS, JointKernelOperator, choose_solver, predict_onehot_joint,
-                      solve_exact, solve_onehot_joint, solve_shared_kernel)
+                      solve_onehot_joint, solve_shared_kernel)
 
 __all__ = ["NTKImputer", "additive_baseline", "MODES"]
 
@@ -329,9 +329,7 @@ class NTKImputer:
         op = JointKernelOperator(kernel, 0.5 * Pr @ Pr.T, 0.5 * Pc @ Pc.T, rows, cols,
                                  device=self.device)
         if cfg["solver"] == "exact":
-            K = op.block(rows, cols)
-            K = K.cpu().numpy() if isinstance(K, torch.Tensor) else np.asarray(K)
-            alpha = solve_exact(K, y, ridge)
+            alpha = op.solve_exact(y, ridge)
         else:
             alpha = op.solve(y, ridge, random_state=0)
         if targets is None:
