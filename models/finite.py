@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cntk.layers import Activation, Concat, Conv, Downsample, Upsample
+from .cntk.network import Sequential
 from .ntk import Dense, Erf, FullyConnectedNTK
 from .ntk import LeakyReLU as DenseLeakyReLU
 
@@ -123,7 +124,8 @@ class _Concat(nn.Module):
 class FiniteCNN(nn.Module):
     """The finite network of a CNTK layer list (see the module docstring).
 
-    ``network``: a :class:`models.cntk.Sequential` (or its layer tuple); ``in_channels``: C0;
+    ``network``: a :class:`models.cntk.Sequential` (or a list of layers, validated as one);
+    ``in_channels``: C0;
     ``width``: channels of every hidden conv; ``seed``: weights drawn in layer order (skip branch
     before main branch); ``dtype``: of the weights. Maps (N, C0, H, W) to (N, 1, H', W').
     """
@@ -131,7 +133,7 @@ class FiniteCNN(nn.Module):
     def __init__(self, network, in_channels: int, width: int, seed: int = 0,
                  dtype=torch.float32):
         super().__init__()
-        layers = tuple(getattr(network, "layers", network))
+        layers = (network if isinstance(network, Sequential) else Sequential(*network)).layers
         if width < 1 or in_channels < 1:
             raise ValueError(f"width and in_channels must be >= 1, got {width}, {in_channels}")
         self.width = width

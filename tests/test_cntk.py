@@ -316,6 +316,19 @@ def test_finite_network_ntk_factorisation_matches_jacobian(spec):
                                rtol=1e-10)
 
 
+@pytest.mark.parametrize("mode", ["nearest", "bilinear", "bilinear_aligned"])
+def test_finite_upsampling_is_the_oracles_linear_map(mode):
+    """The finite network's x2 upsampling applies the brute-force oracle's taps (per axis)."""
+    n = 5
+    up = FiniteCNN(Sequential(Conv(1), ReLU(), Upsample(mode), Conv(1)), 1, 1).body[2]
+    got = up(torch.eye(n)[:, None, :, None])[:, 0, :, 0]  # row j: e_j upsampled along one axis
+    want = np.zeros((n, 2 * n))
+    for i, taps in enumerate(_upsample_taps(n, mode)):
+        for j, w in taps:
+            want[j, i] += w
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-12)
+
+
 # Networks with a Concat fluctuate more from seed to seed: many seeds of narrower networks.
 @pytest.mark.parametrize("spec,width,seeds,dtype", [
     (FINITE_ARCHS[0], 512, 16, torch.float32), (FINITE_ARCHS[1], 512, 16, torch.float32),

@@ -44,7 +44,6 @@ def ridge_cholesky_solve(A, B, lam, ridge):
     return X.reshape(Bt.shape).numpy()
 
 
-# -- exact ---------------------------------------------------------------------------------------
 def solve_exact(K, Y, ridge, overwrite=False):
     """alpha = (K + ridge * mean(diag K) * I)^{-1} Y by Cholesky in float64.
 
