@@ -34,7 +34,7 @@ from models.ntk import ACTIVATIONS, FullyConnectedNTK
 
 from .priors import build_prior, parse_prior
 from .solvers import (SOLVERS, JointKernelOperator, choose_solver, predict_onehot_joint,
-                      solve_exact, solve_onehot_joint, solve_shared_kernel)
+                      solve_onehot_joint, solve_shared_kernel)
 
 __all__ = ["NTKImputer", "additive_baseline", "MODES"]
 
@@ -45,9 +45,6 @@ DEPTH_GRID = (1, 2, 3)
 RIDGE_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)
 DEFAULT_DEPTH = 1
 DEFAULT_RIDGE = 0.03
-# Torch threads used by fit on CPU: on the shared 2-core machines, 2 OpenMP threads made the many
-# small factorisations and SVDs of a fit 10-80x slower than one thread (spinning under load).
-CPU_THREADS = 1
 
 
 def additive_baseline(values, mask):
@@ -187,7 +184,8 @@ class NTKImputer:
         self._values, self._mask = values, mask
         self._row_feats = self._aligned("row", self.row_features, rows)
         self._col_feats = self._aligned("col", self.col_features, cols)
-        threads = CPU_THREADS if str(self.device) in ("auto", "cpu") else torch.get_num_threads()
+        # CPU: models.device's default, or $NTK_THREADS (see models.device.resolve_threads)
+        threads = None if str(self.device) in ("auto", "cpu") else torch.get_num_threads()
         with limited_threads(threads):
             started = time.perf_counter()
             self.chosen_, self.cv_results_ = self._choose(values, mask)
@@ -329,9 +327,7 @@ class NTKImputer:
         op = JointKernelOperator(kernel, 0.5 * Pr @ Pr.T, 0.5 * Pc @ Pc.T, rows, cols,
                                  device=self.device)
         if cfg["solver"] == "exact":
-            K = op.block(rows, cols)
-            K = K.cpu().numpy() if isinstance(K, torch.Tensor) else np.asarray(K)
-            alpha = solve_exact(K, y, ridge)
+            alpha = op.solve_exact(y, ridge)
         else:
             alpha = op.solve(y, ridge, random_state=0)
         if targets is None:

@@ -3,11 +3,14 @@
 Every kernel routine takes ``device`` (``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:1'``, or a
 ``torch.device``), ``dtype`` (``None`` = float64 on CPU, float32 on CUDA) and
 ``memory_budget`` (bytes, or a string such as ``'2GB'``); these helpers turn them into concrete
-values, and :func:`check_fits` refuses work that would exceed the budget.
+values, and :func:`check_fits` refuses work that would exceed the budget. CPU threads:
+:func:`resolve_threads` (a parameter, else ``$NTK_THREADS``, else the measured default) and
+:func:`limited_threads`.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 
 import torch
@@ -74,14 +77,40 @@ def check_fits(needed_bytes: float, budget_bytes: int, what: str, advice: str) -
             f"{format_bytes(budget_bytes)}. {advice}")
 
 
-@contextlib.contextmanager
-def limited_threads(n: int):
-    """Run the block with at most ``n`` torch CPU threads, restoring the previous count after.
+THREADS_ENV = "NTK_THREADS"
+DEFAULT_CPU_THREADS = 1  # measured: benchmarks/bench_threads.py (RESULTS.md, "CPU threads")
 
-    Many small factorisations on a 2-core machine run faster on one thread: each parallel
-    region costs more than it saves."""
+
+def resolve_threads(threads=None) -> int:
+    """Torch CPU threads for kernel and solver work: ``threads`` when given (an int >= 1), else
+    the environment variable ``NTK_THREADS`` when set, else :data:`DEFAULT_CPU_THREADS`; never
+    more than the machine's cores. Bad values are refused naming where they came from."""
+    source = "threads"
+    if threads is None:
+        value = os.environ.get(THREADS_ENV, "").strip()
+        if not value:
+            return max(1, min(DEFAULT_CPU_THREADS, os.cpu_count() or 1))
+        source, threads = f"${THREADS_ENV}", value
+    try:
+        if isinstance(threads, (bool, float)):
+            raise ValueError
+        n = int(threads)
+    except (TypeError, ValueError):
+        raise ValueError(f"{source} must be a whole number of threads >= 1, got {threads!r}") from None
+    if n < 1:
+        raise ValueError(f"{source} must be a whole number of threads >= 1, got {threads!r}")
+    return min(n, os.cpu_count() or n)
+
+
+@contextlib.contextmanager
+def limited_threads(n=None):
+    """Run the block with ``resolve_threads(n)`` torch CPU threads (the default, or
+    ``$NTK_THREADS``, when ``n`` is None), restoring the previous count after.
+
+    Many small factorisations on a shared 2-core machine ran faster on one thread: each parallel
+    region costs more than it saves (benchmarks/RESULTS.md, "CPU threads")."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(int(n), previous)))
+    torch.set_num_threads(resolve_threads(n))
     try:
         yield
     finally:

@@ -16,6 +16,18 @@ reflection padding ((k-1)/2 on each side); LeakyReLU has slope 0.2. Input and ou
 
 ``DIPNetwork.noise_input`` draws the published input: ``input_channels`` channels of
 U(0, 1) noise scaled by 1/10, i.e. U(0, 0.1).
+
+One definition of the shape: the network is built by walking the CNTK layer list of
+:func:`models.cntk.spec.skip_spec` (:func:`dip_spec`), the same list whose kernel is the
+``skip<s>`` preset, so levels, branches, kernel sizes, activation slope and upsampling mode come
+from it. Shared with the CNTK: the topology (skip branch Conv1-act, main branch Conv-act-Down,
+Conv-act, deeper level, Up; after each concatenation Conv(k)-act, Conv1-act; 1x1 read-out). Kept
+as published and absent from the kernel: batch norm, biases, reflection (not circular) padding,
+the stride-2 convolution in place of Conv-act-Down (the same map: a pointwise activation commutes
+with subsampling), half-pixel bilinear upsampling with clamped (not periodic) borders, the
+sigmoid read-out, channel counts per level (the kernel sees only the skip branch's share), and
+the input: the spec's first Conv-act (the CNTK needs a Conv-activation before a concatenation)
+stands for the noise code, which DIP feeds straight into the first level.
 """
 from __future__ import annotations
 
@@ -23,6 +35,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from .cntk.layers import Activation, Concat, Conv, Downsample, Upsample
+from .cntk.spec import parse_spec, skip_spec
 
 LEAKY_SLOPE = 0.2
 
@@ -69,30 +84,65 @@ class DIPConfig:
         return 2 ** self.scales
 
 
-def conv_bn_act(c_in: int, c_out: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
-    """Reflection-padded convolution (with bias), batch norm, LeakyReLU(0.2)."""
-    pad = (kernel_size - 1) // 2
+def dip_spec(config: "DIPConfig") -> str:
+    """The CNTK spec of the network's shape (:func:`models.cntk.spec.skip_spec`): ``scales``
+    levels, ``kernel_size``, LeakyReLU(0.2), bilinear upsampling; the skip branches get the
+    level-0 channel share (4 / (4 + 128) published), or a placeholder 1/2 when level 0 has none
+    (the finite network takes its channels from ``config``)."""
+    skip, inner = config.per_level("skip")[0], (config.per_level("up")[1:] or config.per_level("down"))[0]
+    fraction = skip / (skip + inner) if skip else 0.5
+    return skip_spec(config.scales, fraction, config.kernel_size, f"L{LEAKY_SLOPE!r}", "Ub")
+
+
+def conv_bn_act(c_in: int, c_out: int, conv: Conv, act: Activation, stride: int = 1) -> nn.Sequential:
+    """Reflection-padded ``conv.k`` x ``conv.k`` convolution (with bias), batch norm,
+    LeakyReLU(``act.slope``)."""
+    k = conv.k
+    pad = (k - 1) // 2
     layers = [nn.ReflectionPad2d(pad)] if pad else []
-    layers += [nn.Conv2d(c_in, c_out, kernel_size, stride=stride, bias=True),
-               nn.BatchNorm2d(c_out), nn.LeakyReLU(LEAKY_SLOPE)]
+    layers += [nn.Conv2d(c_in, c_out, k, stride=stride, bias=True),
+               nn.BatchNorm2d(c_out), nn.LeakyReLU(act.slope)]
     return nn.Sequential(*layers)
 
 
-class SkipLevel(nn.Module):
-    """One level of the hourglass, containing all deeper levels (see the module docstring)."""
+def _expect(layers, kinds, where):
+    if len(layers) != len(kinds) or not all(isinstance(x, t) for x, t in zip(layers, kinds)):
+        want = ", ".join(t.__name__ for t in kinds)
+        raise ValueError(f"{where}: expected layers {want}, got {list(layers)}")
+    return layers
 
-    def __init__(self, c_in: int, down: tuple, up: tuple, skip: tuple, kernel_size: int):
+
+class SkipLevel(nn.Module):
+    """One level of the hourglass, containing all deeper levels (see the module docstring),
+    built from the spec's ``concat`` (skip branch and main branch) and the four ``merge``
+    layers after it (Conv(k), act, Conv1, act); ``down``, ``up``, ``skip``: channels of this
+    and the deeper levels (``skip[0] = 0`` drops this level's skip branch)."""
+
+    def __init__(self, c_in: int, down: tuple, up: tuple, skip: tuple, concat: Concat, merge):
         super().__init__()
-        k = kernel_size
-        self.skip = conv_bn_act(c_in, skip[0], 1) if skip[0] else None
-        self.down = nn.Sequential(conv_bn_act(c_in, down[0], k, stride=2),
-                                  conv_bn_act(down[0], down[0], k))
-        self.deeper = SkipLevel(down[0], down[1:], up[1:], skip[1:], k) if len(down) > 1 else None
-        self.upsample = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        main = concat.main
+        deeper = main[5:-1]
+        conv1, act1, _, conv2, act2 = _expect(main[:5], (Conv, Activation, Downsample, Conv, Activation),
+                                              "main branch")
+        up_layer, = _expect(main[-1:], (Upsample,), "end of the main branch")
+        if (len(deeper) > 0) != (len(down) > 1):
+            raise ValueError(f"the spec has {'more' if deeper else 'fewer'} levels than the config")
+        self.skip = conv_bn_act(c_in, skip[0], *_expect(concat.skip, (Conv, Activation), "skip branch")) \
+            if skip[0] else None
+        self.down = nn.Sequential(conv_bn_act(c_in, down[0], conv1, act1, stride=2),
+                                  conv_bn_act(down[0], down[0], conv2, act2))
+        self.deeper = SkipLevel(down[0], down[1:], up[1:], skip[1:], deeper[0], deeper[1:]) \
+            if deeper else None
+        mode = {"bilinear": "bilinear", "nearest": "nearest"}.get(up_layer.mode)
+        if mode is None:
+            raise ValueError(f"DIP has no {up_layer.describe()} layer")
+        self.upsample = nn.Upsample(scale_factor=2, mode=mode,
+                                    align_corners=False if mode == "bilinear" else None)
         inner_channels = up[1] if self.deeper is not None else down[0]
         self.merge_norm = nn.BatchNorm2d(skip[0] + inner_channels)
-        self.merge = nn.Sequential(conv_bn_act(skip[0] + inner_channels, up[0], k),
-                                   conv_bn_act(up[0], up[0], 1))
+        conv3, act3, conv4, act4 = _expect(merge, (Conv, Activation, Conv, Activation), "merge")
+        self.merge = nn.Sequential(conv_bn_act(skip[0] + inner_channels, up[0], conv3, act3),
+                                   conv_bn_act(up[0], up[0], conv4, act4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inner = self.down(x)
@@ -116,9 +166,13 @@ class DIPNetwork(nn.Module):
         self.config = config
         self.out_channels = out_channels
         up = config.per_level("up")
+        layers = parse_spec(dip_spec(config))
+        # [Conv, act] (stands for the input), level 0 = [Concat, Conv, act, Conv, act], read-out
+        _expect(layers, (Conv, Activation, Concat, Conv, Activation, Conv, Activation, Conv),
+                "skip spec")
         self.body = SkipLevel(config.input_channels, config.per_level("down"), up,
-                              config.per_level("skip"), config.kernel_size)
-        self.head = nn.Sequential(nn.Conv2d(up[0], out_channels, 1, bias=True), nn.Sigmoid())
+                              config.per_level("skip"), layers[2], layers[3:7])
+        self.head = nn.Sequential(nn.Conv2d(up[0], out_channels, layers[7].k, bias=True), nn.Sigmoid())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         m = self.config.size_multiple

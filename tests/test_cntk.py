@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from models.cntk import (PRESETS, Activation, Concat, Conv, Downsample, LeakyReLU, ReLU, Sequential, StructuredKernel,
+from models.cntk import (PRESETS, Concat, Conv, Downsample, LeakyReLU, ReLU, Sequential, StructuredKernel,
                          Upsample, meshgrid_features)
 from models.device import MemoryBudgetError
+from models.finite import FiniteCNN, jacobian_ntk
 
 
 
@@ -304,116 +304,6 @@ def test_structured_kernel_rebuilt_from_its_table():
 
 
 # ---------------------------------------------------------------- finite wide networks -------
-class FiniteNet:
-    """A finite network of the same architecture in NTK parameterisation with the reference's
-    kernel-size convention: standard normal weights, every conv scaled by 1/sqrt(input
-    channels), every activation by sqrt(2 / (1 + slope^2)) / k with k the kernel size of the
-    conv before it (= the usual 1/sqrt(C k^2) fan-in scaling when all kernels have one size),
-    circular padding, no bias, one output channel; both branches of a Concat end with ``width``
-    channels (or pass the input through), so use fraction 0.5."""
-
-    def __init__(self, layers, in_channels, width, seed, dtype=torch.float32):
-        self.gen, self.dtype, self.width = torch.Generator().manual_seed(seed), dtype, width
-        self.convs = []
-        self.steps, _ = self._build(layers, in_channels, readout=True)
-
-    def _build(self, layers, channels, readout):
-        steps = []
-        for i, layer in enumerate(layers):
-            if isinstance(layer, Conv):
-                out_ch = 1 if readout and i == len(layers) - 1 else self.width
-                w = torch.randn(out_ch, channels, layer.k, layer.k, generator=self.gen,
-                                dtype=self.dtype)
-                self.convs.append((w.requires_grad_(), channels ** -0.5, layer.k))
-                steps.append(("conv", len(self.convs) - 1))
-                channels = out_ch
-            elif isinstance(layer, Activation):
-                steps.append(("act", layer, math.sqrt(2 / (1 + layer.slope ** 2)) / layers[i - 1].k))
-            elif isinstance(layer, Concat):
-                skip, c1 = self._build(layer.skip, channels, False)
-                main, c2 = self._build(layer.main, channels, False)
-                assert c1 == c2, "FiniteNet: Concat branches must end with equal channel counts"
-                steps.append(("concat", skip, main))
-                channels = c1 + c2
-            else:
-                steps.append(("layer", layer))
-        return steps, channels
-
-    def _run(self, steps, h, inputs, outputs):
-        for step in steps:
-            if step[0] == "conv":
-                w, scale, k = self.convs[step[1]]
-                inputs.append(h[0].detach())
-                pad = (k - 1) // 2
-                h = F.conv2d(F.pad(h, (pad,) * 4, mode="circular"), w) * scale
-                outputs.append(h)
-                continue
-            if step[0] == "concat":
-                h = torch.cat([self._run(step[1], h, inputs, outputs),
-                               self._run(step[2], h, inputs, outputs)], dim=1)
-                continue
-            if step[0] == "act":
-                h = F.leaky_relu(h, step[1].slope) * step[2]
-                continue
-            layer = step[1]
-            if isinstance(layer, Downsample):
-                h = h[:, :, ::2, ::2]
-            elif layer.mode == "nearest":
-                h = h.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
-            else:  # periodic bilinear, separable
-                for dim in (2, 3):
-                    even = 0.75 * h + 0.25 * torch.roll(h, 1, dims=dim)
-                    odd = 0.75 * h + 0.25 * torch.roll(h, -1, dims=dim)
-                    h = torch.stack([even, odd], dim=dim + 1).flatten(dim, dim + 1)
-        return h
-
-    def forward(self, z):
-        """Output (H*W,), conv inputs [x_l (C, h, w)] and conv outputs [h_l (1, O, h, w)], in
-        the order of ``self.convs``."""
-        inputs, outputs = [], []
-        out = self._run(self.steps, z[None], inputs, outputs)
-        order = [i for i in self._conv_order(self.steps)]
-        return (out.reshape(-1), [inputs[order.index(j)] for j in range(len(order))],
-                [outputs[order.index(j)] for j in range(len(order))])
-
-    def _conv_order(self, steps):
-        for step in steps:
-            if step[0] == "conv":
-                yield step[1]
-            elif step[0] == "concat":
-                yield from self._conv_order(step[1])
-                yield from self._conv_order(step[2])
-
-    def ntk_by_jacobian(self, z):
-        """sum over parameters of df_p/dw df_q/dw from the explicit Jacobian (small widths)."""
-        out = self.forward(z)[0]
-        eye = torch.eye(out.numel(), dtype=out.dtype)
-        weights = [w for w, _, _ in self.convs]
-        grads = torch.autograd.grad(out, weights, grad_outputs=eye, is_grads_batched=True)
-        J = torch.cat([g.reshape(out.numel(), -1) for g in grads], 1)
-        return (J @ J.T).double().numpy()
-
-    def ntk(self, z):
-        """The same sum without the Jacobian: for conv l with input x and output deltas
-        d_p = df_p/dh_l, the weight-gradient products are
-        scale^2 sum_{o, r, r'} d_p[o, r] X(r, r') d_q[o, r'] with X(r, r') = sum_m <x(r+m), x(r'+m)>."""
-        out, inputs, outputs = self.forward(z)
-        n = out.numel()
-        deltas = torch.autograd.grad(out, outputs, grad_outputs=torch.eye(n, dtype=out.dtype),
-                                     is_grads_batched=True)
-        theta = torch.zeros(n, n, dtype=torch.float64)
-        for (w, scale, k), x, d in zip(self.convs, inputs, deltas):
-            h = (k - 1) // 2
-            X = 0
-            for a in range(-h, h + 1):
-                for b in range(-h, h + 1):
-                    xs = torch.roll(x, (-a, -b), dims=(1, 2)).reshape(x.shape[0], -1).double()
-                    X = X + xs.T @ xs
-            D = d.reshape(n, d.shape[2], -1).double()
-            theta += scale ** 2 * (D @ X).reshape(n, -1) @ D.reshape(n, -1).T
-        return theta.numpy()
-
-
 FINITE_ARCHS = ["C3,R,D,C3,R,U,C3", "C3,L0.2,D,C3,R,Ub,C3", "C5,R,D,C1,L0.1,U,C3",
                 "C3,R,[0.5|C1,R|D,C5,L0.1,U],C3,R,C3"]
 
@@ -421,8 +311,22 @@ FINITE_ARCHS = ["C3,R,D,C3,R,U,C3", "C3,L0.2,D,C3,R,Ub,C3", "C5,R,D,C1,L0.1,U,C3
 @pytest.mark.parametrize("spec", FINITE_ARCHS)
 def test_finite_network_ntk_factorisation_matches_jacobian(spec):
     z = torch.rand(3, 8, 8, dtype=torch.float64) * 0.1
-    net = FiniteNet(Sequential.from_spec(spec).layers, 3, width=6, seed=0, dtype=torch.float64)
-    np.testing.assert_allclose(net.ntk(z), net.ntk_by_jacobian(z), rtol=1e-10)
+    net = FiniteCNN(Sequential.from_spec(spec), 3, width=6, seed=0, dtype=torch.float64)
+    np.testing.assert_allclose(net.empirical_ntk(z), jacobian_ntk(net, net(z[None]).reshape(-1)),
+                               rtol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear", "bilinear_aligned"])
+def test_finite_upsampling_is_the_oracles_linear_map(mode):
+    """The finite network's x2 upsampling applies the brute-force oracle's taps (per axis)."""
+    n = 5
+    up = FiniteCNN(Sequential(Conv(1), ReLU(), Upsample(mode), Conv(1)), 1, 1).body[2]
+    got = up(torch.eye(n)[:, None, :, None])[:, 0, :, 0]  # row j: e_j upsampled along one axis
+    want = np.zeros((n, 2 * n))
+    for i, taps in enumerate(_upsample_taps(n, mode)):
+        for j, w in taps:
+            want[j, i] += w
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-12)
 
 
 # Networks with a Concat fluctuate more from seed to seed: many seeds of narrower networks.
@@ -434,7 +338,7 @@ def test_empirical_ntk_of_wide_network(spec, width, seeds, dtype):
     Z = np.random.default_rng(3).uniform(0, 0.1, size=(16, 8, 8))
     theory = as_matrix(Sequential(*layers).ntk((8, 8), prior=Z))
     z = torch.as_tensor(Z, dtype=dtype)
-    emp = np.mean([FiniteNet(layers, 16, width, seed=s, dtype=dtype).ntk(z)
+    emp = np.mean([FiniteCNN(layers, 16, width, seed=s, dtype=dtype).empirical_ntk(z).numpy()
                    for s in range(seeds)], axis=0)
     err = np.linalg.norm(emp - theory) / np.linalg.norm(theory)
     assert err < 0.04, err

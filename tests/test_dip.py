@@ -6,7 +6,8 @@ from torch import nn
 
 from completion.dip import _pad_to_multiple, dip_inpaint
 from models.device import MemoryBudgetError
-from models.dip import DIPConfig, DIPNetwork
+from models.cntk import Concat, Conv, Sequential, parse_spec, skip_spec
+from models.dip import DIPConfig, DIPNetwork, dip_spec
 
 TINY = DIPConfig(input_channels=8, scales=2, down=16, up=16, skip=4)
 
@@ -77,6 +78,39 @@ def test_published_configuration_matches_closed_form_and_layer_list():
     assert len(pads) == sum(m.kernel_size[0] == 3 for m in convs)
     z = net.noise_input(32, 32, generator=torch.Generator().manual_seed(0))
     assert z.shape == (1, 32, 32, 32) and 0 <= z.min() and z.max() <= 0.1 and z.max() > 0.09
+
+
+def test_network_is_built_from_the_cntk_skip_spec():
+    """One shape definition: the DIP convolutions are those of the CNTK spec (dip_spec = the
+    ``skip_spec`` list), in order, less the spec's first Conv (which stands for the input)."""
+    for config in (DIPConfig(), TINY, DIPConfig(input_channels=4, scales=3, down=8, up=8, skip=2,
+                                                  kernel_size=5)):
+        spec = dip_spec(config)
+        Sequential.from_spec(spec)  # a valid CNTK network: the kernel of the same shape
+        convs = [m for m in DIPNetwork(1, config).modules() if isinstance(m, nn.Conv2d)]
+        spec_convs = [x for x in _flatten(parse_spec(spec)) if isinstance(x, Conv)]
+        assert [m.kernel_size[0] for m in convs] == [x.k for x in spec_convs[1:]]
+    assert dip_spec(DIPConfig()) == skip_spec(5, 4 / 132, 3, "L0.2", "Ub")
+
+
+def _flatten(layers):
+    for layer in layers:
+        if isinstance(layer, Concat):
+            yield from _flatten(layer.skip)
+            yield from _flatten(layer.main)
+        else:
+            yield layer
+
+
+def test_fixed_seed_output_is_unchanged(test_data):
+    """The tiny network's output for a fixed seed, stored before the network was rebuilt from
+    the skip spec (tests/data/README.md)."""
+    torch.manual_seed(0)
+    net = DIPNetwork(1, TINY)
+    z = net.noise_input(16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = net(z).numpy()
+    np.testing.assert_allclose(out, np.load(test_data / "dip_tiny_output_seed0.npy"), rtol=1e-5)
 
 
 def test_published_configuration_trains_two_steps_on_64x64():

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from models.device import MemoryBudgetError
+from models.finite import FiniteFullyConnected
 from models.ntk import FullyConnectedNTK
 
 ACTS = ["relu", "leaky_relu", "erf"]
@@ -76,65 +77,19 @@ def test_one_hidden_layer_closed_form(activation):
             assert ntk[i, j] == pytest.approx(want_ntk, rel=1e-9, abs=1e-11)
 
 
-# -- wide finite networks --------------------------------------------------------------------
-def _finite_network(d, width, depth, activation, wv, bv, seed):
-    g = torch.Generator().manual_seed(seed)
-    fan_in = [d] + [width] * depth
-    outs = [width] * depth + [1]
-    # normals drawn in float32 (4x faster), the network itself runs in float64
-    Ws = [torch.randn(o, i, generator=g).double() for i, o in zip(fan_in, outs)]
-    bs = [torch.randn(o, generator=g).double() for o in outs]
-    phi = {"relu": torch.relu, "erf": torch.erf,
-           "leaky_relu": lambda t: torch.nn.functional.leaky_relu(t, SLOPE)}[activation]
-    return Ws, bs, phi, fan_in
-
-
-def _forward(net, X, wv, bv):
-    """NTK parameterisation: h = sqrt(wv / fan_in) W a + sqrt(bv) b; returns (f, pre-acts, inputs)."""
-    Ws, bs, phi, fan_in = net
-    a, pre, ins = X, [], []
-    for layer, (W, b, n_in) in enumerate(zip(Ws, bs, fan_in)):
-        ins.append(a)
-        h = math.sqrt(wv / n_in) * a @ W.T + math.sqrt(bv) * b
-        h.retain_grad()
-        pre.append(h)
-        a = phi(h) if layer < len(Ws) - 1 else h
-    return a[:, 0], pre, ins
-
-
-def _empirical_kernels(net, X, wv, bv):
-    """(NTK, NNGP) of one finite network: J J^T summed layer by layer, where for
-    h = s W a + sqrt(bv) b the gradient wrt W is s * delta a^T, so its inner products are
-    s^2 (delta . delta') (a . a') and those wrt b are bv (delta . delta')."""
-    X = torch.as_tensor(X).clone().requires_grad_(True)  # so that every h gets a .grad
-    f, pre, ins = _forward(net, X, wv, bv)
-    f.sum().backward()  # samples are independent: h.grad[k] = d f(x_k) / d h(x_k)
-    ntk = torch.zeros(len(X), len(X), dtype=torch.float64)
-    for h, a, n_in in zip(pre, ins, net[3]):
-        delta, a = h.grad, a.detach()
-        ntk += (wv / n_in) * (delta @ delta.T) * (a @ a.T) + bv * (delta @ delta.T)
-    last = net[2](pre[-2].detach())
-    nngp = wv * (last @ last.T) / last.shape[1] + bv
-    return ntk.numpy(), nngp.numpy()
-
-
-def test_empirical_ntk_helper_is_the_full_jacobian():
-    """The layer-wise J J^T above equals autograd's full parameter Jacobian (narrow net)."""
-    wv, bv = 1.5, 0.2
+# -- wide finite networks (models.finite: the same layer list as the kernel) -----------------------
+def test_empirical_ntk_is_the_full_jacobian():
+    """The layer-wise J J^T of FiniteFullyConnected equals autograd's full parameter Jacobian
+    (narrow net)."""
     X = torch.as_tensor(_points(4, 3))
-    net = _finite_network(3, 7, 2, "erf", wv, bv, seed=1)
-    for p in net[0] + net[1]:
-        p.requires_grad_(True)
-    rows = []
-    for k in range(len(X)):
-        f, _, _ = _forward(net, X[k:k + 1], wv, bv)
-        grads = torch.autograd.grad(f.sum(), net[0] + net[1])
-        rows.append(torch.cat([g.reshape(-1) for g in grads]))
+    kern = FullyConnectedNTK(depth=2, activation="erf", weight_var=1.5, bias_var=0.2)
+    net = FiniteFullyConnected(kern, 3, width=7, seed=1)
+    ntk, _ = net.empirical_kernels(X)
+    rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(net(X[k:k + 1]).sum(),
+                                                                    list(net.parameters()))])
+            for k in range(len(X))]
     J = torch.stack(rows)
-    for p in net[0] + net[1]:
-        p.requires_grad_(False)
-    ntk, _ = _empirical_kernels(net, X, wv, bv)
-    np.testing.assert_allclose(ntk, (J @ J.T).numpy(), rtol=1e-10)
+    np.testing.assert_allclose(ntk.numpy(), (J @ J.T).numpy(), rtol=1e-10)
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3])
@@ -143,18 +98,17 @@ def test_matches_wide_finite_network(activation, depth):
     # a single width-2048 network is off by 3-7% (deeper = noisier); the average of 8 is
     # expected within ~1-2.5%, and the check allows 5%
     wv, bv, width, seeds, d = 2.0, 0.1, 2048, 8, 4
-    X = _points(6, d, seed=depth)
+    X = _points(6, d, seed=depth) / math.sqrt(d)
+    kern = FullyConnectedNTK(depth=depth, activation=activation, slope=SLOPE, weight_var=wv, bias_var=bv)
     emp_ntk = np.zeros((6, 6))
     emp_nngp = np.zeros((6, 6))
     for seed in range(seeds):
-        net = _finite_network(d, width, depth, activation, wv, bv, seed=100 * depth + seed)
-        ntk, nngp = _empirical_kernels(net, X, wv, bv)
-        emp_ntk += ntk / seeds
-        emp_nngp += nngp / seeds
-    # the finite net divides by sqrt(fan_in) at the first layer; the kernel takes inputs as given
-    kern = FullyConnectedNTK(depth=depth, activation=activation, slope=SLOPE, weight_var=wv, bias_var=bv)
-    exact_ntk = kern.ntk(X / math.sqrt(d))
-    exact_nngp = kern.nngp(X / math.sqrt(d))
+        net = FiniteFullyConnected(kern, d, width, seed=100 * depth + seed)
+        ntk, nngp = net.empirical_kernels(torch.as_tensor(X))
+        emp_ntk += ntk.numpy() / seeds
+        emp_nngp += nngp.numpy() / seeds
+    exact_ntk = kern.ntk(X)
+    exact_nngp = kern.nngp(X)
     rel = lambda a, b: np.linalg.norm(a - b) / np.linalg.norm(b)
     assert rel(emp_ntk, exact_ntk) < 0.05
     assert rel(emp_nngp, exact_nngp) < 0.05
@@ -235,19 +189,24 @@ def test_bad_inputs_raise():
         kern.ntk_from_gram(np.ones((2, 3)), np.ones(3), np.ones(3))
 
 
-def test_matches_neural_tangents_when_installed():
-    nt = pytest.importorskip("neural_tangents")
-    stax = nt.stax
-    wv, bv, d = 2.0, 0.1, 3
-    X = _points(5, d)
-    for activation, layer in (("relu", stax.Relu()), ("leaky_relu", stax.LeakyRelu(SLOPE)),
-                              ("erf", stax.Erf(a=1.0, b=1.0, c=0.0))):
-        dense = lambda width: stax.Dense(width, W_std=math.sqrt(wv), b_std=math.sqrt(bv))
-        _, _, kernel_fn = stax.serial(dense(512), layer, dense(512), layer, dense(1))
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("activation", ACTS)
+def test_matches_stored_neural_tangents_kernels(test_data, activation, depth):
+    """NNGP and NTK computed once by Neural Tangents 0.6.5 (stax, float64; see
+    tests/data/README.md), for inputs of norms 0.3 .. 2.5 and two (weight_var, bias_var) cases.
+    The two implementations agreed to 1.3e-15 relative when the file was made; 1e-12 allows for
+    other BLAS builds and catches any formula change."""
+    ref = np.load(test_data / "neural_tangents_reference.npz")
+    X = ref["X"]
+    for case, (wv, bv) in enumerate(zip(ref["weight_var"], ref["bias_var"])):
+        kern = FullyConnectedNTK(depth=depth, activation=activation, slope=float(ref["slope"]),
+                                 weight_var=float(wv), bias_var=float(bv))
         # stax divides the first layer by sqrt(d); our kernel takes inputs as given
-        want = np.asarray(kernel_fn(X, None, ("nngp", "ntk")).ntk)
-        kern = FullyConnectedNTK(depth=2, activation=activation, slope=SLOPE, weight_var=wv, bias_var=bv)
-        np.testing.assert_allclose(kern.ntk(X / math.sqrt(d)), want, rtol=1e-4)
+        Z = X / math.sqrt(X.shape[1])
+        for which, got in (("nngp", kern.nngp(Z)), ("ntk", kern.ntk(Z))):
+            want = ref[f"{activation}_depth{depth}_{case}_{which}"]
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max(),
+                                       err_msg=f"{which}, weight_var={wv}, bias_var={bv}")
 
 
 @pytest.mark.parametrize("activation", ACTS)

@@ -259,6 +259,41 @@ def test_joint_operator_cg_matches_dense_ntk_regression():
                                rtol=1e-8, atol=1e-8)
 
 
+def test_joint_exact_solve_tiles_the_kernel_and_refuses_before_work():
+    """The exact joint path fills the kernel in small row tiles into a Fortran-ordered array
+    (factored in place) and gives the same bits as forming the whole block at once; a budget
+    that holds the tiles but not the N x N kernel is refused before any kernel evaluation."""
+    rng = np.random.default_rng(8)
+    m, n = 20, 15
+    R, C = rng.standard_normal((m, 4)) * 0.5, rng.standard_normal((n, 3)) * 0.5
+    rows, cols = np.nonzero(_random_mask((m, n), 0.5, seed=9))
+    N = rows.size
+    kernel = FullyConnectedNTK(depth=2, activation="erf", bias_var=0.1)
+    op = JointKernelOperator(kernel, R @ R.T, C @ C.T, rows, cols, device="cpu")
+    heights = []
+    block = op.block
+    op.block = lambda r, c: heights.append(len(r)) or block(r, c)
+    K = op.dense()
+    assert K.flags.f_contiguous and max(heights) <= N // 40 and sum(heights) == N
+    whole = block(rows, cols).numpy()
+    np.testing.assert_array_equal(K, whole)
+    y = rng.standard_normal((N, 2))
+    np.testing.assert_array_equal(op.solve_exact(y, 1e-3), solve_exact(whole, y, 1e-3))
+    oracle = kernel.ntk(np.hstack([R[rows], C[cols]]))
+    np.testing.assert_allclose(op.solve_exact(y, 1e-3), _dense_ridge_solve(oracle, y, 1e-3),
+                               rtol=1e-6)
+
+    tight = JointKernelOperator(kernel, R @ R.T, C @ C.T, rows, cols, device="cpu",
+                                memory_budget=8 * N * N)
+    heights.clear()
+    tight.block = op.block
+    with pytest.raises(MemoryBudgetError, match=rf"dense {N} x {N} joint kernel.*would need"):
+        tight.solve_exact(y, 1e-3)
+    assert heights == []
+    with pytest.raises(ValueError, match="y must have shape"):
+        op.solve_exact(y[:-1], 1e-3)
+
+
 def test_joint_operator_refuses_over_budget():
     with pytest.raises(MemoryBudgetError, match="over 1000 observed entries"):
         JointKernelOperator(FullyConnectedNTK(), np.eye(50), np.eye(20), np.repeat(np.arange(50), 20),

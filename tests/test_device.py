@@ -1,0 +1,40 @@
+"""models.device: the CPU thread setting (parameter, else $NTK_THREADS, else the default)."""
+import os
+
+import pytest
+import torch
+
+from models.device import DEFAULT_CPU_THREADS, THREADS_ENV, limited_threads, resolve_threads
+
+CORES = os.cpu_count() or 1
+
+
+def test_parameter_then_environment_then_default(monkeypatch):
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert resolve_threads() == min(DEFAULT_CPU_THREADS, CORES)
+    monkeypatch.setenv(THREADS_ENV, " 1 ")
+    assert resolve_threads() == 1
+    monkeypatch.setenv(THREADS_ENV, "1000")
+    assert resolve_threads() == CORES  # never more than the cores
+    assert resolve_threads(1) == 1  # the parameter wins over the environment
+    monkeypatch.setenv(THREADS_ENV, "")
+    assert resolve_threads() == min(DEFAULT_CPU_THREADS, CORES)
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.5, True, "two", "2.0"])
+def test_bad_thread_counts_are_refused_naming_the_source(monkeypatch, value):
+    with pytest.raises(ValueError, match=r"^threads must be a whole number"):
+        resolve_threads(value)
+    monkeypatch.setenv(THREADS_ENV, str(value))
+    with pytest.raises(ValueError, match=r"^\$NTK_THREADS must be a whole number"):
+        resolve_threads()
+
+
+def test_limited_threads_sets_and_restores(monkeypatch):
+    previous = torch.get_num_threads()
+    monkeypatch.setenv(THREADS_ENV, "1")
+    with limited_threads():
+        assert torch.get_num_threads() == 1
+    with limited_threads(CORES):
+        assert torch.get_num_threads() == CORES
+    assert torch.get_num_threads() == previous
