@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.cntk import (PRESETS, Activation, Concat, Conv, Downsample, LeakyReLU, ReLU, Sequential, StructuredKernel,
-                         Upsample, meshgrid_features)
+from models.cntk import (PRESETS, Activation, Concat, Conv, Downsample, Gaussian, LeakyReLU, ReLU,
+                         Sequential, StructuredKernel, Upsample, meshgrid_features)
 from models.device import MemoryBudgetError
 
 
@@ -83,17 +83,22 @@ def _brute_force_chain(layers, st, readout):
             if readout and idx == len(layers) - 1:
                 return Knew
             A = [[sum(S[i][j] for i, j in zip(nb[p], nb[q])) for q in range(n)] for p in range(n)]
-            slope = layers[idx + 1].slope
+            act = layers[idx + 1]
             kk = layer.k ** 2
             S = [[0.0] * n for _ in range(n)]
             dS = [[0.0] * n for _ in range(n)]
             for p in range(n):
                 for q in range(n):
                     n1, n2 = A[p][p], A[q][q]
+                    if isinstance(act, Gaussian):   # E[2 cos(s u + b) cos(s v + b)], u, v ~ A/k^2
+                        g = act.sigma ** 2 / kk
+                        S[p][q] = math.exp(-g * (n1 + n2 - 2 * A[p][q]) / 2)
+                        dS[p][q] = g * S[p][q]
+                        continue
                     if n1 == 0 or n2 == 0:
                         Knew[p][q] = 0.0
                         continue
-                    k0, k1 = _duals(A[p][q] / math.sqrt(n1 * n2), slope)
+                    k0, k1 = _duals(A[p][q] / math.sqrt(n1 * n2), act.slope)
                     S[p][q] = k1 * math.sqrt(n1 * n2) / kk
                     dS[p][q] = k0 / kk
             K = A if st["first"] else Knew
@@ -148,6 +153,8 @@ ARCHS = [
     "C5,R,D,C3,L0.1,D,C3,R,Ub,C3,R,U,C1,L,C3",
     "2*(C3,R,D),C3,R,Ub,C3,R,Ub,C3",
     "C3,L,[0.25|C1,R|D,C3,L,[0.5||D,C3,R,Ub],C3,L,U],C3,R,C3",
+    "C5,G30,C1",
+    "C3,G20,D,C3,L,Ub,C3,G3,C3",
 ]
 
 

@@ -19,12 +19,13 @@ tables and operations), ``priors`` (input covariances), ``engine`` (propagation,
 ``kernel`` (the result: dense / diag / matvec / solve_shifted), ``spec`` (spec strings,
 presets), ``network`` (``Sequential``).
 """
+from .banded_kernel import BandedKernel
 from .kernel import CNTKKernel, StructuredKernel
-from .layers import Activation, Concat, Conv, Downsample, LeakyReLU, ReLU, Upsample
+from .layers import Activation, Concat, Conv, Downsample, Gaussian, LeakyReLU, ReLU, Upsample
 from .network import Sequential
 from .priors import make_prior, meshgrid_features
 from .spec import PRESETS, encoder_decoder_spec, parse_spec, skip_spec, symmetric_spec
 
-__all__ = ["Sequential", "Concat", "Conv", "ReLU", "LeakyReLU", "Downsample", "Upsample", "Activation",
-           "CNTKKernel", "StructuredKernel", "PRESETS", "encoder_decoder_spec", "symmetric_spec", "skip_spec", "parse_spec", "make_prior",
+__all__ = ["Sequential", "Concat", "Conv", "ReLU", "LeakyReLU", "Gaussian", "Downsample", "Upsample", "Activation",
+           "CNTKKernel", "StructuredKernel", "BandedKernel", "PRESETS", "encoder_decoder_spec", "symmetric_spec", "skip_spec", "parse_spec", "make_prior",
            "meshgrid_features"]

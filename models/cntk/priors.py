@@ -23,6 +23,12 @@ class Prior:
         """(Ph, Pw, len(rows), W) table of S0 holding row offsets ``rows``."""
         raise NotImplementedError
 
+    def banded_table(self, size, rows, band, device, dtype) -> torch.Tensor:
+        """Offset planes (2 band + 1, 2 band + 1, len(rows), W) of S0 for the row positions
+        ``rows`` (LongTensor, values in 0..H-1): ``[band + d_r, band + d_c, i, c] =
+        S0((rows[i], c), (rows[i] + d_r, c + d_c))`` (mod H, W); see :mod:`.banded`."""
+        raise NotImplementedError
+
 
 class ConstantPrior(Prior):
     """``diagonal`` on p == q and ``off`` elsewhere."""
@@ -36,6 +42,15 @@ class ConstantPrior(Prior):
         base = torch.full((1, 1, len(rows), W), self.off, device=device, dtype=dtype)
         base[0, 0, rows == 0, 0] = self.diagonal
         return base.expand(period[0], period[1], len(rows), W).contiguous()
+
+    def banded_table(self, size, rows, band, device, dtype):
+        H, W = size
+        off = torch.arange(-band, band + 1, device=device)
+        # aliased offsets (a band wider than the grid) that land on q == p are diagonal entries
+        same = ((off % H == 0)[:, None] & (off % W == 0)[None, :])[:, :, None, None]
+        planes = torch.full((len(off), len(off), len(rows), W), self.off, device=device,
+                            dtype=dtype)
+        return planes.masked_fill_(same, self.diagonal)
 
 
 class ArrayPrior(Prior):
@@ -51,10 +66,13 @@ class ArrayPrior(Prior):
             raise ValueError("prior array contains NaN or infinite values")
         self.name, self.Z = name, Z
 
-    def table(self, size, period, rows, device, dtype):
+    def _check_size(self, size):
         if tuple(self.Z.shape[1:]) != tuple(size):
             raise ValueError(f"prior array has spatial size {self.Z.shape[1:]} but the network "
                              f"input is {tuple(size)}")
+
+    def table(self, size, period, rows, device, dtype):
+        self._check_size(size)
         if tuple(period) != tuple(size):
             raise ValueError(f"prior {self.name!r} is not stationary: use engine='dense'")
         H, W = size
@@ -65,6 +83,19 @@ class ArrayPrior(Prior):
         c = torch.arange(W, device=device)
         qc = (c[:, None] + c[None, :]) % W                                   # (pc, dc)
         return torch.gather(gram, 3, qc[None, :, None, :].expand(H, W, len(rows), W))
+
+    def banded_table(self, size, rows, band, device, dtype):
+        self._check_size(size)
+        H, W = size
+        Z = torch.as_tensor(self.Z, device=device, dtype=dtype)
+        off = torch.arange(-band, band + 1, device=device)
+        cols = (torch.arange(W, device=device)[None, :] + off[:, None]) % W     # (B, W)
+        here = Z[:, rows][:, :, None, :]                                          # (C, n, 1, W)
+        planes = torch.empty((len(off), len(off), len(rows), W), device=device, dtype=dtype)
+        for i, dr in enumerate(off.tolist()):
+            partner = Z[:, (rows + dr) % H][:, :, cols]                           # (C, n, B, W)
+            planes[i] = (here * partner).sum(0).permute(1, 0, 2).div_(Z.shape[0])
+        return planes
 
 
 def meshgrid_features(size) -> np.ndarray:
