@@ -428,7 +428,7 @@ class FiniteNet:
 
 
 FINITE_ARCHS = ["C3,R,D,C3,R,U,C3", "C3,L0.2,D,C3,R,Ub,C3", "C5,R,D,C1,L0.1,U,C3",
-                "C3,R,[0.5|C1,R|D,C5,L0.1,U],C3,R,C3", "C3,G30,D,C3,R,U,C3,G5,C1"]
+                "C3,R,[0.5|C1,R|D,C5,L0.1,U],C3,R,C3", "C5,G30,C1", "C3,G20,D,C3,R,Ub,C3"]
 
 
 @pytest.mark.parametrize("spec", FINITE_ARCHS)
@@ -442,7 +442,7 @@ def test_finite_network_ntk_factorisation_matches_jacobian(spec):
 @pytest.mark.parametrize("spec,width,seeds,dtype", [
     (FINITE_ARCHS[0], 512, 16, torch.float32), (FINITE_ARCHS[1], 512, 16, torch.float32),
     (FINITE_ARCHS[2], 384, 12, torch.float32), ("C3,R,[0.5||D,C3,R,U],C3", 64, 40, torch.float64),
-    (FINITE_ARCHS[4], 512, 16, torch.float32)])
+    (FINITE_ARCHS[4], 512, 16, torch.float32), (FINITE_ARCHS[5], 512, 16, torch.float32)])
 def test_empirical_ntk_of_wide_network(spec, width, seeds, dtype):
     layers = Sequential.from_spec(spec).layers
     Z = np.random.default_rng(3).uniform(0, 0.1, size=(16, 8, 8))
