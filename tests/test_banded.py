@@ -69,11 +69,13 @@ def test_pieces_equal_whole_grid(spec):
         np.testing.assert_array_equal(planes.permute(2, 3, 0, 1).numpy(), whole.numpy())
 
 
-def test_stationary_prior_banded_equals_structured_and_wide_band_aliases():
+@pytest.mark.parametrize("spec", ["ed2", "C5,G30,D,C3,R,Ub,C3"])
+def test_stationary_prior_banded_equals_structured_and_wide_band_aliases(spec):
     # band 9 on a 16 x 16 grid: offsets -9..-7 and 7..9 alias (d and d + 16 are one pair)
-    net = Sequential.from_spec("ed2")
+    net = Sequential.from_spec(spec)
     dense = net.ntk((16, 16), prior="noise", engine="structured").dense()
-    kern = net.ntk_banded((16, 16), "noise", 9)
+    kern = net.ntk_banded((16, 16), "noise", np.int64(9))
+    assert kern.band == 9
     np.testing.assert_allclose(kern.table.numpy(), band_of(dense, 9), rtol=1e-12)
 
 

@@ -23,6 +23,7 @@ a piece read the full diagonals recorded by a first pass at band 0.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Optional
 
@@ -199,7 +200,9 @@ def _activation(layer: Activation, A, K, need: Need, k: int, diag: torch.Tensor)
 
 def _resample_axis(T, layer, out: Need, have: Need, axis: int):
     """Resample planes T (holding ``have``) along ``axis`` (0 rows, 1 columns) to the offsets
-    of ``out`` (and its rows; columns: all)."""
+    of ``out`` (and its rows; columns: all). The source offsets depend on an output position
+    only through its parity (checked), so each parity class is two ``index_select``s per
+    term."""
     n_in = have.size[axis]
     dev = T.device
     if axis == 0:
@@ -208,25 +211,30 @@ def _resample_axis(T, layer, out: Need, have: Need, axis: int):
         off = out.roff
     else:
         pos, off = torch.arange(layer.new_size(n_in), device=dev), _band(out.cband, dev)
-    shape = (len(pos), len(off))
-    acc = None
-    for weight, src_pos, src_off in _source(layer, pos, off):
-        if axis == 0 and have.rows is not None:
-            src_pos = src_pos - have.rows[0]
-        else:
-            src_pos = src_pos % n_in
-        src_off = _locate(have.roff, src_off) if axis == 0 else src_off + have.cband
-        src_pos, src_off = src_pos.expand(shape), src_off.expand(shape)
-        if axis == 0:           # T[off, :, pos, :] -> (P, B, Bc, W) -> (B, Bc, P, W)
-            g = T[src_off, :, src_pos, :].permute(1, 2, 0, 3)
-            w = None if weight is None else weight.expand(shape).T[:, None, :, None]
-        else:                   # T[:, off, :, pos] -> (P, B, Br, n) -> (Br, B, n, P)
-            g = T[:, src_off, :, src_pos].permute(2, 1, 3, 0)
-            w = None if weight is None else weight.expand(shape).T[None, :, None, :]
-        if w is not None:
-            g = g * w.to(T.dtype)
-        acc = g.contiguous() if acc is None else acc.add_(g)
-    return acc
+    shape = list(T.shape)
+    shape[axis], shape[axis + 2] = len(off), len(pos)
+    result = torch.empty(shape, dtype=T.dtype, device=dev)
+    terms = [(w, p.expand(len(pos), len(off)), o.expand(len(pos), len(off)))
+             for w, p, o in _source(layer, pos, off)]
+    view = [1, 1, 1, 1]
+    view[axis] = len(off)
+    for start in range(min(2, len(pos))):
+        acc = None
+        for weight, src_pos, src_off in terms:
+            o = src_off[start::2]
+            if not torch.equal(o, o[:1].expand_as(o)):
+                raise AssertionError("resampling offsets must depend on the parity only")
+            o = _locate(have.roff, o[0]) if axis == 0 else o[0] + have.cband
+            p = src_pos[start::2, 0]
+            p = p - have.rows[0] if axis == 0 and have.rows is not None else p % n_in
+            g = T.index_select(axis + 2, p).index_select(axis, o)
+            if weight is not None:
+                g.mul_(weight.expand(len(pos), len(off))[start].to(T.dtype).view(view))
+            acc = g if acc is None else acc.add_(g)
+        index = [slice(None)] * 4
+        index[axis + 2] = slice(start, None, 2)
+        result[tuple(index)] = acc
+    return result
 
 
 class BandedPropagator:
@@ -234,9 +242,9 @@ class BandedPropagator:
     Conv) on input ``size`` for ``prior``, output band ``band``."""
 
     def __init__(self, layers, size, band, prior, device, dtype):
-        if not isinstance(band, int) or isinstance(band, bool) or band < 0:
+        if not isinstance(band, numbers.Integral) or isinstance(band, bool) or band < 0:
             raise ValueError(f"band must be a non-negative integer, got {band!r}")
-        self.layers, self.size, self.band = tuple(layers), tuple(size), band
+        self.layers, self.size, self.band = tuple(layers), tuple(size), int(band)
         self.prior, self.device, self.dtype = prior, device, dtype
         self.out_size = _chain_sizes(self.layers, self.size)[-1]
         self.itemsize = torch.empty((), dtype=dtype).element_size()
