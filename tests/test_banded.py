@@ -187,5 +187,6 @@ def test_gaussian_layer_gives_patch_similarity_weights():
                                ((9, 9), (1, 3))]:
         p = patches[:, pr, pc]
         q = patches[:, (pr + dr) % H, (pc + dc) % W]
-        expected = np.exp(-sigma ** 2 * np.mean((p - q) ** 2) / 2) * (1 + sigma ** 2 * np.mean(p * q))
+        msd, a_pq = np.mean((p - q) ** 2), np.mean(p * q)
+        expected = np.exp(-sigma ** 2 * msd / 2) * (1 + sigma ** 2 * a_pq)
         assert T[pr, pc, 4 + dr, 4 + dc] == pytest.approx(expected, rel=1e-12)

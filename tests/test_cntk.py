@@ -474,13 +474,17 @@ def test_spec_round_trip_and_grammar():
     assert ref.spec() == Sequential.from_spec(PRESETS["reference"]).spec()
     assert ref.spec().count("C3") == 7 and ref.spec().count("D") == 3
     assert len(net.describe().splitlines()) == 7
+    gauss = Sequential.from_spec("C5,g8,C3,G0.5,C1")
+    assert gauss.spec() == "C5,G8.0,C3,G0.5,C1" and Sequential.from_spec(gauss.spec()) == gauss
+    assert isinstance(gauss.layers[1], Gaussian) and gauss.layers[3].sigma == 0.5
     skip = Sequential.from_spec("skip2")
     assert Sequential.from_spec(skip.spec()) == skip and skip.spec().count("[") == 2
     for bad, msg in [("C3,X,C3", "cannot read layer"), ("C4,R,C3", "odd"),
                      ("C3,R", "last layer"), ("R,C3", "first layer"), ("C3,D,C3", "followed by"),
                      ("C3,R,R,C3", "directly follow"), ("2*(C3,R,C3", "unbalanced"),
                      ("C3,R,[0.5|C1|D,U],C3", "followed by"), ("C3,R,[1.5||D,U],C3", "fraction"),
-                     ("C3,R,[0.5|D|D,U],C3", "different sizes")]:
+                     ("C3,R,[0.5|D|D,U],C3", "different sizes"), ("C3,G,C3", "cannot read"),
+                     ("C3,G0,C3", "sigma must be positive"), ("C3,G-1,C3", "sigma")]:
         with pytest.raises(ValueError, match=msg):
             Sequential.from_spec(bad)
 

@@ -32,7 +32,7 @@ import torch
 from ..device import check_fits, format_bytes
 from . import tables
 from .engine import WORK_FACTOR
-from .layers import Activation, Concat, Conv, Downsample, Resample, Upsample
+from .layers import Activation, Concat, Conv, Resample, Upsample
 
 # on a CPU, pieces are kept to about this much working memory even when the budget allows
 # more: their tables stay in cache and below the size that glibc maps afresh (page faults)
