@@ -36,7 +36,7 @@ from .layers import Activation, Concat, Conv, Resample, Upsample
 
 # on a CPU, pieces are kept to about this much working memory even when the budget allows
 # more: their tables stay in cache and below the size that glibc maps afresh (page faults)
-PIECE_WORK_BYTES = 64 * 2 ** 20
+PIECE_WORK_BYTES = 16 * 2 ** 20
 
 # row block of a table: None = all rows (circular), else the unwrapped row positions
 # lo .. hi - 1 (hi - lo rows, taken mod the height)
@@ -178,8 +178,10 @@ def _box_sum(T: torch.Tensor, k: int, all_rows: bool) -> torch.Tensor:
         return tables.window_sum(T, k, dims=(2, 3))
     h = (k - 1) // 2
     n = T.shape[2] - 2 * h
-    out = T.narrow(2, h, n).clone()
-    for m in range(1, h + 1):
+    if h == 0:
+        return tables.window_sum(T, k, dims=(3,))
+    out = torch.add(T.narrow(2, h, n), T.narrow(2, h + 1, n)).add_(T.narrow(2, h - 1, n))
+    for m in range(2, h + 1):
         out.add_(T.narrow(2, h + m, n)).add_(T.narrow(2, h - m, n))
     return tables.window_sum(out, k, dims=(3,))
 
@@ -192,10 +194,11 @@ def _activation(layer: Activation, A, K, need: Need, k: int, diag: torch.Tensor)
     lo, hi = (0, H) if need.rows is None else need.rows
     rows = torch.arange(lo, hi, device=dev)
     n1 = diag[rows % H][None]                                           # (1, n, W)
-    cols = (torch.arange(W, device=dev)[None, :] + _band(need.cband, dev)[:, None]) % W
-    shifted = diag[:, cols].permute(1, 0, 2).contiguous()     # [j, r, c] = diag[r, c + d_c]
+    pad = torch.arange(-need.cband, W + need.cband, device=dev) % W
     for i, dr in enumerate(need.roff.tolist()):   # one row offset at a time: small temporaries
-        layer.dual_(A[i], K[i], n1, shifted.index_select(1, (rows + dr) % H), k)
+        # n2[j, r, c] = diag[r + dr, c + j - cband]: a (2 cband + 1, n, W) view of n padded rows
+        padded = diag.index_select(0, (rows + dr) % H).index_select(1, pad)
+        layer.dual_(A[i], K[i], n1, padded.unfold(1, W, 1).permute(1, 0, 2), k)
 
 
 def _resample_axis(T, layer, out: Need, have: Need, axis: int):
