@@ -2,17 +2,18 @@
 
 For an image prior (a synthetic 1-channel image: timings do not depend on its content), times
 the banded kernel of a few architectures for bands R = 5, 10, 15 on 256 x 256 and 512 x 512
-grids in float32 and float64, its peak memory (the process's peak resident set above what it
+grids in float32 (float64 for some), its peak memory (the process's peak resident set above what it
 held before the kernel), one ``matvec`` of a 1-channel image and one of the Wendland-tapered
 kernel. Every row runs in a fresh subprocess so that its peak memory is its own.
 
-    python benchmarks/bench_banded.py                # full table (~10 minutes, 1 thread)
+    python benchmarks/bench_banded.py                # full table (~5 minutes on a quiet core)
     python benchmarks/bench_banded.py --quick        # 256 x 256 only
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -29,7 +30,13 @@ from models.cntk import Sequential  # noqa: E402
 from models.device import MemoryBudgetError  # noqa: E402
 
 ARCHS = {"shallow": "C5,G8,C1", "two-layer": "C5,G8,C3,L,C1", "ed2": "ed2"}
-BANDS = (5, 10, 15)
+# (size, kernel, band, dtype): every band in float32 at 256 x 256, float64 where it is cheap
+ROWS = ([(256, "shallow", r, dt) for r in (5, 10, 15) for dt in ("float32", "float64")] +
+        [(256, "two-layer", r, "float32") for r in (5, 10, 15)] +
+        [(256, "two-layer", 10, "float64")] +
+        [(256, "ed2", r, "float32") for r in (5, 10, 15)] +
+        [(512, "shallow", r, "float32") for r in (5, 10, 15)] + [(512, "shallow", 10, "float64")] +
+        [(512, "two-layer", 10, "float32"), (512, "ed2", 10, "float32")])
 
 
 def peak_rss_bytes() -> int:
@@ -74,29 +81,26 @@ def main():
         print(json.dumps(one_row(spec, int(size), int(band), dtype, args.threads)))
         return
     print(f"torch {torch.__version__}, {args.threads} thread(s), "
-          f"{platform.processor() or platform.machine()}; default memory budget 2 GB")
+          f"{platform.processor() or platform.machine()}; default memory budget 2 GB; load "
+          f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print("| kernel | spec | size | R | dtype | kernel time | peak extra memory | table | "
           "matvec | tapered matvec |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    sizes = (256,) if args.quick else (256, 512)
-    for size in sizes:
-        for name, spec in ARCHS.items():
-            for band in BANDS:
-                for dtype in ("float32", "float64"):
-                    if size == 512 and dtype == "float64" and name != "shallow":
-                        continue
-                    out = subprocess.run(
-                        [sys.executable, __file__, "--threads", str(args.threads), "--one",
-                         f"{spec};{size};{band};{dtype}"], capture_output=True, text=True,
-                        check=True, cwd=ROOT)
-                    row = json.loads(out.stdout.strip().splitlines()[-1])
-                    head = f"| {name} | `{spec}` | {size}x{size} | {band} | {dtype} |"
-                    if "refused" in row:
-                        print(f"{head} refused: {row['refused']} | | | | |", flush=True)
-                        continue
-                    print(f"{head} {row['seconds']:.2f} s | {row['extra_bytes'] / 2**20:.0f} MB"
-                          f" | {row['table_bytes'] / 2**20:.0f} MB | {row['matvec']:.3f} s | "
-                          f"{row['tapered_matvec']:.3f} s |", flush=True)
+    for size, name, band, dtype in ROWS:
+        if args.quick and size > 256:
+            continue
+        spec = ARCHS[name]
+        out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--one",
+                              f"{spec};{size};{band};{dtype}"], capture_output=True, text=True,
+                             check=True, cwd=ROOT)
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        head = f"| {name} | `{spec}` | {size}x{size} | {band} | {dtype} |"
+        if "refused" in row:
+            print(f"{head} refused: {row['refused']} | | | | |", flush=True)
+            continue
+        print(f"{head} {row['seconds']:.2f} s | {row['extra_bytes'] / 2**20:.0f} MB | "
+              f"{row['table_bytes'] / 2**20:.0f} MB | {row['matvec']:.3f} s | "
+              f"{row['tapered_matvec']:.3f} s |", flush=True)
 
 
 if __name__ == "__main__":

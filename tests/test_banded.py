@@ -190,3 +190,12 @@ def test_gaussian_layer_gives_patch_similarity_weights():
         msd, a_pq = np.mean((p - q) ** 2), np.mean(p * q)
         expected = np.exp(-sigma ** 2 * msd / 2) * (1 + sigma ** 2 * a_pq)
         assert T[pr, pc, 4 + dr, 4 + dc] == pytest.approx(expected, rel=1e-12)
+
+
+def test_float32_kernel_close_to_float64():
+    kern, image = _image_kernel((32, 32), band=6, spec="C5,G8,C3,L,C1")
+    single = Sequential.from_spec("C5,G8,C3,L,C1").ntk_banded((32, 32), image[None], 6,
+                                                              dtype="float32")
+    assert single.dtype == torch.float32
+    np.testing.assert_allclose(single.table.numpy(), kern.table.numpy(), rtol=0,
+                               atol=1e-5 * kern.table.abs().max().item())
