@@ -3,8 +3,9 @@
 As in Neural Tangents' ``stax``, one layer list gives both the kernel and the finite network
 whose empirical NTK converges to it as the width grows:
 
-* :class:`FiniteCNN` from a :class:`models.cntk.Sequential` (Conv, ReLU, LeakyReLU, Downsample,
-  Upsample nearest / bilinear / bilinear_aligned, Concat), in the CNTK's parameterisation:
+* :class:`FiniteCNN` from a :class:`models.cntk.Sequential` (Conv, ReLU, LeakyReLU, Gaussian,
+  Downsample, Upsample nearest / bilinear / bilinear_aligned, Concat), in the CNTK's
+  parameterisation (a Gaussian layer is ``sqrt(2) cos(sigma h / k + b)`` with fixed random phases):
   standard normal weights, every k x k conv scaled by 1/sqrt(input channels), circular
   padding, no bias, and every activation scaled by sqrt(2 / (1 + slope^2)) / k with k the
   kernel size of the conv before it (the usual NTK scaling 1/sqrt(C k^2) when all kernels have
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cntk.layers import Activation, Concat, Conv, Downsample, Upsample
+from .cntk.layers import Activation, Concat, Conv, Downsample, Gaussian, Upsample
 from .cntk.network import Sequential
 from .ntk import Dense, Erf, FullyConnectedNTK
 from .ntk import LeakyReLU as DenseLeakyReLU
@@ -85,6 +86,21 @@ class _Activation(nn.Module):
 
     def forward(self, h):
         return F.leaky_relu(h, self.slope) * self.gain
+
+
+class _Gaussian(nn.Module):
+    """sqrt(2) cos(sigma h / k + b): the random Fourier feature layer of
+    :class:`models.cntk.layers.Gaussian` after a 1/sqrt(C) conv of window k, one fixed phase
+    b ~ Uniform[0, 2 pi] per channel."""
+
+    def __init__(self, sigma, k_before, channels, generator, dtype):
+        super().__init__()
+        self.frequency = sigma / k_before
+        self.register_buffer("phase", torch.rand(channels, generator=generator, dtype=dtype)
+                             * (2 * math.pi))
+
+    def forward(self, h):
+        return math.sqrt(2) * torch.cos(self.frequency * h + self.phase[None, :, None, None])
 
 
 class _Downsample(nn.Module):
@@ -148,6 +164,8 @@ class FiniteCNN(nn.Module):
                 out = 1 if readout and i == len(layers) - 1 else self.width
                 modules.append(_Conv(channels, out, layer.k, generator, dtype))
                 channels = out
+            elif isinstance(layer, Gaussian):
+                modules.append(_Gaussian(layer.sigma, layers[i - 1].k, channels, generator, dtype))
             elif isinstance(layer, Activation):
                 modules.append(_Activation(layer.slope, layers[i - 1].k))
             elif isinstance(layer, Downsample):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.cntk import (PRESETS, Concat, Conv, Downsample, LeakyReLU, ReLU, Sequential, StructuredKernel,
-                         Upsample, meshgrid_features)
+from models.cntk import (PRESETS, Concat, Conv, Downsample, Gaussian, LeakyReLU, ReLU, Sequential,
+                         StructuredKernel, Upsample, meshgrid_features)
 from models.device import MemoryBudgetError
 from models.finite import FiniteCNN, jacobian_ntk
 
@@ -83,17 +83,22 @@ def _brute_force_chain(layers, st, readout):
             if readout and idx == len(layers) - 1:
                 return Knew
             A = [[sum(S[i][j] for i, j in zip(nb[p], nb[q])) for q in range(n)] for p in range(n)]
-            slope = layers[idx + 1].slope
+            act = layers[idx + 1]
             kk = layer.k ** 2
             S = [[0.0] * n for _ in range(n)]
             dS = [[0.0] * n for _ in range(n)]
             for p in range(n):
                 for q in range(n):
                     n1, n2 = A[p][p], A[q][q]
+                    if isinstance(act, Gaussian):   # E[2 cos(s u + b) cos(s v + b)], u, v ~ A/k^2
+                        g = act.sigma ** 2 / kk
+                        S[p][q] = math.exp(-g * (n1 + n2 - 2 * A[p][q]) / 2)
+                        dS[p][q] = g * S[p][q]
+                        continue
                     if n1 == 0 or n2 == 0:
                         Knew[p][q] = 0.0
                         continue
-                    k0, k1 = _duals(A[p][q] / math.sqrt(n1 * n2), slope)
+                    k0, k1 = _duals(A[p][q] / math.sqrt(n1 * n2), act.slope)
                     S[p][q] = k1 * math.sqrt(n1 * n2) / kk
                     dS[p][q] = k0 / kk
             K = A if st["first"] else Knew
@@ -148,6 +153,8 @@ ARCHS = [
     "C5,R,D,C3,L0.1,D,C3,R,Ub,C3,R,U,C1,L,C3",
     "2*(C3,R,D),C3,R,Ub,C3,R,Ub,C3",
     "C3,L,[0.25|C1,R|D,C3,L,[0.5||D,C3,R,Ub],C3,L,U],C3,R,C3",
+    "C5,G30,C1",
+    "C3,G20,D,C3,L,Ub,C3,G3,C3",
 ]
 
 
@@ -305,7 +312,7 @@ def test_structured_kernel_rebuilt_from_its_table():
 
 # ---------------------------------------------------------------- finite wide networks -------
 FINITE_ARCHS = ["C3,R,D,C3,R,U,C3", "C3,L0.2,D,C3,R,Ub,C3", "C5,R,D,C1,L0.1,U,C3",
-                "C3,R,[0.5|C1,R|D,C5,L0.1,U],C3,R,C3"]
+                "C3,R,[0.5|C1,R|D,C5,L0.1,U],C3,R,C3", "C5,G30,C1", "C3,G20,D,C3,R,Ub,C3"]
 
 
 @pytest.mark.parametrize("spec", FINITE_ARCHS)
@@ -332,7 +339,8 @@ def test_finite_upsampling_is_the_oracles_linear_map(mode):
 # Networks with a Concat fluctuate more from seed to seed: many seeds of narrower networks.
 @pytest.mark.parametrize("spec,width,seeds,dtype", [
     (FINITE_ARCHS[0], 512, 16, torch.float32), (FINITE_ARCHS[1], 512, 16, torch.float32),
-    (FINITE_ARCHS[2], 384, 12, torch.float32), ("C3,R,[0.5||D,C3,R,U],C3", 64, 40, torch.float64)])
+    (FINITE_ARCHS[2], 384, 12, torch.float32), ("C3,R,[0.5||D,C3,R,U],C3", 64, 40, torch.float64),
+    (FINITE_ARCHS[4], 512, 16, torch.float32), (FINITE_ARCHS[5], 512, 16, torch.float32)])
 def test_empirical_ntk_of_wide_network(spec, width, seeds, dtype):
     layers = Sequential.from_spec(spec).layers
     Z = np.random.default_rng(3).uniform(0, 0.1, size=(16, 8, 8))
@@ -364,13 +372,17 @@ def test_spec_round_trip_and_grammar():
     assert ref.spec() == Sequential.from_spec(PRESETS["reference"]).spec()
     assert ref.spec().count("C3") == 7 and ref.spec().count("D") == 3
     assert len(net.describe().splitlines()) == 7
+    gauss = Sequential.from_spec("C5,g8,C3,G0.5,C1")
+    assert gauss.spec() == "C5,G8.0,C3,G0.5,C1" and Sequential.from_spec(gauss.spec()) == gauss
+    assert isinstance(gauss.layers[1], Gaussian) and gauss.layers[3].sigma == 0.5
     skip = Sequential.from_spec("skip2")
     assert Sequential.from_spec(skip.spec()) == skip and skip.spec().count("[") == 2
     for bad, msg in [("C3,X,C3", "cannot read layer"), ("C4,R,C3", "odd"),
                      ("C3,R", "last layer"), ("R,C3", "first layer"), ("C3,D,C3", "followed by"),
                      ("C3,R,R,C3", "directly follow"), ("2*(C3,R,C3", "unbalanced"),
                      ("C3,R,[0.5|C1|D,U],C3", "followed by"), ("C3,R,[1.5||D,U],C3", "fraction"),
-                     ("C3,R,[0.5|D|D,U],C3", "different sizes")]:
+                     ("C3,R,[0.5|D|D,U],C3", "different sizes"), ("C3,G,C3", "cannot read"),
+                     ("C3,G0,C3", "sigma must be positive"), ("C3,G-1,C3", "sigma")]:
         with pytest.raises(ValueError, match=msg):
             Sequential.from_spec(bad)
 

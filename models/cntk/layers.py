@@ -115,12 +115,35 @@ class Activation(Layer):
         c = 2 * self.slope / (math.pi * (1 + self.slope ** 2))
         return c - 1 / math.pi, 1 / math.pi - c
 
+    def dual_(self, a: torch.Tensor, kk: torch.Tensor, n1: torch.Tensor, n2: torch.Tensor,
+              k: int) -> None:
+        """IN PLACE on a block of entries: ``a`` (covariance A) becomes S' and ``kk`` (NTK K)
+        becomes M' = dS' K, given the diagonals ``n1 = A(p, p)``, ``n2 = A(q, q)`` (>= 0,
+        broadcastable to ``a``) of the same entries and the window ``k`` of the conv before:
+        ``S' = kap1(rho) sqrt(n1 n2) / k^2``, ``M' = kap0(rho) K / k^2``, ``rho = A / sqrt(n1 n2)``
+        clamped to [-1, 1]; both zero where n1 or n2 is zero."""
+        u, v = self.dual_coefficients()
+        scale = 1.0 / (k * k)
+        # sqrt(n1 n2) rather than sqrt(n1) sqrt(n2): exactly n on the diagonal, so rho = 1 there
+        norm = (n2 * n1).sqrt_()
+        degenerate = not bool((norm > 0).all())
+        rho = torch.div(a, norm)
+        if degenerate:
+            rho.nan_to_num_(0.0, 0.0, 0.0)
+        rho.clamp_(-1, 1)
+        kap0 = torch.arccos(rho).mul_(u).add_(1)
+        # a = (rho kap0 + v sqrt(1 - rho^2)) * norm / k^2
+        a.copy_(rho.mul(kap0).add_(rho.square_().neg_().add_(1).clamp_(min=0).sqrt_(), alpha=v)
+                .mul_(norm).mul_(scale))
+        kk.mul_(kap0.mul_(scale))
+        if degenerate:
+            kk.masked_fill_(norm == 0, 0)
+
     def apply(self, pre: Pre, diag: Optional[torch.Tensor] = None) -> Post:
-        """``S' = kap1(rho) sqrt(n1 n2) / k^2``, ``M' = kap0(rho) / k^2 * K`` with
-        ``rho = A / sqrt(n1 n2)`` and ``n = A(p, p)``; ``diag`` (Ph, Pw) = A at offset 0 when the
-        table does not hold row offset 0 (tiled computation). Overwrites ``pre``'s tables."""
-        S, M = tables.activation(pre.A, pre.K, pre.grid.rows, pre.k, self.dual_coefficients(),
-                                     diag)
+        """S' and M' of the whole table (see :meth:`dual_`); ``diag`` (Ph, Pw) = A at offset 0
+        when the table does not hold row offset 0 (tiled computation). Overwrites ``pre``'s
+        tables."""
+        S, M = tables.activation(pre.A, pre.K, pre.grid.rows, pre.k, self.dual_, diag)
         return Post(S, M, pre.grid)
 
 
@@ -146,6 +169,37 @@ class LeakyReLU(Activation):
         return f"LeakyReLU({self.slope!r})"
 
 
+class Gaussian(Activation):
+    """Random Fourier feature layer ``sqrt(2) cos(sigma u + b)``, b ~ Uniform[0, 2 pi] a fixed
+    random phase per channel, u the pre-activation under the fan-in parameterisation (the conv
+    before it scaled by 1/sqrt(C k^2); with the reference's 1/sqrt(C) convs: ``sqrt(2)
+    cos(sigma h / k + b)``, no output scale). With the pre-activation covariance a = A / k^2 its
+    duals are ``S'(p, q) = exp(-sigma^2 (a_pp + a_qq - 2 a_pq) / 2)`` and ``dS' = sigma^2 S'``:
+    after a first Conv(k) on an image prior, a_pp + a_qq - 2 a_pq is the mean squared difference
+    of the k x k patches at p and q, so S' is the non-local-means weight exp(-msd / h^2) with
+    h^2 = 2 / sigma^2."""
+
+    def __init__(self, sigma: float = 1.0):
+        sigma = float(sigma)
+        if not (math.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"Gaussian activation sigma must be positive, got {sigma!r}")
+        self.sigma = sigma
+
+    @property
+    def token(self):
+        return f"G{self.sigma!r}"
+
+    def describe(self):
+        return f"Gaussian({self.sigma!r})  sqrt(2) cos(sigma u + b)"
+
+    def dual_(self, a, kk, n1, n2, k):
+        """IN PLACE: ``a`` becomes S' = exp(-sigma^2 (n1 + n2 - 2 A) / (2 k^2)) and ``kk``
+        becomes M' = sigma^2 S' K / k^2 (squared distance clamped at 0)."""
+        gamma = self.sigma ** 2 / (k * k)
+        a.mul_(-2).add_(n1).add_(n2).clamp_(min=0).mul_(-gamma / 2).exp_()
+        kk.mul_(a).mul_(gamma)
+
+
 class Resample(Layer):
     """Linear resampling of the positions (stride-2 down / x2 up), applied to S and M."""
 
@@ -155,11 +209,23 @@ class Resample(Layer):
     def new_period(self, period: int, n: int) -> int:
         raise NotImplementedError
 
+    def source(self, pos: torch.Tensor, off: torch.Tensor):
+        """Per axis, for output positions ``pos`` and signed offsets ``off`` (LongTensors that
+        broadcast to a common shape): [(weight or None, source position, source signed offset)]
+        such that X'(pos, pos + off) = sum_j weight_j X(src_pos_j, src_pos_j + src_off_j);
+        positions unwrapped (reduce them mod the input size), offsets exact (not reduced). The
+        source position does not depend on the offset, and the source offset and the weight
+        depend on the position only through its parity (the banded engine relies on both)."""
+        raise NotImplementedError
+
     def terms(self, period_in, n_in, out_rows, device):
         """Per axis: the output table entry (phase a', offset value d') is
         ``sum_j weight_j * T[phase_j, offset_j]``; returns [(weight or None, phase, offset)] with
         arrays of shape (period_out, len(out_rows)), offsets as values mod ``n_in``."""
-        raise NotImplementedError
+        a = torch.arange(self.new_period(period_in, n_in), device=device)[:, None]
+        shape = (len(a), len(out_rows))
+        return [(None if w is None else w.expand(shape), (p % period_in).expand(shape),
+                 (o % n_in).expand(shape)) for w, p, o in self.source(a, out_rows[None, :])]
 
     def apply(self, state: Post, row_terms=None, out_rows=None) -> Post:
         """Resample both axes of S and M; ``row_terms`` / ``out_rows``: the row terms for the
@@ -196,12 +262,8 @@ class Downsample(Resample):
     def new_period(self, period, n):
         return max(period // 2, 1)
 
-    def terms(self, period_in, n_in, out_rows, device):
-        p_out = self.new_period(period_in, n_in)
-        a = torch.arange(p_out, device=device)[:, None]
-        phase = (2 * a) % period_in + 0 * out_rows[None, :]
-        offset = (2 * out_rows[None, :]) % n_in + 0 * a
-        return [(None, phase, offset)]
+    def source(self, pos, off):
+        return [(None, 2 * pos, 2 * off)]
 
 
 UPSAMPLE_MODES = ("nearest", "bilinear", "bilinear_aligned")
@@ -241,35 +303,33 @@ class Upsample(Resample):
                 raise ValueError("Upsample('bilinear_aligned') is not periodic: use engine='dense'")
         return 2 * period
 
-    def terms(self, period_in, n_in, out_rows, device):
-        p_out = self.new_period(period_in, n_in)
-        a = torch.arange(p_out, device=device)[:, None]
-        d = out_rows[None, :]
+    def source(self, pos, off):
         if self.mode == "nearest":
-            return [(None, a // 2 + 0 * d, ((a % 2 + d) // 2) % n_in)]
+            # p' = 2i + e reads x[i]; q' = p' + d' reads x[(p' + d') // 2]
+            return [(None, pos // 2, (pos % 2 + off) // 2)]
         if self.mode == "bilinear":
-            return _bilinear_periodic_terms(a, d, period_in, n_in)
-        return _bilinear_aligned_terms(a, d, n_in)
+            return _bilinear_periodic_source(pos, off)
+        raise ValueError("Upsample('bilinear_aligned') is not periodic: use engine='dense'")
+
+    def terms(self, period_in, n_in, out_rows, device):
+        if self.mode == "bilinear_aligned":
+            a = torch.arange(self.new_period(period_in, n_in), device=device)[:, None]
+            return _bilinear_aligned_terms(a, out_rows[None, :], n_in)
+        return super().terms(period_in, n_in, out_rows, device)
 
 
-def _bilinear_periodic_terms(a, d, period_in, n_in):
-    # p' = 2i + e (e = a' mod 2) reads x[i] (.75) and x[i - 1 + 2e] (.25); q' = p' + d' likewise
+def _bilinear_periodic_source(pos, off):
+    # p' = 2i + e (e = p' mod 2) reads x[i] (.75) and x[i - 1 + 2e] (.25); q' = p' + d' likewise
     # with its own parity f. Offset of the pair (i + t, j + s) is (e + d') // 2 + s - t.
-    e = a % 2
-    f = (a + d) % 2
-    base_phase = a // 2
-    base_offset = (e + d) // 2
+    e = pos % 2
+    f = (pos + off) % 2
+    base_offset = (e + off) // 2
     out = []
-    for t_far in (False, True):
-        t = (2 * e - 1) if t_far else 0 * e
-        wt = 0.25 if t_far else 0.75
-        for s_far in (False, True):
-            s = (2 * f - 1) if s_far else 0 * f
-            ws = 0.25 if s_far else 0.75
-            phase = (base_phase + t) % period_in + 0 * d
-            offset = (base_offset + s - t) % n_in
-            weight = torch.full(offset.shape, wt * ws, dtype=torch.float64, device=a.device)
-            out.append((weight, phase, offset))
+    for t, wt in ((0 * e, 0.75), (2 * e - 1, 0.25)):
+        for s, ws in ((0 * f, 0.75), (2 * f - 1, 0.25)):
+            offset = base_offset + s - t
+            weight = torch.full(offset.shape, wt * ws, dtype=torch.float64, device=pos.device)
+            out.append((weight, pos // 2 + t, offset))
     return out
 
 
@@ -306,8 +366,8 @@ def check_chain(layers, what: str, readout: bool) -> None:
         if isinstance(layer, Conv) and not (readout and is_last):
             if is_last or not isinstance(layers[i + 1], Activation):
                 after = "nothing" if is_last else layers[i + 1].describe()
-                raise ValueError(f"{what}: Conv at position {i} must be followed by ReLU or "
-                                 f"LeakyReLU, got {after}")
+                raise ValueError(f"{what}: Conv at position {i} must be followed by an "
+                                 f"activation (ReLU, LeakyReLU, Gaussian), got {after}")
         if isinstance(layer, Activation) and (i == 0 or not isinstance(layers[i - 1], Conv)):
             raise ValueError(f"{what}: activation at position {i} must directly follow a Conv")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 
 from ..device import parse_bytes, resolve_device, resolve_dtype
+from .banded import BandedPropagator
+from .banded_kernel import BandedKernel
 from .engine import Propagator
 from .kernel import CNTKKernel
 from .layers import Conv, Layer, check_chain, trace_geometry
@@ -14,7 +16,7 @@ ENGINES = ("auto", "structured", "dense")
 
 
 class Sequential:
-    """A chain of CNTK layers: Conv, activation (ReLU / LeakyReLU), Downsample, Upsample.
+    """A chain of CNTK layers: Conv, activation (ReLU / LeakyReLU / Gaussian), Downsample, Upsample.
 
     Rules (those of the reference implementation): the first layer is a Conv, every Conv but
     the last is immediately followed by an activation, activations only follow a Conv, and the
@@ -73,18 +75,17 @@ class Sequential:
         ``prior``: 'noise' | 'identity' | 'meshgrid' | array (C0, H, W) (see
         :mod:`models.cntk.priors`). ``engine``: 'structured' (stationary prior, periodic layers;
         O(P^2 H W k) time and memory, P = 2**upsamplings), 'dense' (any prior; (HW)^2 memory,
-        tiled over row offsets to fit ``memory_budget``), 'auto' (structured when possible).
+        tiled over row offsets to fit ``memory_budget``), 'auto' (structured when possible); a
+        band of offsets of any prior is :meth:`ntk_banded` (``engine='banded'`` is refused).
         ``average_phases``: return the stationary kernel mean_s K(p + s, q + s) over the joint
         shifts s by one period (the kernel of the network with a random circular shift of its
         output grid), accumulated in float64; it is computed tile by tile without ever holding
         the periodic table, so it needs far less memory.
         Raises MemoryBudgetError before allocating when the result cannot fit."""
-        try:
-            H, W = (int(s) for s in size)
-        except (TypeError, ValueError):
-            raise ValueError(f"size must be (H, W), got {size!r}") from None
-        if H < 1 or W < 1:
-            raise ValueError(f"size must be positive, got {size!r}")
+        H, W = _check_size(size)
+        if engine == "banded":
+            raise ValueError("the banded engine has its own entry point: "
+                             "net.ntk_banded(size, prior, band)")
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         prior_obj = make_prior(prior, (H, W))
@@ -106,3 +107,37 @@ class Sequential:
         with torch.no_grad():
             table = prop.compute(budget, progress=progress)
         return CNTKKernel(table, prop.out_size, engine, budget)
+
+    def ntk_banded(self, size, prior, band: int, device="auto", dtype=None,
+                   memory_budget=None) -> BandedKernel:
+        """The CNTK between output pixels p and p + d for the offsets |d_r|, |d_c| <= ``band``
+        only (circular), for any prior (see :mod:`models.cntk.banded`): exactly the dense
+        engine's entries there, in (2 band + 1)^2 H W memory, computed in row blocks to fit
+        ``memory_budget``. Periodic layers only (no Upsample('bilinear_aligned')).
+
+        >>> import numpy as np
+        >>> net = Sequential.from_spec("C5,G8,C1")
+        >>> kern = net.ntk_banded((32, 32), np.random.rand(1, 32, 32), band=5)
+        >>> tuple(kern.table.shape), kern.band
+        ((32, 32, 11, 11), 5)
+
+        Raises MemoryBudgetError before allocating when the result cannot fit."""
+        H, W = _check_size(size)
+        prior_obj = make_prior(prior, (H, W))
+        dev = resolve_device(device)
+        prop = BandedPropagator(self.layers, (H, W), band, prior_obj, dev,
+                                resolve_dtype(dtype, dev))
+        budget = parse_bytes(memory_budget)
+        with torch.no_grad():
+            planes = prop.compute(budget)
+        return BandedKernel.from_planes(planes, budget)
+
+
+def _check_size(size):
+    try:
+        H, W = (int(s) for s in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"size must be (H, W), got {size!r}") from None
+    if H < 1 or W < 1:
+        raise ValueError(f"size must be positive, got {size!r}")
+    return H, W

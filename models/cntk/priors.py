@@ -23,6 +23,13 @@ class Prior:
         """(Ph, Pw, len(rows), W) table of S0 holding row offsets ``rows``."""
         raise NotImplementedError
 
+    def banded_table(self, size, rows, roff, cband, device, dtype) -> torch.Tensor:
+        """Offset planes (len(roff), 2 cband + 1, len(rows), W) of S0 for the row positions
+        ``rows`` (LongTensor, values in 0..H-1), row offsets ``roff`` and column offsets
+        -cband..cband: ``[i, cband + d_c, j, c] = S0((rows[j], c), (rows[j] + roff[i], c + d_c))``
+        (mod H, W); see :mod:`.banded`."""
+        raise NotImplementedError
+
 
 class ConstantPrior(Prior):
     """``diagonal`` on p == q and ``off`` elsewhere."""
@@ -36,6 +43,15 @@ class ConstantPrior(Prior):
         base = torch.full((1, 1, len(rows), W), self.off, device=device, dtype=dtype)
         base[0, 0, rows == 0, 0] = self.diagonal
         return base.expand(period[0], period[1], len(rows), W).contiguous()
+
+    def banded_table(self, size, rows, roff, cband, device, dtype):
+        H, W = size
+        off = torch.arange(-cband, cband + 1, device=device)
+        # aliased offsets (a band wider than the grid) that land on q == p are diagonal entries
+        same = ((roff % H == 0)[:, None] & (off % W == 0)[None, :])[:, :, None, None]
+        planes = torch.full((len(roff), len(off), len(rows), W), self.off, device=device,
+                            dtype=dtype)
+        return planes.masked_fill_(same, self.diagonal)
 
 
 class ArrayPrior(Prior):
@@ -51,10 +67,13 @@ class ArrayPrior(Prior):
             raise ValueError("prior array contains NaN or infinite values")
         self.name, self.Z = name, Z
 
-    def table(self, size, period, rows, device, dtype):
+    def _check_size(self, size):
         if tuple(self.Z.shape[1:]) != tuple(size):
             raise ValueError(f"prior array has spatial size {self.Z.shape[1:]} but the network "
                              f"input is {tuple(size)}")
+
+    def table(self, size, period, rows, device, dtype):
+        self._check_size(size)
         if tuple(period) != tuple(size):
             raise ValueError(f"prior {self.name!r} is not stationary: use engine='dense'")
         H, W = size
@@ -65,6 +84,22 @@ class ArrayPrior(Prior):
         c = torch.arange(W, device=device)
         qc = (c[:, None] + c[None, :]) % W                                   # (pc, dc)
         return torch.gather(gram, 3, qc[None, :, None, :].expand(H, W, len(rows), W))
+
+    def banded_table(self, size, rows, roff, cband, device, dtype):
+        self._check_size(size)
+        H, W = size
+        Z = torch.as_tensor(self.Z, device=device, dtype=dtype)
+        C = Z.shape[0]
+        # padded[..., cband + c + d_c] = partner at column c + d_c; unfold: (C, n, B, W) view
+        pad = (torch.arange(-cband, W + cband, device=device)) % W
+        here = Z[:, rows]                                                          # (C, n, W)
+        planes = torch.zeros((len(roff), 2 * cband + 1, len(rows), W), device=device,
+                             dtype=dtype)
+        for i, dr in enumerate(roff.tolist()):
+            shifted = Z[:, (rows + dr) % H][:, :, pad].unfold(2, W, 1).transpose(1, 2)
+            for c in range(C):
+                planes[i].addcmul_(here[c], shifted[c])
+        return planes.div_(C)
 
 
 def meshgrid_features(size) -> np.ndarray:

@@ -13,6 +13,10 @@ Grammar (whitespace ignored, letters case-insensitive)::
     layer := "C" INT                     Conv, odd kernel size:            C3
            | "R"                         ReLU
            | "L" [FLOAT]                 LeakyReLU, slope (default 0.01): L, L0.2
+           | "G" FLOAT                   Gaussian (random Fourier feature) activation
+                                         sqrt(2) cos(sigma u + b), sigma > 0: G8, G0.5; after
+                                         a first Conv on an image prior it gives non-local-means
+                                         weights exp(-msd / h^2), h^2 = 2 / sigma^2
            | "D"                         Downsample (stride 2)
            | "U" ["N" | "B" | "A"]       Upsample x2: nearest (default), periodic bilinear,
                                          bilinear with aligned corners (dense engine only)
@@ -23,9 +27,9 @@ from __future__ import annotations
 
 import re
 
-from .layers import Concat, Conv, Downsample, LeakyReLU, ReLU, Upsample
+from .layers import Concat, Conv, Downsample, Gaussian, LeakyReLU, ReLU, Upsample
 
-_LAYER = re.compile(r"^(?:C(\d+)|R|L([0-9.eE+-]+)?|D|U([NBA])?)$")
+_LAYER = re.compile(r"^(?:C(\d+)|R|L([0-9.eE+-]+)?|D|U([NBA])?|G([0-9.eE+-]+))$")
 
 
 def _split_top(text: str, sep: str = ","):
@@ -75,7 +79,7 @@ def parse_spec(text: str) -> list:
         m = _LAYER.match(item.upper())
         if not m:
             raise ValueError(f"cannot read layer {item!r} in architecture spec {text!r}; "
-                             "layers are C<k>, R, L[slope], D, U[n|b|a], groups N*(...)")
+                             "layers are C<k>, R, L[slope], G<sigma>, D, U[n|b|a], groups N*(...)")
         head = item[0].upper()
         if head == "C":
             layers.append(Conv(int(m.group(1))))
@@ -83,6 +87,8 @@ def parse_spec(text: str) -> list:
             layers.append(ReLU())
         elif head == "L":
             layers.append(LeakyReLU(float(m.group(2))) if m.group(2) else LeakyReLU())
+        elif head == "G":
+            layers.append(Gaussian(float(m.group(4))))
         elif head == "D":
             layers.append(Downsample())
         else:

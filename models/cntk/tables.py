@@ -13,24 +13,29 @@ from __future__ import annotations
 import torch
 
 
-def window_sum(T: torch.Tensor, k: int) -> torch.Tensor:
-    """``sum_m T[(a + m) mod P, d]`` over the k x k window m (separable box sum over phases);
-    a new tensor."""
+def window_sum(T: torch.Tensor, k: int, dims=(0, 1)) -> torch.Tensor:
+    """``sum_m T[(a + m) mod P, d]`` over the k x k window m (separable box sum over the phases,
+    i.e. circular along ``dims``); a new tensor."""
     out = T
     half = (k - 1) // 2
-    for dim in (0, 1):
+    for dim in dims:
         period = out.shape[dim]
         if half == 0:
             continue
         if period == 1:
             out = out * k
             continue
-        acc = out.clone()
-        for m in range(1, half + 1):
-            for shift in (m % period, -m % period):   # acc[a] += out[(a + shift) mod P]
-                acc.narrow(dim, 0, period - shift).add_(out.narrow(dim, shift, period - shift))
-                if shift:
-                    acc.narrow(dim, period - shift, shift).add_(out.narrow(dim, 0, shift))
+        acc = torch.empty_like(out)
+        shifts = [shift for m in range(1, half + 1) for shift in (m % period, -m % period)]
+        for j, shift in enumerate(shifts):       # acc[a] = out[a] + sum out[(a + shift) mod P]
+            for start, length, src in ((0, period - shift, shift), (period - shift, shift, 0)):
+                if length:
+                    piece = acc.narrow(dim, start, length)
+                    other = out.narrow(dim, src, length)
+                    if j == 0:                   # the first sum writes acc: no copy of out
+                        torch.add(out.narrow(dim, start, length), other, out=piece)
+                    else:
+                        piece.add_(other)
         out = acc
     return out if out is not T else T.clone()
 
@@ -55,38 +60,23 @@ def _partner_diagonal(diag: torch.Tensor, phases: torch.Tensor, rows: torch.Tens
     return part[:, :, :, None, :]
 
 
-def activation(A, K, rows, k, coefficients, diag=None, chunk_elements=1 << 20):
-    """Dual of an activation after a k x k conv, IN PLACE: A becomes S' and K becomes M', with
-    ``S' = kap1(rho) sqrt(n1 n2) / k^2``, ``M' = kap0(rho) K / k^2``, ``rho = A / sqrt(n1 n2)``
-    clamped to [-1, 1]; both zero where n1 or n2 is zero. The duals are written through
-    ``coefficients = (u, v)``: ``kap0 = 1 + u theta``, ``kap1 = rho kap0 + v sin(theta)`` with
-    ``theta = arccos(rho)`` (ReLU: u = -1/pi, v = 1/pi). Works through the phase rows in pieces of
-    about ``chunk_elements`` so that temporaries stay small."""
-    u, v = coefficients
+def activation(A, K, rows, k, dual, diag=None, chunk_elements=1 << 20):
+    """Dual of an activation after a k x k conv, IN PLACE: A becomes S' and K becomes M' through
+    ``dual(a, kk, n1, n2, k)`` (:meth:`Activation.dual_`) with ``n1 = A(p, p)`` and
+    ``n2 = A(q, q)`` (clamped at 0); ``diag`` (Ph, Pw): A at offset 0 when the table does not
+    hold row offset 0. Works through the phase rows in pieces of about ``chunk_elements`` so
+    that temporaries stay small."""
     diag = (diagonal(A, rows) if diag is None else diag).clone()
     ph, pw = diag.shape
     R, W = A.shape[2:]
     diag.clamp_(min=0)
-    degenerate = not bool((diag > 0).all())
-    scale = 1.0 / (k * k)
     step = max(1, chunk_elements // max(1, pw * R * W))
     for start in range(0, ph, step):
         phases = torch.arange(start, min(start + step, ph), device=A.device)
         shape5 = (len(phases), pw, R, W // pw, pw)
-        a = A[start:start + len(phases)].view(shape5)
-        kk = K[start:start + len(phases)].view(shape5)
-        # sqrt(n1 n2) rather than sqrt(n1) sqrt(n2): exactly n on the diagonal, so rho = 1 there
-        norm = (_partner_diagonal(diag, phases, rows) *
-                diag[start:start + len(phases), :, None, None, None]).sqrt_()
-        rho = torch.div(a, norm).nan_to_num_(0.0, 0.0, 0.0) if degenerate else torch.div(a, norm)
-        rho.clamp_(-1, 1)
-        kap0 = torch.arccos(rho).mul_(u).add_(1)
-        # a = (rho kap0 + v sqrt(1 - rho^2)) * norm / k^2
-        a.copy_(rho.mul(kap0).add_(rho.square_().neg_().add_(1).clamp_(min=0).sqrt_(), alpha=v)
-                .mul_(norm).mul_(scale))
-        kk.mul_(kap0.mul_(scale))
-        if degenerate:
-            kk.masked_fill_(norm == 0, 0)
+        dual(A[start:start + len(phases)].view(shape5), K[start:start + len(phases)].view(shape5),
+             diag[start:start + len(phases), :, None, None, None],
+             _partner_diagonal(diag, phases, rows), k)
     return A, K
 
 
