@@ -41,15 +41,21 @@ def _auto_or(kind):
 @click.argument("input_csv", metavar="IN.csv", type=click.Path(exists=True, dir_okay=False,
                                                                 path_type=Path))
 @click.option("-o", "--output", required=True, help="Completed CSV ('-' = standard output).")
-@click.option("--mode", type=click.Choice(["rows", "cols", "joint", "auto"]), default="rows",
-              show_default=True, help="rows: a kernel over rows predicts each column; cols: the "
-              "transpose; joint: a kernel over entries [row prior; column prior].")
+@click.option("--mode", type=click.Choice(["auto", "rows", "cols", "joint", "rows-chained",
+                                           "cols-chained"]), default="auto", show_default=True,
+              help="rows: a kernel over rows predicts each column; cols: the transpose; joint: a "
+              "kernel over entries [row prior; column prior]; rows-/cols-chained: each column "
+              "regressed on the others' estimates (MICE-style); auto: chosen (and combined) by CV.")
 @click.option("--row-features", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CSV of row features (first column = the matrix's row labels).")
 @click.option("--col-features", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CSV of column features (first column = the matrix's column labels).")
 @click.option("--prior", default="auto", show_default=True,
-              help="onehot, features, profile, lowrank:K, BASE+identity:W, or auto (CV).")
+              help="onehot, features, profile, lowrank:K, BASE+identity:W, profile@softimpute, "
+              "profile@matrix (with --prior-matrix), or auto (CV).")
+@click.option("--prior-matrix", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A completed matrix (CSV, same labels, no missing value) from another method, "
+              "for the @matrix priors.")
 @click.option("--depth", default="auto", show_default=True, callback=_auto_or(int),
               help="Hidden layers of the network, or auto (CV).")
 @click.option("--ridge", default="auto", show_default=True, callback=_auto_or(float),
@@ -61,29 +67,31 @@ def _auto_or(kind):
               "R^2 and Pearson r on them next to the additive row+column-mean baseline.")
 @click.option("--na-values", default="", help="Extra comma-separated tokens that mean missing.")
 @click.option("-v", "--verbose", is_flag=True, help="Report the CV scores and the choices made.")
-def matrix_command(input_csv, output, mode, row_features, col_features, prior, depth, ridge,
-                   device, seed, holdout, na_values, verbose):
+def matrix_command(input_csv, output, mode, row_features, col_features, prior, prior_matrix,
+                   depth, ridge, device, seed, holdout, na_values, verbose):
     """Fill the missing entries of the matrix in IN.csv (row labels in the first column, column
     labels in the header; blank cells and NA tokens are missing) and write the completed matrix.
     Observed entries are written unchanged. The input is never modified.
 
     \b
     Examples:
-      ntk-complete matrix ic50.csv -o completed.csv --mode cols -v
+      ntk-complete matrix ic50.csv -o completed.csv -v
+      ntk-complete matrix ic50.csv -o out.csv --mode cols --prior profile@matrix --prior-matrix f.csv
       ntk-complete matrix ic50.csv -o - --row-features cells.csv --prior features+identity:0.5
       ntk-complete matrix ic50.csv -o completed.csv --holdout 0.1 --seed 0
     """
     import numpy as np
 
     from completion.io import refuse_overwrite_input
-    from completion.matrix import NTKImputer
+    from completion.matrix import NTKImputer, describe_choice
     from completion.matrix_csv import (baseline_scores, holdout_mask, read_features_csv,
                                        read_matrix_csv, scores, write_matrix_csv)
 
     tokens = [t.strip() for t in na_values.split(",") if t.strip()]
     try:
-        refuse_overwrite_input(output, input_csv, row_features, col_features)
+        refuse_overwrite_input(output, input_csv, row_features, col_features, prior_matrix)
         frame = read_matrix_csv(input_csv, tokens)
+        given = read_matrix_csv(prior_matrix, tokens) if prior_matrix else None
         rf = read_features_csv(row_features, tokens) if row_features else None
         cf = read_features_csv(col_features, tokens) if col_features else None
         values = frame.to_numpy()
@@ -91,8 +99,8 @@ def matrix_command(input_csv, output, mode, row_features, col_features, prior, d
         hidden = holdout_mask(mask, holdout, seed) if holdout is not None else None
         fit_frame = frame.mask(hidden) if hidden is not None else frame
         imputer = NTKImputer(mode=mode, prior=prior, depth=depth, ridge=ridge, device=device,
-                             row_features=rf, col_features=cf, random_state=seed,
-                             verbose=int(verbose))
+                             row_features=rf, col_features=cf, prior_matrix=given,
+                             random_state=seed, verbose=int(verbose))
         completed = imputer.fit_transform(fit_frame)
         if hidden is not None:
             ours = scores(completed.to_numpy()[hidden], values[hidden])
@@ -104,8 +112,7 @@ def matrix_command(input_csv, output, mode, row_features, col_features, prior, d
                 click.echo(f"{name:<10} {s['rmse']:9.4f} {s['r2']:8.4f} {s['pearson']:8.4f}",
                            err=True)
             completed = completed.where(~hidden, frame)  # the written matrix keeps every value
-        click.echo("chosen: " + ", ".join(f"{k}={v}" for k, v in imputer.chosen_.items()),
-                   err=True)
+        click.echo(f"chosen: {describe_choice(imputer.chosen_)}", err=True)
         write_matrix_csv(completed, output)
     except (ValueError, MemoryError) as err:
         raise click.ClickException(str(err)) from err

@@ -15,7 +15,7 @@ baseline-filled matrix) over :data:`RIDGE_GRID`, and kept for every round: the r
 itself, as BayesianRidge does inside IterativeImputer. With more than ``LOO_COLUMNS`` columns to
 fill, a random ``LOO_COLUMNS`` of them are tuned and the others take the median choice.
 At most ``MAX_TRAIN_ROWS`` observed rows (a random subset) train each column's regression: a time
-cap; the Gram matrix of the m rows is kept and updated by rank-one corrections (m x m floats).
+cap. Kernel blocks are computed from the inputs without column j (no m x m matrix is stored).
 
 The cols orientation is the same on the transposed matrix (:func:`chained_fit` with ``axis=1``).
 """
@@ -64,12 +64,12 @@ def chained_flops(shape, mask, rounds, axis=0):
     mask = mask if axis == 0 else mask.T
     missing_cols = int((~mask).any(0).sum())
     t = min(m, MAX_TRAIN_ROWS)
-    per = t**3 / 3 + 30 * t * m + 2 * m * m + 3e7  # + Python overhead of a column, as flops
+    per = t**3 / 3 + 2 * t * m * n + 30 * t * m + 3e7  # + Python overhead of a column, as flops
     return missing_cols * rounds * per + min(missing_cols, LOO_COLUMNS) * 10 * min(t, LOO_ROWS) ** 3
 
 
 def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, random_state=0,
-                memory_budget=None):
+                memory_budget=None, max_train_rows=MAX_TRAIN_ROWS):
     """Completed (m, n) matrix (baseline + prediction at missing entries, observed values kept).
 
     ``kernel``: e.g. :class:`models.ntk.FullyConnectedNTK` (``ntk_from_gram``); ``values``
@@ -77,32 +77,30 @@ def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, ran
     (m, n) additive fit (the start and the offset of every regression); ``rounds`` >= 1;
     ``ridge``: 'loo' (per column, module docstring) or a number relative to the mean kernel
     diagonal of the column's training rows; ``axis`` 0 regresses columns over rows, 1 rows over
-    columns. Refused before any work when the (m x m) Gram matrix exceeds ``memory_budget``.
+    columns; ``max_train_rows``: at most this many observed rows (a random subset) train each
+    column. Refused before any work when the inputs and kernel blocks exceed ``memory_budget``.
     """
     if axis == 1:
         return chained_fit(kernel, values.T, mask.T, baseline.T, rounds, ridge, 0, random_state,
-                           memory_budget).T
+                           memory_budget, max_train_rows).T
     m, n = values.shape
-    check_fits(8 * 3 * m * m, parse_bytes(memory_budget), f"chained fit ({m} x {m} row Gram matrix)",
+    t = min(m, max_train_rows)
+    check_fits(8 * (2 * m * n + 4 * t * m), parse_bytes(memory_budget),
+               f"chained fit ({m} x {n} inputs, {t} x {m} kernel blocks)",
                "Use mode 'rows' or 'cols', or raise memory_budget.")
     rng = np.random.default_rng(random_state)
     Z = np.where(mask, values, baseline)
-    F = torch.from_numpy(np.stack([_standardised_column(Z[:, j]) for j in range(n)], 1))
-    F /= max(n - 1, 1) ** 0.5
-    G = F @ F.T
+    scale = max(n - 1, 1) ** -0.5
+    F = torch.from_numpy(np.stack([_standardised_column(Z[:, j]) for j in range(n)], 1)) * scale
     todo = np.flatnonzero((~mask).any(0) & mask.any(0))
-    ridges = _loo_ridges(kernel, G, F, values, mask, baseline, todo, rng) if ridge == "loo" \
+    ridges = _loo_ridges(kernel, F, values, mask, baseline, todo, rng) if ridge == "loo" \
         else dict.fromkeys(todo.tolist(), float(ridge))
     for _ in range(rounds):
         for j in todo:
             obs, miss = np.flatnonzero(mask[:, j]), np.flatnonzero(~mask[:, j])
-            if obs.size > MAX_TRAIN_ROWS:
-                obs = np.sort(rng.choice(obs, MAX_TRAIN_ROWS, replace=False))
-            f = F[:, j]
-            Gj = G - torch.outer(f, f)  # the other columns only
-            sq = Gj.diagonal()
-            o, mi = torch.from_numpy(obs), torch.from_numpy(miss)
-            A = kernel.ntk_from_gram(Gj[o][:, o], sq[o], sq[o])
+            if obs.size > max_train_rows:
+                obs = np.sort(rng.choice(obs, max_train_rows, replace=False))
+            A, K_mo = _kernel_blocks(kernel, F, j, obs, miss)
             A.diagonal().add_(ridges[j] * float(A.diagonal().mean()))
             L, info = torch.linalg.cholesky_ex(A)
             if int(info) != 0:
@@ -110,26 +108,35 @@ def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, ran
                                  "is not positive definite; increase ridge")
             y = torch.from_numpy(values[obs, j] - baseline[obs, j])
             alpha = torch.cholesky_solve(y[:, None], L)[:, 0]
-            K_mo = kernel.ntk_from_gram(Gj[mi][:, o], sq[mi], sq[o])
             Z[miss, j] = (K_mo @ alpha).numpy() + baseline[miss, j]
-            new = torch.from_numpy(_standardised_column(Z[:, j])) / max(n - 1, 1) ** 0.5
-            G += torch.outer(new, new) - torch.outer(f, f)
-            F[:, j] = new
+            F[:, j] = torch.from_numpy(_standardised_column(Z[:, j])) * scale
     return Z
 
 
-def _loo_ridges(kernel, G, F, values, mask, baseline, todo, rng):
+def _kernel_blocks(kernel, F, j, rows_a, rows_b=None):
+    """NTK between rows ``rows_a`` (and ``rows_b``) on the inputs F without column j:
+    (K_aa, K_ba) tensors (K_ba None without ``rows_b``)."""
+    keep = torch.ones(F.shape[1], dtype=torch.bool)
+    keep[j] = False
+    Fa = F[torch.from_numpy(rows_a)][:, keep]
+    sq_a = (Fa * Fa).sum(1)
+    K_aa = kernel.ntk_from_gram(Fa @ Fa.T, sq_a, sq_a)
+    if rows_b is None:
+        return K_aa, None
+    Fb = F[torch.from_numpy(rows_b)][:, keep]
+    return K_aa, kernel.ntk_from_gram(Fb @ Fa.T, (Fb * Fb).sum(1), sq_a)
+
+
+def _loo_ridges(kernel, F, values, mask, baseline, todo, rng):
     """{column: ridge} by leave-one-out on at most LOO_ROWS rows, for at most LOO_COLUMNS
     columns of ``todo``; the others get the median of the tuned choices (as grid positions)."""
     tuned = todo if todo.size <= LOO_COLUMNS else rng.choice(todo, LOO_COLUMNS, replace=False)
     out = {}
     for j in tuned:
         obs = np.flatnonzero(mask[:, j])
-        sub = torch.from_numpy(np.sort(rng.choice(obs, min(obs.size, LOO_ROWS), replace=False)))
-        f = F[sub, j]
-        Gs = G[sub][:, sub] - torch.outer(f, f)
-        K = kernel.ntk_from_gram(Gs, Gs.diagonal(), Gs.diagonal())
-        y = torch.from_numpy(values[sub.numpy(), j] - baseline[sub.numpy(), j])
+        sub = np.sort(rng.choice(obs, min(obs.size, LOO_ROWS), replace=False))
+        K, _ = _kernel_blocks(kernel, F, j, sub)
+        y = torch.from_numpy(values[sub, j] - baseline[sub, j])
         out[int(j)] = loo_ridge(K, y)
     if out:
         median = RIDGE_GRID[int(np.median([RIDGE_GRID.index(r) for r in out.values()]))]

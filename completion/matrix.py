@@ -49,7 +49,7 @@ from .solvers import (SOLVERS, JointKernelOperator, choose_solver, predict_oneho
                       solve_exact, solve_onehot_joint, solve_shared_kernel)
 from .stacking import convex_weights
 
-__all__ = ["NTKImputer", "additive_baseline", "MODES"]
+__all__ = ["NTKImputer", "additive_baseline", "describe_choice", "MODES"]
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +96,10 @@ def _numerical_failure(err):
     return "positive definite" in str(err) or "non-positive curvature" in str(err)
 
 
-def _describe(cfg):
+def describe_choice(cfg):
+    """One line for a configuration of ``chosen_`` (a single fit or a weighted stack)."""
     if cfg.get("mode") == "stack":
-        return "stack of " + "; ".join(f"{c['weight']:.2f} x ({_describe(c['fit'])})"
+        return "stack of " + "; ".join(f"{c['weight']:.2f} x ({describe_choice(c['fit'])})"
                                        for c in cfg["components"])
     return ", ".join(f"{k}={v}" for k, v in cfg.items())
 
@@ -328,7 +329,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         with limited_threads(self._threads()):
             started = time.perf_counter()
             self.chosen_, self.cv_results_ = self._choose(values, mask)
-            self._say(f"chosen: {_describe(self.chosen_)} "
+            self._say(f"chosen: {describe_choice(self.chosen_)} "
                       f"(selection {time.perf_counter() - started:.1f} s)")
             started = time.perf_counter()
             self.completed_ = self._complete_chosen(values, mask, self.chosen_)
@@ -701,7 +702,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         except ValueError as err:
             if not _numerical_failure(err):
                 raise
-            self._say(f"  skipped {_describe(cfg)}: {err}")
+            self._say(f"  skipped {describe_choice(cfg)}: {err}")
             scored[key] = (cfg, np.inf, None)
             return
         pred = np.concatenate(preds)
@@ -709,5 +710,5 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         rmse = float(np.sqrt(np.mean((pred - truth) ** 2)))
         scored[key] = (cfg, rmse, pred)
         results.append(dict(self._normalised(cfg), cv_rmse=rmse))
-        self._say(f"  CV RMSE {rmse:.4f}  {_describe(self._normalised(cfg))} "
+        self._say(f"  CV RMSE {rmse:.4f}  {describe_choice(self._normalised(cfg))} "
                   f"({time.perf_counter() - started:.1f} s)")

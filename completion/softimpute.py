@@ -16,10 +16,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["soft_impute_path", "soft_impute_cv", "FRACTIONS"]
+__all__ = ["soft_impute_path", "soft_impute_cv", "FRACTIONS", "PATIENCE"]
 
 # lambda / top singular value, from strong to weak shrinkage (warm-started in this order)
 FRACTIONS = (0.5, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.015, 0.01)
+PATIENCE = 2
 
 
 def _column_means(X, mask):
@@ -57,6 +58,7 @@ def soft_impute_path(X, mask, fractions=FRACTIONS, max_iter=100, tol=1e-4):
 def soft_impute_cv(X, mask, random_state=None, fractions=FRACTIONS, val_fraction=0.1):
     """SoftImpute with the shrinkage chosen on ``val_fraction`` of the observed entries.
 
+    The path stops once ``PATIENCE`` fractions in a row score worse than the best so far.
     Returns (completed (m, n) array fitted on all observed entries, chosen fraction,
     {fraction: validation RMSE}). With fewer than 10 observed entries nothing can be held out:
     the weakest shrinkage of ``fractions`` is used and the scores are empty.
@@ -72,6 +74,9 @@ def soft_impute_cv(X, mask, random_state=None, fractions=FRACTIONS, val_fraction
         val[rows[pick], cols[pick]] = True
         for frac, Z in soft_impute_path(X, mask & ~val, fractions):
             scores[frac] = float(np.sqrt(np.mean((Z[val] - X[val]) ** 2)))
+            if len(scores) >= PATIENCE + 1 and \
+                    min(list(scores.values())[-PATIENCE:]) > min(scores.values()):
+                break  # worse for PATIENCE fractions in a row: weaker shrinkage only overfits
         best = min(scores, key=scores.get)
     else:
         best = min(fractions)
