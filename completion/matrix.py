@@ -59,9 +59,12 @@ DEPTH_GRID = (1, 2, 3)
 RIDGE_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)
 DEFAULT_DEPTH = 1
 DEFAULT_RIDGE = 0.03
-# "auto" skips a chained candidate whose estimated cost (chained.chained_flops) exceeds this:
-# about 20 s on one loaded core of the 2-core development machine
-AUTO_CHAINED_FLOPS = 4e10
+# mode "auto" tunes the best kernel candidate on these smaller grids (speed)
+AUTO_DEPTH_GRID = (1, 2)
+AUTO_RIDGE_GRID = (0.01, 0.03, 0.1)
+# "auto" skips a chained candidate whose estimated cost (chained.chained_flops) exceeds this
+# (digits' 1797 x 64 rows-chained fit, 1.4e11, took about 60 s on one loaded core)
+AUTO_CHAINED_FLOPS = 1.5e11
 # Torch threads used by fit on CPU: on the shared 2-core machines, 2 OpenMP threads made the many
 # small factorisations and SVDs of a fit 10-80x slower than one thread (spinning under load).
 CPU_THREADS = 1
@@ -571,9 +574,21 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         return cands
 
     def _modes(self, mask):
-        """Modes to try: the given one, or for 'auto' every mode whose chained cost fits."""
+        """Modes to try: the given one; for 'auto' with a given prior, the kernel modes it
+        applies to; else every mode (the chained ones when their cost fits)."""
         if self.mode != "auto":
             return [self.mode]
+        if self.prior != "auto":  # the kernel modes the given prior applies to
+            specs = self.prior if isinstance(self.prior, tuple) else (self.prior, self.prior)
+            has = {"rows": [self._row_feats is not None], "cols": [self._col_feats is not None],
+                   "joint": [self._row_feats is not None, self._col_feats is not None]}
+            uses = {"rows": [specs[0]], "cols": [specs[-1]], "joint": list(specs[:2])}
+            modes = [mo for mo in ("rows", "cols", "joint")
+                     if all(f or parse_prior(p).base != "features" for p, f in zip(uses[mo], has[mo]))]
+            if not modes:
+                raise ValueError(f"prior {self.prior!r} needs row_features (rows mode) or "
+                                 "col_features (cols mode)")
+            return modes
         modes = ["rows", "cols", "joint"]
         for mode, axis in CHAINED_AXIS.items():
             flops = chained_flops(mask.shape, mask, 1 + self.refine, axis)
@@ -595,13 +610,14 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                        else depth, "ridge": "loo" if chained and self.ridge == "auto" else ridge}
                 cfg["solver"] = self._solver_for(mode, prior, n_obs)
                 out.append(cfg)
-        if self.mode == "auto" and self.stack > 1:
+        if self.mode == "auto" and self.prior == "auto" and self.stack > 1:
             out.append({"mode": "softimpute"})  # a component for the combination only
         return out
 
     def _choose(self, values, mask):
         """Selection on held-out observed entries: every candidate at the default depth/ridge,
-        then the ridge and the depth of the best kernel-mode (rows, cols, joint) candidate;
+        then the ridge and the depth of the best kernel-mode (rows, cols, joint) candidate
+        (on the smaller AUTO_ grids when the mode is 'auto' too);
         with ``stack`` > 1 the best fits of different families (mode, prior) are combined.
         Nothing is cross-validated when there is a single fixed candidate."""
         candidates = self._candidates(mask)
@@ -615,13 +631,14 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         for cfg in candidates:
             self._score(cfg, values, mask, folds, scored, results)
         kernel_modes = ("rows", "cols", "joint")
+        auto = self.mode == "auto"
         if self.ridge == "auto":
             for best in self._ranking(scored, kernel_modes)[:1]:
-                for r in RIDGE_GRID:
+                for r in AUTO_RIDGE_GRID if auto else RIDGE_GRID:
                     self._score(dict(best, ridge=r), values, mask, folds, scored, results)
         if self.depth == "auto":
             for best in self._ranking(scored, kernel_modes)[:1]:
-                for d in DEPTH_GRID:
+                for d in AUTO_DEPTH_GRID if auto else DEPTH_GRID:
                     self._score(dict(best, depth=d), values, mask, folds, scored, results)
         ranking = self._ranking(scored)
         if not ranking:
