@@ -97,15 +97,21 @@ def _separator(ctx, param, value):
               "[default: UTF-8].")
 @click.option("--no-row-labels", is_flag=True, help="The first column is data, not row labels "
               "(the output has no row labels either).")
-@click.option("--mode", type=click.Choice(["rows", "cols", "joint", "auto"]), default="rows",
-              show_default=True, help="rows: a kernel over rows predicts each column; cols: the "
-              "transpose; joint: a kernel over entries [row prior; column prior].")
+@click.option("--mode", type=click.Choice(["auto", "rows", "cols", "joint", "rows-chained",
+                                           "cols-chained"]), default="auto", show_default=True,
+              help="rows: a kernel over rows predicts each column; cols: the transpose; joint: a "
+              "kernel over entries [row prior; column prior]; rows-/cols-chained: each column "
+              "regressed on the others' estimates (MICE-style); auto: chosen (and combined) by CV.")
 @click.option("--row-features", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CSV of row features (first column = the matrix's row labels).")
 @click.option("--col-features", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CSV of column features (first column = the matrix's column labels).")
 @click.option("--prior", default="auto", show_default=True,
-              help="onehot, features, profile, lowrank:K, BASE+identity:W, or auto (CV).")
+              help="onehot, features, profile, lowrank:K, BASE+identity:W, profile@softimpute, "
+              "profile@matrix (with --prior-matrix), or auto (CV).")
+@click.option("--prior-matrix", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A completed matrix (CSV, same labels, no missing value) from another method, "
+              "for the @matrix priors.")
 @click.option("--depth", default="auto", show_default=True, callback=_auto_or(int),
               help="Hidden layers of the network, or auto (CV).")
 @click.option("--ridge", default="auto", show_default=True, callback=_auto_or(float),
@@ -120,8 +126,8 @@ def _separator(ctx, param, value):
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors, warnings and --holdout "
               "scores (not the choices made).")
 def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_features,
-                   col_features, prior, depth, ridge, device, seed, holdout, na_values, verbose,
-                   quiet):
+                   col_features, prior, prior_matrix, depth, ridge, device, seed, holdout,
+                   na_values, verbose, quiet):
     """Fill the missing entries of the matrix in IN.csv (row labels in the first column, column
     labels in the header; blank cells and NA tokens are missing; '-' reads standard input) and
     write the completed matrix. Observed entries are written unchanged. The input is never
@@ -129,7 +135,8 @@ def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_fe
 
     \b
     Examples:
-      ntk-complete matrix ic50.csv -o completed.csv --mode cols -v
+      ntk-complete matrix ic50.csv -o completed.csv -v
+      ntk-complete matrix ic50.csv -o out.csv --mode cols --prior profile@matrix --prior-matrix f.csv
       ntk-complete matrix ic50.csv -o - --row-features cells.csv --prior features+identity:0.5
       ntk-complete matrix ic50.csv -o completed.csv --holdout 0.1 --seed 0
       ntk-complete matrix ratings.tsv -o completed.tsv --no-row-labels --encoding latin-1
@@ -137,21 +144,23 @@ def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_fe
     """
     from completion.files import check_writable, refuse_overwrite_input
     from completion.holdout import complete_with_holdout
-    from completion.matrix import NTKImputer
+    from completion.matrix import NTKImputer, describe_choice
     from completion.matrix_csv import read_features_csv, read_matrix_csv, write_matrix_csv
 
     tokens = [t.strip() for t in na_values.split(",") if t.strip()]
     csv_options = {"sep": sep, "encoding": encoding}
     try:
-        refuse_overwrite_input(output, input_csv, row_features, col_features)
+        refuse_overwrite_input(output, input_csv, row_features, col_features, prior_matrix)
         if output != "-":
             check_writable(output)
         frame = read_matrix_csv(input_csv, tokens, row_labels=not no_row_labels, **csv_options)
+        given = (read_matrix_csv(prior_matrix, tokens, row_labels=not no_row_labels, **csv_options)
+                 if prior_matrix else None)
         rf = read_features_csv(row_features, tokens, **csv_options) if row_features else None
         cf = read_features_csv(col_features, tokens, **csv_options) if col_features else None
         imputer = NTKImputer(mode=mode, prior=prior, depth=depth, ridge=ridge, device=device,
-                             row_features=rf, col_features=cf, random_state=seed,
-                             verbose=int(verbose))
+                             row_features=rf, col_features=cf, prior_matrix=given,
+                             random_state=seed, verbose=int(verbose))
         if holdout is not None:
             completed, report = complete_with_holdout(imputer, frame, holdout, seed)
             click.echo(f"holdout: {report['hidden']} of {report['observed']} observed entries",
@@ -164,8 +173,7 @@ def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_fe
         else:
             completed = imputer.fit_transform(frame)
         if not quiet:
-            click.echo("chosen: " + ", ".join(f"{k}={v}" for k, v in imputer.chosen_.items()),
-                       err=True)
+            click.echo(f"chosen: {describe_choice(imputer.chosen_)}", err=True)
         write_matrix_csv(completed, output, sep=frame.attrs["sep"], row_labels=not no_row_labels)
     except (ValueError, MemoryError, OSError) as err:
         raise _error(err) from err

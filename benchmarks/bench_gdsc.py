@@ -28,54 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from completion.matrix import NTKImputer, additive_baseline  # noqa: E402
 from completion.holdout import holdout_mask, scores  # noqa: E402
+from completion.softimpute import soft_impute_cv  # noqa: E402
 from devdata import SHARED_DATA  # noqa: E402
 DATA = SHARED_DATA / "gdsc"
-
 
 
 def load():
     ic50 = pd.read_csv(DATA / "IC50_v17.csv.gz", index_col=0)
     genomic = pd.read_csv(DATA / "genomic_features_v17.csv.gz", index_col=0)
     return ic50, genomic.loc[ic50.index]
-
-
-# -- SoftImpute ------------------------------------------------------------------------------------
-def soft_impute_path(X, mask, lambdas, max_iter=100, tol=1e-4):
-    """Column-centred SoftImpute (Mazumder, Hastie & Tibshirani 2010) along a decreasing
-    ``lambdas`` path with warm starts: Z <- SVT_lambda(P_obs(X) + P_miss(Z)). Yields
-    (lambda, completed matrix)."""
-    counts = mask.sum(0)
-    mean = np.where(counts > 0, np.where(mask, X, 0.0).sum(0) / np.maximum(counts, 1), 0.0)
-    R = torch.from_numpy(np.where(mask, X - mean, 0.0))
-    M = torch.from_numpy(mask)
-    Z = torch.zeros_like(R)
-    for lam in lambdas:
-        for _ in range(max_iter):
-            U, s, Vt = torch.linalg.svd(torch.where(M, R, Z), full_matrices=False)
-            s = (s - lam).clamp_(min=0.0)
-            k = int((s > 0).sum())
-            Z_new = (U[:, :k] * s[:k]) @ Vt[:k]
-            change = float((Z_new - Z).square().sum() / max(float(Z.square().sum()), 1e-12))
-            Z = Z_new
-            if change < tol:
-                break
-        yield lam, Z.numpy() + mean
-
-
-def soft_impute_cv(X, mask, seed, grid=(0.5, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.015, 0.01)):
-    """SoftImpute with lambda = fraction * (top singular value of the filled matrix), the fraction
-    chosen on 10% of the training entries; returns (completed, chosen fraction)."""
-    val = holdout_mask(mask, 0.1, seed + 1000)
-    train = mask & ~val
-    top = float(np.linalg.norm(np.where(train, X - np.nanmean(np.where(train, X, np.nan), 0), 0), 2))
-    errors = []
-    for frac, (_, Z) in zip(grid, soft_impute_path(X, train, [f * top for f in grid])):
-        errors.append(np.sqrt(np.mean((Z[val] - X[val]) ** 2)))
-    best = grid[int(np.argmin(errors))]
-    top = float(np.linalg.norm(np.where(mask, X - np.nanmean(np.where(mask, X, np.nan), 0), 0), 2))
-    lams = [f * top for f in grid if f >= best]
-    *_, (_, Z) = soft_impute_path(X, mask, lams)
-    return Z, best
 
 
 # -- methods -------------------------------------------------------------------------------------
@@ -88,7 +49,7 @@ def methods(ic50, genomic):
         return KNNImputer(n_neighbors=10).fit_transform(np.where(mask, X, np.nan)), ""
 
     def soft(X, mask, seed):
-        Z, frac = soft_impute_cv(X, mask, seed)
+        Z, frac, _ = soft_impute_cv(X, mask, seed + 1000)
         return Z, f"lambda={frac:g} x top singular value"
 
     def ntk(**kw):

@@ -2,57 +2,81 @@
 
 Every observed entry (i, j) is a training point; missing entries are predicted by kernel
 regression. The values are first centred by the additive baseline mu + a_i + b_j (column means,
-then row means of what is left, fitted on the observed entries; an empty row/column gets 0) and
-the kernel regresses the residual. Three ways to build the kernel between entries (``mode``):
+then row means of what is left, fitted on the observed entries; an empty column gets the global
+mean, an empty row no offset) and the kernel regresses the residual. Ways to build the kernel
+between entries (``mode``):
 
 * ``"rows"``: K((i, j), (i', j')) = [j == j'] NTK(r_i, r_i'): a network maps row i's prior to the
   whole row; it predicts rows that are missing entirely from their features;
 * ``"cols"``: the same with rows and columns swapped;
 * ``"joint"``: K = NTK(z_ij, z_i'j') with z_ij = [a r_i ; b c_j], a = b = 1/sqrt(2) (priors have
   unit mean squared norm, so <z, z'> = a^2 <r_i, r_i'> + b^2 <c_j, c_j'>); with one-hot priors
-  the kernel takes four values and the structured solver never forms the |Omega|^2 matrix.
+  the kernel takes four values and the structured solver never forms the |Omega|^2 matrix;
+* ``"rows-chained"`` / ``"cols-chained"``: rows (cols) mode with a per-column (per-row) prior
+  that leaves the predicted column out, chained MICE-style (:mod:`completion.chained`);
+* ``"auto"`` (the default): the candidates above (with the priors ``profile`` and
+  ``profile@softimpute``, features when given, and the SoftImpute completion itself) are scored
+  on held-out observed entries; the best few are combined with convex weights fitted on those
+  entries (:mod:`completion.stacking`), then refitted on every observed entry.
 
 Priors are spec strings (see :mod:`completion.priors`). Data-derived priors (``profile``,
 ``lowrank:k``) are refined ``refine`` times: the prior is recomputed from the matrix completed
 by the previous fit (observed values kept) and the regression is solved again.
 
 Observed entries: ``transform``/``fit_transform`` return them unchanged and fill only the missing
-ones. ``predict(rows, cols)`` returns the kernel fit itself, which at an observed entry equals the
-observed value minus ridge * mean-diagonal * alpha (exact interpolation as ``ridge`` -> 0).
+ones. ``predict_entries(rows, cols)`` returns the fit itself, which at an observed entry equals the
+observed value minus ridge * mean-diagonal * alpha in rows/cols/joint mode (exact interpolation
+as ``ridge`` -> 0), and the observed value in the chained modes.
 """
 from __future__ import annotations
 
 import logging
 import math
 import time
+import warnings
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, TransformerMixin
 
 from models.device import limited_threads
 from models.ntk import ACTIVATIONS, FullyConnectedNTK
 
+from .chained import chained_fit, chained_flops
 from .priors import build_prior, parse_prior
+from .softimpute import FRACTIONS, soft_impute_cv, soft_impute_path
 from .solvers import (SOLVERS, JointKernelOperator, choose_solver, predict_onehot_joint,
                       solve_onehot_joint, solve_shared_kernel)
+from .stacking import convex_weights
 
-__all__ = ["NTKImputer", "additive_baseline", "MODES"]
+__all__ = ["NTKImputer", "additive_baseline", "describe_choice", "MODES"]
 
 log = logging.getLogger(__name__)
 
-MODES = ("rows", "cols", "joint")
+MODES = ("rows", "cols", "joint", "rows-chained", "cols-chained")
+CHAINED_AXIS = {"rows-chained": 0, "cols-chained": 1}
 DEPTH_GRID = (1, 2, 3)
 RIDGE_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)
 DEFAULT_DEPTH = 1
 DEFAULT_RIDGE = 0.03
+# mode "auto" tunes the best kernel candidate on these smaller grids (speed)
+AUTO_DEPTH_GRID = (1, 2)
+AUTO_RIDGE_GRID = (0.01, 0.03, 0.1)
+# "auto" skips a chained candidate whose estimated cost (chained.chained_flops) exceeds this
+# (digits' 1797 x 64 rows-chained fit, 1.4e11, took about 60 s on one loaded core)
+AUTO_CHAINED_FLOPS = 1.5e11
+# robust z-score (|x - median| / (1.4826 MAD)) above which an observed value is reported
+EXTREME_Z = 100.0
 
 
 def additive_baseline(values, mask):
-    """(m, n) additive fit mu_j + a_i of the observed entries: column means, then the row means
-    of the residual (0 for an empty row or column). ``values`` may hold anything where unobserved."""
+    """(m, n) additive fit mu_j + a_i of the observed entries: column means (the global mean for
+    an empty column), then the row means of the residual (0 for an empty row). ``values`` may
+    hold anything where unobserved."""
     obs = np.where(mask, values, 0.0)
     counts = mask.sum(0)
-    col = np.where(counts > 0, obs.sum(0) / np.maximum(counts, 1), 0.0)
+    overall = obs.sum() / max(int(counts.sum()), 1)
+    col = np.where(counts > 0, obs.sum(0) / np.maximum(counts, 1), overall)
     resid = np.where(mask, values - col, 0.0)
     rcounts = mask.sum(1)
     row = np.where(rcounts > 0, resid.sum(1) / np.maximum(rcounts, 1), 0.0)
@@ -66,42 +90,83 @@ def _check_choice(name, value, allowed, auto=True):
                          f"got {value!r}")
 
 
-class NTKImputer:
-    """Complete a matrix with missing entries by NTK kernel regression (scikit-learn style).
+def _numerical_failure(err):
+    """True for the errors a too small ridge causes (the solvers' 'not positive definite' and
+    CG's 'non-positive curvature'): such a candidate is skipped; any other error propagates."""
+    return "positive definite" in str(err) or "non-positive curvature" in str(err)
+
+
+def describe_choice(cfg):
+    """One line for a configuration of ``chosen_`` (a single fit or a weighted stack)."""
+    if cfg.get("mode") == "stack":
+        return "stack of " + "; ".join(f"{c['weight']:.2f} x ({describe_choice(c['fit'])})"
+                                       for c in cfg["components"])
+    return ", ".join(f"{k}={v}" for k, v in cfg.items())
+
+
+def _family(cfg):
+    return (cfg["mode"], str(cfg.get("prior")))
+
+
+class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
+    """Complete a matrix with missing entries by NTK kernel regression (a scikit-learn imputer).
 
     Parameters
     ----------
-    mode : {"rows", "cols", "joint", "auto"}
-        How entries are posed (module docstring). "auto" chooses rows/cols/joint by CV.
+    mode : {"auto", "rows", "cols", "joint", "rows-chained", "cols-chained"}
+        How entries are posed (module docstring). "auto" scores candidates by CV and may combine
+        the best few (``stack``).
     prior : str or "auto"
         Prior of the rows (rows mode), columns (cols mode) or both (joint mode; a pair
         ``(row_prior, col_prior)`` is also accepted); see :mod:`completion.priors`. "auto" tries
-        profile, plus features and features+identity:0.5 when features are given for that side
-        (one-hot only in joint mode). (lowrank:k lost to profile on every data set tried, and is
-        left out of "auto" to keep it fast.)
+        profile and profile@softimpute (and profile@matrix with ``prior_matrix``), plus features
+        and features+identity:0.5 when features are given for that side (one-hot only in joint
+        mode). Ignored by the chained modes (their prior is the other columns' estimates).
     depth : int >= 1 or "auto"
-        Hidden layers of the network; "auto" chooses among 1, 2, 3 by CV.
+        Hidden layers of the network; "auto" chooses among 1, 2, 3 by CV (chained modes: 1).
     ridge : float >= 0 or "auto"
-        Ridge relative to the mean kernel diagonal; "auto" chooses on a grid by CV.
+        Ridge relative to the mean kernel diagonal; "auto" chooses on a grid by CV (chained
+        modes: per column by leave-one-out).
     activation : {"relu", "leaky_relu", "erf"}
     row_features, col_features : DataFrame (indexed by labels) or array (matrix order), optional
+    prior_matrix : (m, n) array or DataFrame, optional
+        A completed matrix (no NaN) from any other method, for the ``@matrix`` priors.
     solver : {"auto", "shared", "structured", "exact", "cg"}
     device : torch device for kernel evaluation ("auto" = CUDA when present).
     random_state : int or None, seeds the cross-validation folds.
     cv_folds : int >= 2, K of the K-fold split of the observed entries used by the "auto" choices.
     cv_max_folds : int, how many of the K folds are evaluated (1 = a single validation split,
         the fast default; K = full K-fold CV).
-    refine : int >= 0, refinement rounds for data-derived priors (profile, lowrank).
+    refine : int >= 0, refinement rounds for data-derived priors (profile, lowrank); the chained
+        modes run 1 + refine rounds over the columns.
+    stack : int >= 1, most fits ``mode="auto"`` combines (1 = the single best).
     verbose : int, 0 silent, 1 logs the choices and CV scores (logger ``completion.matrix``,
         also printed to stderr when no handler is configured).
 
-    Attributes after ``fit``: ``chosen_`` (dict: mode, prior, depth, ridge, solver), ``cv_results_``
-    (list of dicts: candidate and its CV RMSE), ``completed_`` ((m, n) array), ``baseline_``.
+    Attributes after ``fit``: ``chosen_`` (dict: mode, prior, depth, ridge, solver; or, for a
+    combination, mode="stack" and ``components``: a list of {"weight", "fit"}), ``cv_results_``
+    (list of dicts: candidate and its CV RMSE), ``completed_`` ((m, n) array), ``baseline_``,
+    ``n_features_in_``, ``feature_names_in_`` (when fitted on a DataFrame with string column
+    labels).
+
+    Kernel completion is transductive: ``transform(X)`` of the fitted matrix returns the stored
+    completion; for a matrix with other rows (same columns) it completes the fitted rows stacked
+    with X's rows under the configuration chosen by ``fit`` and returns X's rows, so that
+    ``Pipeline`` and ``GridSearchCV`` over a downstream estimator work.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.outer(np.arange(1.0, 7.0), np.arange(1.0, 5.0)); X[2, 1] = np.nan
+    >>> done = NTKImputer(mode="rows", prior="profile", depth=1, ridge=0.01).fit_transform(X)
+    >>> bool(abs(done[2, 1] - 6.0) < 1.0), bool(np.isnan(done).any())
+    (True, False)
     """
 
-    def __init__(self, mode="rows", prior="auto", depth="auto", ridge="auto", activation="relu",
-                 row_features=None, col_features=None, solver="auto", device="auto",
-                 random_state=None, cv_folds=5, cv_max_folds=1, refine=2, verbose=0):
+    def __init__(self, *, mode="auto", prior="auto", depth="auto", ridge="auto", activation="relu",
+                 row_features=None, col_features=None, prior_matrix=None, solver="auto",
+                 device="auto", random_state=None, cv_folds=5, cv_max_folds=1, refine=2, stack=3,
+                 verbose=0):
         self.mode = mode
         self.prior = prior
         self.depth = depth
@@ -109,13 +174,20 @@ class NTKImputer:
         self.activation = activation
         self.row_features = row_features
         self.col_features = col_features
+        self.prior_matrix = prior_matrix
         self.solver = solver
         self.device = device
         self.random_state = random_state
         self.cv_folds = cv_folds
         self.cv_max_folds = cv_max_folds
         self.refine = refine
+        self.stack = stack
         self.verbose = verbose
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
 
     # -- validation --------------------------------------------------------------------------
     def _validate_params(self):
@@ -129,14 +201,14 @@ class NTKImputer:
                                      not isinstance(self.ridge, (int, float, np.number)) or
                                      not math.isfinite(self.ridge) or self.ridge < 0):
             raise ValueError(f"ridge must be 'auto' or a finite number >= 0, got {self.ridge!r}")
-        for name in ("cv_folds", "cv_max_folds", "refine"):
+        for name, low in (("cv_folds", 2), ("cv_max_folds", 1), ("refine", 0), ("stack", 1)):
             value = getattr(self, name)
-            low = {"cv_folds": 2, "cv_max_folds": 1, "refine": 0}[name]
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if self.prior != "auto":
             for p in (self.prior if isinstance(self.prior, tuple) else (self.prior,)):
-                parse_prior(p)
+                if parse_prior(p).source == "matrix" and self.prior_matrix is None:
+                    raise ValueError(f"prior {p!r} needs prior_matrix (a completed matrix)")
 
     @staticmethod
     def _validate_matrix(X):
@@ -153,16 +225,30 @@ class NTKImputer:
         else:
             if isinstance(X, torch.Tensor):
                 X = X.detach().cpu().numpy()
+            if hasattr(X, "toarray"):
+                raise TypeError("sparse matrices are not supported (missing entries are NaN, "
+                                "not zeros); pass a dense array with NaN")
             arr = np.asarray(X)
-            if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-                raise ValueError(f"X must be numeric (NaN for missing entries), got dtype {arr.dtype}")
+            if arr.dtype == object:  # numbers held as objects are fine, anything else is not
+                try:  # (a TypeError, e.g. for a dict, keeps numpy's message)
+                    arr = arr.astype(np.float64)
+                except ValueError:
+                    raise ValueError("X must be numeric (NaN for missing entries), got dtype "
+                                     "object with non-numeric values") from None
+            if np.iscomplexobj(arr):
+                raise ValueError("Complex data not supported: X must be real numbers")
+            if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+                raise ValueError(f"X must be numeric (NaN for missing entries), got dtype "
+                                 f"{arr.dtype}")
             if arr.ndim != 2:
-                raise ValueError(f"X must be a 2-D matrix, got an array of shape {arr.shape}; "
-                                 "reshape it (e.g. X.reshape(-1, 1) for a single column)")
+                raise ValueError(f"X must be a 2-D matrix, got an array of shape {arr.shape}. "
+                                 "Reshape your data (e.g. X.reshape(-1, 1) for a single column)")
             values = arr.astype(np.float64)
             rows, cols = list(range(values.shape[0])), list(range(values.shape[1]))
-        if values.shape[0] == 0 or values.shape[1] == 0:
-            raise ValueError(f"X is empty (shape {values.shape})")
+        for axis, what in ((0, "sample"), (1, "feature")):
+            if values.shape[axis] == 0:
+                raise ValueError(f"X is empty: 0 {what}(s) (shape={values.shape}) while a minimum "
+                                 "of 1 is required.")
         inf = np.isinf(values)
         if inf.any():
             i, j = np.argwhere(inf)[0]
@@ -172,55 +258,119 @@ class NTKImputer:
             raise ValueError("X has no observed entry (all values are missing)")
         return values, rows, cols, frame
 
+    def _validated_prior_matrix(self, shape, rows, cols):
+        if self.prior_matrix is None:
+            return None
+        import pandas as pd
+        P = self.prior_matrix
+        if isinstance(P, pd.DataFrame):
+            if [str(r) for r in P.index] != [str(r) for r in rows] or \
+                    [str(c) for c in P.columns] != [str(c) for c in cols]:
+                raise ValueError("prior_matrix must have the row and column labels of X, in order")
+            P = P.to_numpy(dtype=np.float64, na_value=np.nan)
+        P = np.asarray(P, dtype=np.float64)
+        if P.shape != shape:
+            raise ValueError(f"prior_matrix has shape {P.shape} but X has shape {shape}")
+        bad = ~np.isfinite(P)
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise ValueError(f"prior_matrix must be complete: NaN or inf at row {rows[i]!r}, "
+                             f"column {cols[j]!r}")
+        return P
+
+    @staticmethod
+    def _warn_unusual(values, mask, rows, cols):
+        """Warn about empty rows/columns (filled from the additive baseline) and extreme values
+        (robust z-score above :data:`EXTREME_Z` within their column)."""
+        for axis, labels, what, fill in ((0, cols, "column", "the global mean plus row effects"),
+                                         (1, rows, "row", "the column means")):
+            empty = np.flatnonzero(~mask.any(axis))
+            if empty.size:
+                names = ", ".join(repr(labels[k]) for k in empty[:10])
+                more = f" and {empty.size - 10} more" if empty.size > 10 else ""
+                warnings.warn(f"{what}(s) {names}{more} have no observed entry; their baseline "
+                              f"is {fill} (the kernel adds what the priors predict)",
+                              UserWarning, stacklevel=3)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # empty columns, reported above
+            med = np.nanmedian(np.where(mask, values, np.nan), 0)
+            dev = np.abs(values - med)
+            mad = 1.4826 * np.nanmedian(np.where(mask, dev, np.nan), 0)
+            scale = np.where(mad > 0, mad, 1.2533 * np.nanmean(np.where(mask, dev, np.nan), 0))
+            z = np.where(mask & (scale > 0), dev / np.where(scale > 0, scale, 1.0), 0.0)
+        extreme = np.argwhere(z > EXTREME_Z)
+        if extreme.size:
+            i, j = extreme[np.argmax(z[extreme[:, 0], extreme[:, 1]])]
+            warnings.warn(f"{len(extreme)} extreme value(s), e.g. {values[i, j]:.6g} at row "
+                          f"{rows[i]!r}, column {cols[j]!r} (robust z-score {z[i, j]:.3g} within "
+                          "its column): a typo? Every fill of its column and the baseline move "
+                          "with it", UserWarning, stacklevel=3)
+
     # -- public API ----------------------------------------------------------------------------
     def fit(self, X, y=None):
         """Fit on the observed entries of X ((m, n) array with NaN, or DataFrame); returns self."""
         self._validate_params()
         values, rows, cols, frame = self._validate_matrix(X)
         mask = ~np.isnan(values)
+        self._warn_unusual(values, mask, rows, cols)
         self.row_labels_, self.col_labels_ = rows, cols
+        self.n_features_in_ = values.shape[1]
+        if frame is not None and all(isinstance(c, str) for c in cols):
+            self.feature_names_in_ = np.asarray(cols, dtype=object)
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
         self._frame_type = frame is not None
         self.shape_ = values.shape
         self._values, self._mask = values, mask
         self._row_feats = self._aligned("row", self.row_features, rows)
         self._col_feats = self._aligned("col", self.col_features, cols)
-        # CPU: models.device's default, or $NTK_THREADS (see models.device.resolve_threads)
-        threads = None if str(self.device) in ("auto", "cpu") else torch.get_num_threads()
-        with limited_threads(threads):
+        self._prior_values = self._validated_prior_matrix(values.shape, rows, cols)
+        self._softimpute_cache, self._softimpute_fraction = {}, None
+        with limited_threads(self._threads()):
             started = time.perf_counter()
             self.chosen_, self.cv_results_ = self._choose(values, mask)
-            self._say(f"chosen: {self._describe(self.chosen_)} "
+            self._say(f"chosen: {describe_choice(self.chosen_)} "
                       f"(selection {time.perf_counter() - started:.1f} s)")
             started = time.perf_counter()
-            self.completed_ = self._complete(values, mask, self.chosen_)
+            self.completed_ = self._complete_chosen(values, mask, self.chosen_)
             self._say(f"final fit: {time.perf_counter() - started:.1f} s")
         self.baseline_ = additive_baseline(values, mask)
         return self
 
     def transform(self, X=None):
-        """X with its missing entries filled (observed entries unchanged), same type as the
-        fitted X. Only the matrix seen by ``fit`` can be transformed."""
+        """X with its missing entries filled (observed entries unchanged), same type as X.
+
+        ``X`` None or the fitted matrix: the completion made by ``fit``. Another matrix with the
+        fitted columns: its rows are completed together with the fitted matrix under the chosen
+        configuration (no new choice), and returned."""
         self._check_fitted()
-        if X is not None:
-            values, *_ = self._validate_matrix(X)
-            same = values.shape == self.shape_ and np.array_equal(np.isnan(values), ~self._mask) \
-                and np.array_equal(values[self._mask], self._values[self._mask])
-            if not same:
-                raise ValueError("transform(X) needs the matrix given to fit (kernel completion "
-                                 "is transductive); call fit_transform(X) on the new matrix")
-        out = np.where(self._mask, self._values, self.completed_)
-        if self._frame_type:
-            import pandas as pd
-            return pd.DataFrame(out, index=self.row_labels_, columns=self.col_labels_)
-        return out
+        if X is None:
+            return self._as_output(np.where(self._mask, self._values, self.completed_),
+                                   self.row_labels_)
+        values, rows, cols, frame = self._validate_matrix(X)
+        if values.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {values.shape[1]} features, but NTKImputer is expecting "
+                             f"{self.n_features_in_} features as input")
+        if values.shape == self.shape_ and np.array_equal(np.isnan(values), ~self._mask) \
+                and np.array_equal(values[self._mask], self._values[self._mask]):
+            return self._as_output(np.where(self._mask, self._values, self.completed_), rows,
+                                   frame is not None)
+        both = np.vstack([self._values, values])
+        both_mask = ~np.isnan(both)
+        with limited_threads(self._threads()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # fit has warned about the fitted rows
+            self._softimpute_cache = {}
+            self._warn_unusual(values, ~np.isnan(values), rows, cols)
+            done = self._complete_chosen(both, both_mask, self.chosen_)[self.shape_[0]:]
+        return self._as_output(np.where(np.isnan(values), done, values), rows, frame is not None)
 
     def fit_transform(self, X, y=None):
         return self.fit(X).transform()
 
-    def predict(self, rows, cols):
-        """Kernel predictions at entries (rows[k], cols[k]): integer positions when an array was
+    def predict_entries(self, rows, cols):
+        """Predictions at entries (rows[k], cols[k]): integer positions when an array was
         fitted, labels when a DataFrame was fitted; returns a (len(rows),) array. Observed
-        entries get the kernel fit (module docstring), not the observed value."""
+        entries get the fit (module docstring), not necessarily the observed value."""
         self._check_fitted()
         r = self._positions(rows, self.row_labels_, "row")
         c = self._positions(cols, self.col_labels_, "column")
@@ -229,9 +379,21 @@ class NTKImputer:
         return self.completed_[r, c]
 
     # -- helpers ---------------------------------------------------------------------------------
+    def _threads(self):
+        """Torch threads for a fit: on a CPU models.device's default (or $NTK_THREADS, see
+        models.device.resolve_threads); on a GPU the current setting."""
+        return None if str(self.device) in ("auto", "cpu") else torch.get_num_threads()
+
+    def _as_output(self, values, rows, frame=None):
+        if self._frame_type if frame is None else frame:
+            import pandas as pd
+            return pd.DataFrame(values, index=rows, columns=self.col_labels_)
+        return values
+
     def _check_fitted(self):
-        if not hasattr(self, "completed_"):
-            raise ValueError("this NTKImputer is not fitted yet; call fit(X) first")
+        from sklearn.utils.validation import check_is_fitted
+        check_is_fitted(self, "completed_",
+                        msg="this NTKImputer is not fitted yet; call fit(X) first")
 
     def _positions(self, keys, labels, what):
         keys = np.atleast_1d(np.asarray(keys))
@@ -262,31 +424,67 @@ class NTKImputer:
                 import sys
                 print(f"[NTKImputer] {message}", file=sys.stderr)
 
-    @staticmethod
-    def _describe(cfg):
-        return ", ".join(f"{k}={v}" for k, v in cfg.items())
-
     # -- the model for one configuration ------------------------------------------------------
     def _kernel(self, depth):
         return FullyConnectedNTK(depth=int(depth), activation=self.activation)
 
     def _prior(self, spec, values, mask, axis):
         """Prior of the rows (axis 0) or columns (axis 1) of the matrix."""
+        feats = self._row_feats if axis == 0 else self._col_feats
+        if spec.source is not None:
+            values, mask = self._source_matrix(spec.source, values, mask), np.ones_like(mask)
+        if (spec.base == "features" and feats is not None and len(feats) != values.shape[axis]):
+            raise ValueError("transform of new rows cannot use a features prior of the rows: "
+                             "their features are unknown; fit_transform the stacked matrix")
         if axis == 0:
-            return build_prior(spec, values, mask, self._row_feats, None, "row")
-        return build_prior(spec, values.T, mask.T, self._col_feats, None, "col")
+            return build_prior(spec, values, mask, feats, None, "row")
+        return build_prior(spec, values.T, mask.T, feats, None, "col")
 
-    def _complete(self, values, mask, cfg, targets=None, refine=None):
-        """Completed (m, n) matrix (baseline + kernel prediction) for configuration ``cfg``,
-        fitted on ``values[mask]``; refined ``self.refine`` times for data-derived priors.
-        ``targets``: optional (rows, cols) -> only those entries are returned (joint dense mode
-        then predicts only them); ``refine`` overrides ``self.refine``."""
+    def _source_matrix(self, source, values, mask):
+        """The completed matrix a ``@source`` prior is computed from."""
+        if source == "matrix":
+            if self._prior_values.shape != mask.shape:
+                raise ValueError("transform of new rows cannot use a @matrix prior (prior_matrix "
+                                 "covers the fitted rows only); fit_transform the stacked matrix")
+            return self._prior_values
+        return self._softimpute(values, mask)
+
+    def _softimpute(self, values, mask):
+        """SoftImpute completion of ``values[mask]``, cached per mask. Its shrinkage is chosen
+        on the first mask seen (a CV training split when ``auto`` runs) and reused after."""
+        key = hash(mask.tobytes())
+        if key not in self._softimpute_cache:
+            if self._softimpute_fraction is None:
+                Z, self._softimpute_fraction, _ = soft_impute_cv(values, mask, self.random_state)
+            else:
+                fractions = [f for f in FRACTIONS if f >= self._softimpute_fraction]
+                *_, (_, Z) = soft_impute_path(values, mask, fractions)
+            self._softimpute_cache[key] = Z
+        return self._softimpute_cache[key]
+
+    def _complete_chosen(self, values, mask, chosen):
+        if chosen["mode"] != "stack":
+            return self._complete(values, mask, chosen)
+        return sum(c["weight"] * self._complete(values, mask, c["fit"]) for c in chosen["components"])
+
+    def _complete(self, values, mask, cfg, targets=None):
+        """Completed (m, n) matrix (baseline + prediction) for configuration ``cfg``, fitted on
+        ``values[mask]``; refined ``self.refine`` times for data-derived priors. ``targets``:
+        optional (rows, cols) -> only those entries are returned (joint dense mode then
+        predicts only them)."""
+        if cfg["mode"] == "softimpute":
+            Z = self._softimpute(values, mask)
+            return Z if targets is None else Z[targets]
         baseline = additive_baseline(values, mask)
+        if cfg["mode"] in CHAINED_AXIS:
+            ridge = "loo" if cfg["ridge"] == "loo" else float(cfg["ridge"])
+            Z = chained_fit(self._kernel(cfg["depth"]), values, mask, baseline, 1 + self.refine,
+                            ridge, CHAINED_AXIS[cfg["mode"]], self.random_state)
+            return Z if targets is None else Z[targets]
         resid = np.where(mask, values - baseline, 0.0)
         specs = [parse_prior(p) for p in cfg["prior"]] if isinstance(cfg["prior"], tuple) \
             else [parse_prior(cfg["prior"])]
-        refine = self.refine if refine is None else refine
-        rounds = 1 + (refine if any(s.data_derived for s in specs) else 0)
+        rounds = 1 + (self.refine if any(s.data_derived for s in specs) else 0)
         source, source_mask = values, mask
         for rnd in range(rounds):
             last = rnd == rounds - 1
@@ -301,14 +499,17 @@ class NTKImputer:
     def _residual_fit(self, source, source_mask, mask, resid, cfg, specs, targets):
         """Kernel prediction of the residual ``resid`` (observed where ``mask``): (m, n), or (T,)
         at ``targets`` in joint dense mode. Priors are computed from ``source`` where
-        ``source_mask`` (the observed values, or a completed matrix when refining)."""
+        ``source_mask`` (the observed values, or a completed matrix when refining). A prior
+        that is zero for every item (e.g. the profiles of a tiny constant matrix) gives a zero
+        kernel, which predicts no residual."""
         kernel = self._kernel(cfg["depth"])
         ridge = float(cfg["ridge"])
         if cfg["mode"] in ("rows", "cols"):
             axis = 0 if cfg["mode"] == "rows" else 1
             P = self._prior(specs[0], source, source_mask, axis)
-            K = kernel.ntk(P, device=self.device)
-            K = np.asarray(K, dtype=np.float64)
+            if not P.any():
+                return np.zeros(mask.shape)
+            K = np.asarray(kernel.ntk(P, device=self.device), dtype=np.float64)
             R, M = (resid, mask) if axis == 0 else (resid.T, mask.T)
             pred = solve_shared_kernel(K, R, M, ridge)
             return pred if axis == 0 else pred.T
@@ -324,6 +525,8 @@ class NTKImputer:
             return predict_onehot_joint(rows, cols, alpha, values4, (m, n))
         Pr = self._prior(row_spec, source, source_mask, 0)
         Pc = self._prior(col_spec, source, source_mask, 1)
+        if not (Pr.any() or Pc.any()):
+            return np.zeros(mask.shape) if targets is None else np.zeros(len(targets[0]))
         op = JointKernelOperator(kernel, 0.5 * Pr @ Pr.T, 0.5 * Pc @ Pc.T, rows, cols,
                                  device=self.device)
         if cfg["solver"] == "exact":
@@ -337,6 +540,8 @@ class NTKImputer:
 
     # -- automatic choices ----------------------------------------------------------------------
     def _solver_for(self, mode, prior, n_observed):
+        if mode in CHAINED_AXIS or mode == "softimpute":
+            return None
         specs = prior if isinstance(prior, tuple) else (prior,)
         onehot = all(parse_prior(p).base == "onehot" for p in specs)
         if self.solver != "auto":
@@ -351,47 +556,126 @@ class NTKImputer:
         return choose_solver(mode, self.shape_, n_observed, onehot=onehot)
 
     def _prior_candidates(self, mode):
+        if mode in CHAINED_AXIS:
+            return ["others"]
         if self.prior != "auto":
             return [self.prior]
         if mode == "joint":
             return [("onehot", "onehot")]
         feats = self._row_feats if mode == "rows" else self._col_feats
-        cands = ["profile"]
+        cands = ["profile", "profile@softimpute"]
+        if self._prior_values is not None:
+            cands.append("profile@matrix")
         if feats is not None:
             cands += ["features", "features+identity:0.5"]
         return cands
 
-    def _choose(self, values, mask):
-        """Staged selection by CV: (mode, prior) at default depth/ridge, then depth, then ridge.
-        Candidates are scored without refinement rounds (speed); the final fit refines.
-        Nothing is cross-validated when nothing is 'auto'."""
+    def _modes(self, mask):
+        """Modes to try: the given one; for 'auto' with a given prior, the kernel modes it
+        applies to; else every mode (the chained ones when their cost fits)."""
+        if self.mode != "auto":
+            return [self.mode]
+        if self.prior != "auto":  # the kernel modes the given prior applies to
+            specs = self.prior if isinstance(self.prior, tuple) else (self.prior, self.prior)
+            has = {"rows": [self._row_feats is not None], "cols": [self._col_feats is not None],
+                   "joint": [self._row_feats is not None, self._col_feats is not None]}
+            uses = {"rows": [specs[0]], "cols": [specs[-1]], "joint": list(specs[:2])}
+            modes = [mo for mo in ("rows", "cols", "joint")
+                     if all(f or parse_prior(p).base != "features" for p, f in zip(uses[mo], has[mo]))]
+            if not modes:
+                raise ValueError(f"prior {self.prior!r} needs row_features (rows mode) or "
+                                 "col_features (cols mode)")
+            return modes
+        modes = ["rows", "cols", "joint"]
+        for mode, axis in CHAINED_AXIS.items():
+            flops = chained_flops(mask.shape, mask, 1 + self.refine, axis)
+            if flops <= AUTO_CHAINED_FLOPS:
+                modes.append(mode)
+            else:
+                self._say(f"  {mode} left out: about {flops:.1e} flops")
+        return modes
+
+    def _candidates(self, mask):
         n_obs = int(mask.sum())
-        modes = list(MODES) if self.mode == "auto" else [self.mode]
-        stage1 = [{"mode": mo, "prior": pr} for mo in modes for pr in self._prior_candidates(mo)]
         depth = DEFAULT_DEPTH if self.depth == "auto" else int(self.depth)
         ridge = DEFAULT_RIDGE if self.ridge == "auto" else float(self.ridge)
-        base = [dict(c, depth=depth, ridge=ridge) for c in stage1]
-        for c in base:
-            c["solver"] = self._solver_for(c["mode"], c["prior"], n_obs)
+        out = []
+        for mode in self._modes(mask):
+            for prior in self._prior_candidates(mode):
+                chained = mode in CHAINED_AXIS
+                cfg = {"mode": mode, "prior": prior, "depth": 1 if chained and self.depth == "auto"
+                       else depth, "ridge": "loo" if chained and self.ridge == "auto" else ridge}
+                cfg["solver"] = self._solver_for(mode, prior, n_obs)
+                out.append(cfg)
+        if self.mode == "auto" and self.prior == "auto" and self.stack > 1:
+            out.append({"mode": "softimpute"})  # a component for the combination only
+        return out
+
+    def _choose(self, values, mask):
+        """Selection on held-out observed entries: every candidate at the default depth/ridge,
+        then the ridge and the depth of the best kernel-mode (rows, cols, joint) candidate
+        (on the smaller AUTO_ grids when the mode is 'auto' too);
+        with ``stack`` > 1 the best fits of different families (mode, prior) are combined.
+        Nothing is cross-validated when there is a single fixed candidate."""
+        candidates = self._candidates(mask)
         results = []
-        if len(base) == 1 and self.depth != "auto" and self.ridge != "auto":
-            return self._normalised(base[0]), results
+        fixed_ridge = self.ridge != "auto" or candidates[0]["mode"] in CHAINED_AXIS
+        fixed_depth = self.depth != "auto" or candidates[0]["mode"] in CHAINED_AXIS
+        if len(candidates) == 1 and fixed_ridge and fixed_depth:
+            return self._normalised(candidates[0]), results
         folds = self._folds(mask)
-        seen = {}
-        best = self._best(base, values, mask, folds, results, seen)
-        if self.depth == "auto":
-            best = self._best([dict(best, depth=d) for d in DEPTH_GRID], values, mask, folds,
-                              results, seen)
+        scored = {}  # repr(cfg) -> (cfg, rmse, held-out predictions)
+        for cfg in candidates:
+            self._score(cfg, values, mask, folds, scored, results)
+        kernel_modes = ("rows", "cols", "joint")
+        auto = self.mode == "auto"
         if self.ridge == "auto":
-            best = self._best([dict(best, ridge=r) for r in RIDGE_GRID], values, mask, folds,
-                              results, seen)
-        return self._normalised(best), results
+            for best in self._ranking(scored, kernel_modes)[:1]:
+                for r in AUTO_RIDGE_GRID if auto else RIDGE_GRID:
+                    self._score(dict(best, ridge=r), values, mask, folds, scored, results)
+        if self.depth == "auto":
+            for best in self._ranking(scored, kernel_modes)[:1]:
+                for d in AUTO_DEPTH_GRID if auto else DEPTH_GRID:
+                    self._score(dict(best, depth=d), values, mask, folds, scored, results)
+        ranking = self._ranking(scored)
+        if not ranking:
+            raise ValueError("every candidate configuration failed (the kernel plus ridge was "
+                             "not positive definite); give a larger ridge explicitly")
+        top = ranking[:self.stack]
+        if len(top) == 1:
+            if top[0]["mode"] == "softimpute":
+                raise ValueError("no kernel configuration could be fitted")
+            return self._normalised(top[0]), results
+        truth = np.concatenate([values[np.nonzero(val)] for val in folds])
+        preds = np.column_stack([scored[repr(c)][2] for c in top])
+        weights = convex_weights(preds, truth)
+        keep = weights > 0.01
+        if keep.sum() == 1:
+            return self._normalised(top[int(np.argmax(weights))]), results
+        weights = weights[keep] / weights[keep].sum()
+        rmse = float(np.sqrt(np.mean((preds[:, keep] @ weights - truth) ** 2)))
+        self._say(f"  combination: held-out RMSE {rmse:.4f} (weights fitted on those entries)")
+        components = [{"weight": float(w), "fit": self._normalised(c)}
+                      for w, c in zip(weights, [c for c, k in zip(top, keep) if k])]
+        return {"mode": "stack", "components": components}, results
+
+    @staticmethod
+    def _ranking(scored, modes=None):
+        """Finite-score configurations, best first, one (the best) per family (mode, prior)."""
+        order = sorted((v for v in scored.values() if np.isfinite(v[1])), key=lambda v: v[1])
+        out, seen = [], set()
+        for cfg, _, _ in order:
+            if (modes is None or cfg["mode"] in modes) and _family(cfg) not in seen:
+                seen.add(_family(cfg))
+                out.append(cfg)
+        return out
 
     @staticmethod
     def _normalised(cfg):
         cfg = dict(cfg)
-        cfg["prior"] = tuple(str(parse_prior(p)) for p in cfg["prior"]) \
-            if isinstance(cfg["prior"], tuple) else str(parse_prior(cfg["prior"]))
+        if cfg["mode"] in ("rows", "cols", "joint"):
+            cfg["prior"] = tuple(str(parse_prior(p)) for p in cfg["prior"]) \
+                if isinstance(cfg["prior"], tuple) else str(parse_prior(cfg["prior"]))
         return cfg
 
     def _folds(self, mask):
@@ -410,38 +694,35 @@ class NTKImputer:
             val[rows[fold == f], cols[fold == f]] = True
             train = mask & ~val
             if not train.any() or not val.any():
-                raise ValueError(f"too few observed entries ({mask.sum()}) for {self.cv_folds}-fold "
-                                 "cross-validation; give depth, ridge and prior explicitly")
+                raise ValueError(f"too few observed entries ({mask.sum()}) to hold any out for "
+                                 f"{self.cv_folds}-fold cross-validation; give mode, prior, "
+                                 "depth and ridge explicitly")
             out.append(val)
         return out
 
-    def _best(self, candidates, values, mask, folds, results, seen):
-        """Best of ``candidates`` by CV RMSE; ``seen`` caches scores by configuration."""
-        scores = []
-        for cfg in candidates:
-            key = repr(sorted(cfg.items()))
-            if key in seen:
-                scores.append(seen[key])
-                continue
-            started = time.perf_counter()
-            errors = []
+    def _score(self, cfg, values, mask, folds, scored, results):
+        """Held-out RMSE of ``cfg`` over ``folds``, cached in ``scored``. A candidate that a
+        too small ridge makes numerically impossible scores inf; other errors propagate."""
+        key = repr(cfg)
+        if key in scored:
+            return
+        started = time.perf_counter()
+        preds = []
+        try:
             for val in folds:
                 train = mask & ~val
-                tr, tc = np.nonzero(val)
-                try:
-                    pred = self._complete(np.where(train, values, np.nan), train, cfg, (tr, tc),
-                                          refine=0)
-                except ValueError as err:  # e.g. not positive definite at a tiny ridge
-                    self._say(f"  skipped {self._describe(cfg)}: {err}")
-                    errors = [np.inf]
-                    break
-                errors.append(np.mean((pred - values[tr, tc]) ** 2))
-            rmse = float(np.sqrt(np.mean(errors)))
-            seen[key] = rmse
-            scores.append(rmse)
-            results.append(dict(self._normalised(cfg), cv_rmse=rmse))
-            self._say(f"  CV RMSE {rmse:.4f}  {self._describe(self._normalised(cfg))} "
-                      f"({time.perf_counter() - started:.1f} s)")
-        if not np.isfinite(min(scores)):
-            raise ValueError("every candidate configuration failed; give ridge explicitly (larger)")
-        return candidates[int(np.argmin(scores))]
+                preds.append(self._complete(np.where(train, values, np.nan), train, cfg,
+                                            np.nonzero(val)))
+        except ValueError as err:
+            if not _numerical_failure(err):
+                raise
+            self._say(f"  skipped {describe_choice(cfg)}: {err}")
+            scored[key] = (cfg, np.inf, None)
+            return
+        pred = np.concatenate(preds)
+        truth = np.concatenate([values[np.nonzero(val)] for val in folds])
+        rmse = float(np.sqrt(np.mean((pred - truth) ** 2)))
+        scored[key] = (cfg, rmse, pred)
+        results.append(dict(self._normalised(cfg), cv_rmse=rmse))
+        self._say(f"  CV RMSE {rmse:.4f}  {describe_choice(self._normalised(cfg))} "
+                  f"({time.perf_counter() - started:.1f} s)")

@@ -10,7 +10,12 @@ spec strings (:func:`parse_prior`):
 * ``"lowrank:k"``: rank-k embeddings U_k S_k^(1/2) from a quick low-rank fit of the observed
   entries (a few hard-impute SVD rounds on the column-mean-filled, centred matrix);
 * ``"BASE+identity:w"`` (BASE one of the above but onehot): [F / |F|, w e_i], rows renormalised,
-  the concatenation with a weighted identity used by the reference drug-screening code.
+  the concatenation with a weighted identity used by the reference drug-screening code;
+* ``"profile@softimpute"``, ``"lowrank:k@matrix"`` ...: a data-derived prior computed from a
+  *completed* matrix instead of the observed entries (the reference code's "mixed priors"):
+  ``@softimpute``, the built-in low-rank completion (:mod:`completion.softimpute`), or
+  ``@matrix``, a completed matrix the user supplies. The caller passes that matrix (and an
+  all-True mask) to :func:`build_prior`; such priors are not refined.
 
 Every prior is returned with rows scaled to unit mean squared norm (unit norm for ``onehot`` and
 ``+identity`` priors), so that kernels with a homogeneous activation see a fixed input scale.
@@ -24,30 +29,35 @@ import numpy as np
 import torch
 
 __all__ = ["PriorSpec", "parse_prior", "build_prior", "align_features", "profile_prior",
-           "lowrank_prior", "DATA_DERIVED"]
+           "lowrank_prior", "DATA_DERIVED", "SOURCES"]
 
 _BASES = ("onehot", "features", "profile", "lowrank")
 DATA_DERIVED = ("profile", "lowrank")  # priors computed from the matrix values themselves
-_SPEC = re.compile(r"^(onehot|features|profile|lowrank(?::(\d+))?)(?:\+identity(?::([0-9.eE+-]+))?)?$")
+SOURCES = ("softimpute", "matrix")  # completed matrices a data-derived prior may be computed from
+_SPEC = re.compile(r"^(onehot|features|profile|lowrank(?::(\d+))?)(?:\+identity(?::([0-9.eE+-]+))?)?"
+                   r"(?:@(\w+))?$")
 
 
 @dataclass(frozen=True)
 class PriorSpec:
     """A parsed prior: ``base`` in {onehot, features, profile, lowrank}, ``rank`` (lowrank only),
-    ``identity_weight`` (None = no identity block)."""
+    ``identity_weight`` (None = no identity block), ``source`` (None = the observed entries,
+    else one of :data:`SOURCES`)."""
     base: str
     rank: int | None = None
     identity_weight: float | None = None
+    source: str | None = None
 
     def __str__(self):
         text = self.base + (f":{self.rank}" if self.rank is not None else "")
         if self.identity_weight is not None:
             text += f"+identity:{self.identity_weight:g}"
-        return text
+        return text + (f"@{self.source}" if self.source else "")
 
     @property
     def data_derived(self):
-        return self.base in DATA_DERIVED
+        """Computed from the observed entries (and so refined on the completed matrix)."""
+        return self.base in DATA_DERIVED and self.source is None
 
 
 def parse_prior(spec) -> PriorSpec:
@@ -58,7 +68,8 @@ def parse_prior(spec) -> PriorSpec:
     m = _SPEC.match(str(spec).strip().lower().replace(" ", ""))
     if not m:
         raise ValueError(f"cannot read prior {spec!r}; write one of onehot, features, profile, "
-                         "lowrank:K, optionally followed by +identity:W (e.g. 'features+identity:0.5')")
+                         "lowrank:K, optionally followed by +identity:W (e.g. 'features+identity:0.5') "
+                         "and, for profile and lowrank, by @softimpute or @matrix")
     base = m.group(1).split(":")[0]
     rank = None
     if base == "lowrank":
@@ -72,7 +83,14 @@ def parse_prior(spec) -> PriorSpec:
         weight = float(m.group(3)) if m.group(3) else 1.0
         if not np.isfinite(weight) or weight < 0:
             raise ValueError(f"identity weight must be a finite number >= 0, got {m.group(3)}")
-    return PriorSpec(base, rank, weight)
+    source = m.group(4)
+    if source is not None:
+        if source not in SOURCES:
+            raise ValueError(f"prior {spec!r}: unknown source @{source}; use one of "
+                             f"{['@' + s for s in SOURCES]}")
+        if base not in DATA_DERIVED:
+            raise ValueError(f"prior {spec!r}: only profile and lowrank priors take a @source")
+    return PriorSpec(base, rank, weight, source)
 
 
 def align_features(features, labels, what="row"):

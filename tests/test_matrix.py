@@ -57,7 +57,7 @@ def test_joint_onehot_matches_dense_entry_kernel():
     imp = NTKImputer(mode="joint", prior="onehot", depth=2, ridge=0.05, device="cpu").fit(X)
     assert imp.chosen_["solver"] == "structured"
     rows, cols = np.indices(X.shape).reshape(2, -1)
-    np.testing.assert_allclose(imp.predict(rows, cols), expected.ravel(), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(imp.predict_entries(rows, cols), expected.ravel(), rtol=1e-7, atol=1e-9)
 
 
 def test_joint_dense_features_matches_dense_entry_kernel():
@@ -71,7 +71,7 @@ def test_joint_dense_features_matches_dense_entry_kernel():
     for solver in ("exact", "cg"):
         imp = NTKImputer(mode="joint", prior="features", depth=1, ridge=0.1, row_features=Fr,
                          col_features=Fc, solver=solver, device="cpu").fit(X)
-        full = imp.predict(*np.indices(X.shape).reshape(2, -1)).reshape(m, n)
+        full = imp.predict_entries(*np.indices(X.shape).reshape(2, -1)).reshape(m, n)
         np.testing.assert_allclose(full, expected, rtol=1e-6, atol=1e-8)
 
 
@@ -99,7 +99,7 @@ def test_rows_and_cols_modes_match_dense_entry_kernel(mode):
     expected = (K_all @ alpha).reshape(m, n) + base
     kw = {"row_features": F} if mode == "rows" else {"col_features": F}
     imp = NTKImputer(mode=mode, prior="features", depth=2, ridge=0.02, device="cpu", **kw).fit(X)
-    full = imp.predict(*np.indices(X.shape).reshape(2, -1)).reshape(m, n)
+    full = imp.predict_entries(*np.indices(X.shape).reshape(2, -1)).reshape(m, n)
     np.testing.assert_allclose(full, expected, rtol=1e-7, atol=1e-9)
 
 
@@ -122,15 +122,92 @@ def test_beats_additive_baseline_on_low_rank_structure():
     assert np.sqrt(np.mean((done[:10] - T[:10]) ** 2)) < 0.85 * col_mean_error
 
 
-def test_auto_chooses_by_cv_and_reports():
+def test_auto_single_best_chooses_by_cv_and_reports():
     observed, truth, feats = synthetic_screen(n_cells=60, n_drugs=20, seed=4)
-    imp = NTKImputer(mode="auto", random_state=0, refine=0).fit(observed)
-    assert set(imp.chosen_) == {"mode", "prior", "depth", "ridge", "solver"}
-    best = min(imp.cv_results_, key=lambda r: r["cv_rmse"])
-    assert best["cv_rmse"] == min(r["cv_rmse"] for r in imp.cv_results_)
+    imp = NTKImputer(mode="auto", random_state=0, refine=0, stack=1).fit(observed)
+    assert imp.chosen_["mode"] in ("rows", "cols", "joint", "rows-chained", "cols-chained")
+    kernel_results = [r for r in imp.cv_results_ if r["mode"] != "softimpute"]
+    best = min(kernel_results, key=lambda r: r["cv_rmse"])
     assert {k: best[k] for k in imp.chosen_} == imp.chosen_
     modes = {r["mode"] for r in imp.cv_results_}
-    assert modes == {"rows", "cols", "joint"}
+    assert {"rows", "cols", "joint", "rows-chained", "cols-chained"} <= modes
+
+
+def test_auto_default_is_a_convex_combination_of_refitted_components():
+    observed, _, _ = synthetic_screen(n_cells=50, n_drugs=16, seed=5)
+    imp = NTKImputer(random_state=0, refine=1).fit(observed)
+    assert imp.chosen_["mode"] == "stack"
+    comps = imp.chosen_["components"]
+    weights = np.array([c["weight"] for c in comps])
+    assert len(comps) >= 2 and np.all(weights > 0) and weights.sum() == pytest.approx(1.0)
+    assert len({(c["fit"]["mode"], str(c["fit"].get("prior"))) for c in comps}) == len(comps)
+    # oracle: each component refitted on its own with its configuration given explicitly
+    X = observed.to_numpy()
+    total = np.zeros_like(X)
+    for c in comps:
+        fit = c["fit"]
+        if fit["mode"] == "softimpute":
+            from completion.softimpute import FRACTIONS, soft_impute_path
+            frac = imp._softimpute_fraction
+            *_, (_, part) = soft_impute_path(X, ~np.isnan(X), [f for f in FRACTIONS if f >= frac])
+        else:
+            kw = {k: fit[k] for k in ("mode", "depth", "ridge")}
+            if fit["mode"] in ("rows", "cols", "joint"):
+                kw["prior"] = fit["prior"]
+            single = NTKImputer(random_state=0, refine=1, **kw)
+            if fit["ridge"] == "loo":
+                kw["ridge"] = "auto"
+                single = NTKImputer(random_state=0, refine=1, **kw)
+            part = single.fit(observed).completed_
+        total += c["weight"] * part
+    np.testing.assert_allclose(imp.completed_, total, rtol=1e-6, atol=1e-8)
+
+
+def test_tiny_matrices_complete_and_unrelated_errors_are_not_swallowed(monkeypatch):
+    X = np.array([[1.0, 2.0, np.nan], [2.0, np.nan, 4.0], [3.0, 4.0, 5.0]])
+    for kw in ({}, {"mode": "rows"}, {"mode": "rows", "ridge": 1.0}, {"mode": "cols"}):
+        done = NTKImputer(**kw).fit_transform(X)
+        assert np.isfinite(done).all() and np.array_equal(done[~np.isnan(X)], X[~np.isnan(X)])
+    # a constant matrix: the profiles are all zero, the kernel predicts no residual
+    const = np.array([[1.0, 1.0, np.nan], [1.0, np.nan, 1.0], [1.0, 1.0, 1.0]])
+    np.testing.assert_allclose(NTKImputer(mode="rows").fit_transform(const), 1.0)
+
+    def broken(self, *args, **kwargs):
+        raise ValueError("the real cause")
+    monkeypatch.setattr(NTKImputer, "_complete", broken)
+    with pytest.raises(ValueError, match="the real cause"):
+        NTKImputer(mode="rows").fit(X)
+
+
+def test_empty_column_is_filled_from_row_effects_and_global_mean_with_a_warning():
+    rng = np.random.default_rng(0)
+    ratings = rng.integers(1, 6, size=(30, 8)).astype(float)
+    ratings[rng.random(ratings.shape) < 0.2] = np.nan
+    ratings[:, 5] = np.nan
+    frame = pd.DataFrame(ratings, columns=[f"item{j}" for j in range(8)])
+    with pytest.warns(UserWarning, match="column.*'item5'.*no observed entry"):
+        done = NTKImputer(mode="rows", prior="profile", depth=1, ridge=0.1).fit_transform(frame)
+    filled = done["item5"].to_numpy()
+    base = additive_by_loops(np.delete(ratings, 5, axis=1))  # row effects of the other columns
+    row_effect = base[:, 0] - np.nanmean(np.delete(ratings, 5, axis=1), 0)[0]
+    expected = np.nanmean(ratings) + row_effect  # global mean plus the row's offset
+    np.testing.assert_allclose(filled, expected, atol=1e-9)
+    assert 1.0 <= filled.mean() <= 5.0
+
+
+def test_an_extreme_value_is_reported_by_row_and_column():
+    rng = np.random.default_rng(1)
+    ratings = rng.integers(1, 6, size=(20, 6)).astype(float)
+    ratings[rng.random(ratings.shape) < 0.2] = np.nan
+    ratings[7, 2] = 1e12
+    frame = pd.DataFrame(ratings, index=[f"user{i}" for i in range(20)], columns=list("abcdef"))
+    with pytest.warns(UserWarning, match="1e\\+12 at row 'user7', column 'c'"):
+        NTKImputer(mode="rows", prior="profile", depth=1, ridge=0.1).fit(frame)
+    ratings[7, 2] = 4.0  # ordinary data: no warning
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        NTKImputer(mode="rows", prior="profile", depth=1, ridge=0.1).fit(ratings)
 
 
 def test_dataframe_in_dataframe_out_observed_unchanged():
@@ -151,7 +228,7 @@ def test_small_ridge_interpolates_observed_entries():
     X = small_matrix()
     imp = NTKImputer(mode="joint", prior="onehot", depth=1, ridge=1e-9).fit(X)
     rows, cols = np.nonzero(~np.isnan(X))
-    np.testing.assert_allclose(imp.predict(rows, cols), X[rows, cols], atol=1e-6)
+    np.testing.assert_allclose(imp.predict_entries(rows, cols), X[rows, cols], atol=1e-6)
 
 
 def test_predict_by_labels():
@@ -159,14 +236,14 @@ def test_predict_by_labels():
     frame = pd.DataFrame(X, index=list("abcdefghi"), columns=list("ABCDEFG"))
     imp = NTKImputer(mode="rows", prior="profile", depth=1, ridge=0.1).fit(frame)
     out = imp.transform()
-    assert imp.predict(["c"], ["D"])[0] == pytest.approx(imp.completed_[2, 3])
+    assert imp.predict_entries(["c"], ["D"])[0] == pytest.approx(imp.completed_[2, 3])
     if np.isnan(X[2, 3]):
         assert out.loc["c", "D"] == pytest.approx(imp.completed_[2, 3])
     with pytest.raises(ValueError, match="unknown row label"):
-        imp.predict(["zz"], ["A"])
+        imp.predict_entries(["zz"], ["A"])
     ints = pd.DataFrame(X, index=range(100, 109))  # integer labels are labels, not positions
     imp = NTKImputer(mode="rows", prior="profile", depth=1, ridge=0.1).fit(ints)
-    assert imp.predict([102], [3])[0] == pytest.approx(imp.completed_[2, 3])
+    assert imp.predict_entries([102], [3])[0] == pytest.approx(imp.completed_[2, 3])
 
 
 # -- priors --------------------------------------------------------------------------------------
@@ -220,6 +297,7 @@ def test_lowrank_prior_recovers_row_space():
     (np.zeros((0, 3)), "empty"),
 ])
 def test_matrix_validation(X, message):
+    """(each error names what is wrong)"""
     with pytest.raises(ValueError, match=message):
         NTKImputer(prior="onehot", depth=1, ridge=0.1).fit(X)
 
@@ -265,12 +343,21 @@ def test_parameter_validation(params, message):
 
 def test_unfitted_and_other_matrix_errors():
     with pytest.raises(ValueError, match="not fitted"):
-        NTKImputer().predict([0], [0])
-    imp = NTKImputer(prior="onehot", depth=1, ridge=0.1).fit(small_matrix())
-    with pytest.raises(ValueError, match="fit_transform"):
-        imp.transform(small_matrix(seed=5))
+        NTKImputer().predict_entries([0], [0])
+    imp = NTKImputer(mode="rows", prior="onehot", depth=1, ridge=0.1).fit(small_matrix())
+    with pytest.raises(ValueError, match="X has 3 features, but NTKImputer is expecting 7"):
+        imp.transform(small_matrix(seed=5)[:, :3])
     with pytest.raises(ValueError, match="outside"):
-        imp.predict([100], [0])
+        imp.predict_entries([100], [0])
+
+
+def test_transform_of_new_rows_completes_them_with_the_fitted_rows():
+    X, Y = small_matrix(seed=1), small_matrix(6, 7, seed=8)
+    imp = NTKImputer(mode="rows", prior="profile", depth=2, ridge=0.05).fit(X)
+    stacked = NTKImputer(mode="rows", prior="profile", depth=2, ridge=0.05).fit_transform(
+        np.vstack([X, Y]))
+    np.testing.assert_allclose(imp.transform(Y), stacked[len(X):], rtol=1e-10)
+    np.testing.assert_array_equal(imp.transform(X), imp.fit_transform(X))  # the fitted matrix
 
 
 def test_cv_folds_keep_single_observations_in_training():

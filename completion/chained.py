@@ -1,0 +1,144 @@
+"""Chained (MICE-style) NTK regression: each column regressed on the other columns' estimates.
+
+Rows mode with a per-column prior. Column j is a regression over the rows where it is observed;
+the input of row i is its vector of the *other* columns' current estimates (observed values,
+else the previous estimate), each column standardised over the rows and the whole scaled to
+unit mean squared norm, so that the very entries being predicted never enter their own kernel.
+The kernel ridge regression (NTK of a fully connected ReLU net) of the residual (values minus
+the additive baseline) predicts the missing rows of column j, which immediately replace the
+previous estimate (Gauss-Seidel order, as scikit-learn's IterativeImputer and MissForest do);
+a round visits every column with a missing entry, and ``rounds`` rounds are run.
+
+Each column's ridge is chosen before the first round by exact leave-one-out error
+(eigendecomposition of its kernel on at most ``LOO_ROWS`` of its observed rows, inputs from the
+baseline-filled matrix) over :data:`RIDGE_GRID`, and kept for every round: the regressor tunes
+itself, as BayesianRidge does inside IterativeImputer. With more than ``LOO_COLUMNS`` columns to
+fill, a random ``LOO_COLUMNS`` of them are tuned and the others take the median choice.
+At most ``MAX_TRAIN_ROWS`` observed rows (a random subset) train each column's regression: a time
+cap. Kernel blocks are computed from the inputs without column j (no m x m matrix is stored).
+
+The cols orientation is the same on the transposed matrix (:func:`chained_fit` with ``axis=1``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from models.device import check_fits, parse_bytes
+
+__all__ = ["chained_fit", "chained_flops", "loo_ridge", "RIDGE_GRID", "MAX_TRAIN_ROWS",
+           "LOO_ROWS", "LOO_COLUMNS"]
+
+RIDGE_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # relative to the mean kernel diagonal
+MAX_TRAIN_ROWS = 1000
+LOO_ROWS = 300
+LOO_COLUMNS = 48
+
+
+def _standardised_column(z):
+    sd = z.std()
+    return (z - z.mean()) / (sd if sd > 0 else 1.0)
+
+
+def loo_ridge(K, y, grid=RIDGE_GRID):
+    """The ridge of ``grid`` (relative to mean(diag K)) with the least leave-one-out squared
+    error of kernel ridge regression on (K (t, t) tensor, y (t,) tensor): with
+    K = V diag(s) V^T and H = (K + lam I)^{-1}, the LOO residual of point i is (H y)_i / H_ii."""
+    s, V = torch.linalg.eigh(K)
+    s = s.clamp(min=0.0)
+    mean_diag = float(K.diagonal().mean())
+    Vy = V.T @ y
+    V2 = V * V
+    errors = []
+    for r in grid:
+        inv = 1.0 / (s + r * mean_diag)
+        errors.append(float(((V @ (Vy * inv)) / (V2 @ inv)).square().mean()))
+    return grid[int(np.argmin(errors))]
+
+
+def chained_flops(shape, mask, rounds, axis=0):
+    """Rough flop count of :func:`chained_fit` (used by ``mode='auto'`` to skip it when too
+    slow): per column and round, a Cholesky factor of its training rows, the kernel blocks and
+    the Gram update; plus one LOO eigendecomposition per column."""
+    m, n = shape if axis == 0 else shape[::-1]
+    mask = mask if axis == 0 else mask.T
+    missing_cols = int((~mask).any(0).sum())
+    t = min(m, MAX_TRAIN_ROWS)
+    per = t**3 / 3 + 2 * t * m * n + 30 * t * m + 3e7  # + Python overhead of a column, as flops
+    return missing_cols * rounds * per + min(missing_cols, LOO_COLUMNS) * 10 * min(t, LOO_ROWS) ** 3
+
+
+def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, random_state=0,
+                memory_budget=None, max_train_rows=MAX_TRAIN_ROWS):
+    """Completed (m, n) matrix (baseline + prediction at missing entries, observed values kept).
+
+    ``kernel``: e.g. :class:`models.ntk.FullyConnectedNTK` (``ntk_from_gram``); ``values``
+    (m, n) with anything where unobserved; ``mask`` (m, n) bool, True = observed; ``baseline``
+    (m, n) additive fit (the start and the offset of every regression); ``rounds`` >= 1;
+    ``ridge``: 'loo' (per column, module docstring) or a number relative to the mean kernel
+    diagonal of the column's training rows; ``axis`` 0 regresses columns over rows, 1 rows over
+    columns; ``max_train_rows``: at most this many observed rows (a random subset) train each
+    column. Refused before any work when the inputs and kernel blocks exceed ``memory_budget``.
+    """
+    if axis == 1:
+        return chained_fit(kernel, values.T, mask.T, baseline.T, rounds, ridge, 0, random_state,
+                           memory_budget, max_train_rows).T
+    m, n = values.shape
+    t = min(m, max_train_rows)
+    check_fits(8 * (2 * m * n + 4 * t * m), parse_bytes(memory_budget),
+               f"chained fit ({m} x {n} inputs, {t} x {m} kernel blocks)",
+               "Use mode 'rows' or 'cols', or raise memory_budget.")
+    rng = np.random.default_rng(random_state)
+    Z = np.where(mask, values, baseline)
+    scale = max(n - 1, 1) ** -0.5
+    F = torch.from_numpy(np.stack([_standardised_column(Z[:, j]) for j in range(n)], 1)) * scale
+    todo = np.flatnonzero((~mask).any(0) & mask.any(0))
+    ridges = _loo_ridges(kernel, F, values, mask, baseline, todo, rng) if ridge == "loo" \
+        else dict.fromkeys(todo.tolist(), float(ridge))
+    for _ in range(rounds):
+        for j in todo:
+            obs, miss = np.flatnonzero(mask[:, j]), np.flatnonzero(~mask[:, j])
+            if obs.size > max_train_rows:
+                obs = np.sort(rng.choice(obs, max_train_rows, replace=False))
+            A, K_mo = _kernel_blocks(kernel, F, j, obs, miss)
+            A.diagonal().add_(ridges[j] * float(A.diagonal().mean()))
+            L, info = torch.linalg.cholesky_ex(A)
+            if int(info) != 0:
+                raise ValueError(f"chained fit: the kernel of column {j} plus ridge {ridges[j]:g} "
+                                 "is not positive definite; increase ridge")
+            y = torch.from_numpy(values[obs, j] - baseline[obs, j])
+            alpha = torch.cholesky_solve(y[:, None], L)[:, 0]
+            Z[miss, j] = (K_mo @ alpha).numpy() + baseline[miss, j]
+            F[:, j] = torch.from_numpy(_standardised_column(Z[:, j])) * scale
+    return Z
+
+
+def _kernel_blocks(kernel, F, j, rows_a, rows_b=None):
+    """NTK between rows ``rows_a`` (and ``rows_b``) on the inputs F without column j:
+    (K_aa, K_ba) tensors (K_ba None without ``rows_b``)."""
+    keep = torch.ones(F.shape[1], dtype=torch.bool)
+    keep[j] = False
+    Fa = F[torch.from_numpy(rows_a)][:, keep]
+    sq_a = (Fa * Fa).sum(1)
+    K_aa = kernel.ntk_from_gram(Fa @ Fa.T, sq_a, sq_a)
+    if rows_b is None:
+        return K_aa, None
+    Fb = F[torch.from_numpy(rows_b)][:, keep]
+    return K_aa, kernel.ntk_from_gram(Fb @ Fa.T, (Fb * Fb).sum(1), sq_a)
+
+
+def _loo_ridges(kernel, F, values, mask, baseline, todo, rng):
+    """{column: ridge} by leave-one-out on at most LOO_ROWS rows, for at most LOO_COLUMNS
+    columns of ``todo``; the others get the median of the tuned choices (as grid positions)."""
+    tuned = todo if todo.size <= LOO_COLUMNS else rng.choice(todo, LOO_COLUMNS, replace=False)
+    out = {}
+    for j in tuned:
+        obs = np.flatnonzero(mask[:, j])
+        sub = np.sort(rng.choice(obs, min(obs.size, LOO_ROWS), replace=False))
+        K, _ = _kernel_blocks(kernel, F, j, sub)
+        y = torch.from_numpy(values[sub, j] - baseline[sub, j])
+        out[int(j)] = loo_ridge(K, y)
+    if out:
+        median = RIDGE_GRID[int(np.median([RIDGE_GRID.index(r) for r in out.values()]))]
+        out.update({int(j): median for j in todo if int(j) not in out})
+    return out

@@ -1,0 +1,137 @@
+"""The parts NTKImputer's default combines, each against an independent oracle: SoftImpute,
+the chained (MICE-style) NTK regression and its leave-one-out ridge, the convex stacking
+weights, and priors computed from a completed matrix."""
+import numpy as np
+import pytest
+import torch
+
+from completion.chained import chained_fit, loo_ridge
+from completion.matrix import NTKImputer, additive_baseline
+from completion.priors import parse_prior, profile_prior
+from completion.softimpute import soft_impute_cv, soft_impute_path
+from completion.stacking import convex_weights
+from models.ntk import FullyConnectedNTK
+
+
+def low_rank(m=40, n=25, rank=2, missing=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    T = rng.standard_normal((m, rank)) @ rng.standard_normal((rank, n))
+    mask = rng.random((m, n)) > missing
+    return T, mask
+
+
+def test_softimpute_fixed_point_and_low_rank_recovery():
+    T, mask = low_rank()
+    # at convergence Z = SVT_lambda(P_obs(X - mean) + P_miss(Z - mean)) + mean
+    (frac, Z), = soft_impute_path(T, mask, [0.05], max_iter=2000, tol=1e-14)
+    mean = np.array([T[mask[:, j], j].mean() for j in range(T.shape[1])])
+    R = np.where(mask, T - mean, 0.0)
+    lam = 0.05 * np.linalg.norm(R, 2)
+    U, s, Vt = np.linalg.svd(np.where(mask, T - mean, Z - mean), full_matrices=False)
+    np.testing.assert_allclose((U * np.maximum(s - lam, 0)) @ Vt + mean, Z, atol=1e-5)
+    done, chosen, scores = soft_impute_cv(T, mask, random_state=0)
+    hidden = ~mask
+    col_mean_err = np.sqrt(np.mean((T - mean)[hidden] ** 2))
+    assert np.sqrt(np.mean((done - T)[hidden] ** 2)) < 0.25 * col_mean_err
+    assert scores[chosen] == min(scores.values())
+
+
+def brute_force_chained_one_round(X, mask, base, ridge, depth=1):
+    """Chained regression written out for a matrix where only column j0 has missing entries:
+    the inputs are the other columns (baseline filled), standardised, scaled by 1/sqrt(n-1)."""
+    m, n = X.shape
+    Z = np.where(mask, X, base)
+    j0 = int(np.flatnonzero((~mask).any(0))[0])
+    others = [j for j in range(n) if j != j0]
+    F = (Z[:, others] - Z[:, others].mean(0)) / Z[:, others].std(0) / np.sqrt(n - 1)
+    kern = FullyConnectedNTK(depth=depth)
+    obs, miss = np.flatnonzero(mask[:, j0]), np.flatnonzero(~mask[:, j0])
+    K = kern.ntk(F[obs], device="cpu")
+    y = X[obs, j0] - base[obs, j0]
+    alpha = np.linalg.solve(K + ridge * np.mean(np.diag(K)) * np.eye(obs.size), y)
+    Z[miss, j0] = kern.ntk(F[miss], F[obs], device="cpu") @ alpha + base[miss, j0]
+    return Z
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_chained_fit_matches_the_regression_written_out(axis):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((30, 6))
+    X[:, 2] = np.sin(X[:, 0]) + X[:, 1] ** 2
+    mask = np.ones_like(X, dtype=bool)
+    mask[rng.choice(30, 8, replace=False), 2] = False
+    if axis == 1:
+        X, mask = X.T.copy(), mask.T.copy()
+    Xn = np.where(mask, X, np.nan)
+    base = additive_baseline(Xn, mask)
+    got = chained_fit(FullyConnectedNTK(2), Xn, mask, base, rounds=1, ridge=0.05, axis=axis)
+    if axis == 1:
+        expected = brute_force_chained_one_round(Xn.T, mask.T, base.T, 0.05, depth=2).T
+    else:
+        expected = brute_force_chained_one_round(Xn, mask, base, 0.05, depth=2)
+    np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-9)
+
+
+def test_loo_ridge_matches_refitting_without_each_point():
+    rng = np.random.default_rng(2)
+    F = rng.standard_normal((25, 4))
+    y = np.tanh(F[:, 0]) + 0.3 * rng.standard_normal(25)
+    K = FullyConnectedNTK(1).ntk(F, device="cpu")
+    grid = (0.01, 0.3, 3.0)
+
+    def loo_error(r):
+        lam = r * np.mean(np.diag(K))
+        errs = []
+        for i in range(25):
+            keep = np.arange(25) != i
+            a = np.linalg.solve(K[np.ix_(keep, keep)] + lam * np.eye(24), y[keep])
+            errs.append(K[i, keep] @ a - y[i])
+        return np.mean(np.square(errs))
+    expected = grid[int(np.argmin([loo_error(r) for r in grid]))]
+    assert loo_ridge(torch.from_numpy(K), torch.from_numpy(y), grid) == expected
+
+
+def test_chained_mode_learns_a_nonlinear_column():
+    rng = np.random.default_rng(3)
+    Z = rng.standard_normal((150, 4))
+    X = np.column_stack([Z, np.sin(2 * Z[:, 0]) + Z[:, 1] * Z[:, 2]])
+    hidden = rng.random(X.shape) < 0.15
+    from sklearn.experimental import enable_iterative_imputer  # noqa: F401
+    from sklearn.impute import IterativeImputer
+    Xn = np.where(hidden, np.nan, X)
+    done = NTKImputer(mode="rows-chained", random_state=0).fit_transform(Xn)
+    linear = IterativeImputer(random_state=0).fit_transform(Xn)  # chained linear regressions
+    rmse = lambda P: np.sqrt(np.mean((P - X)[hidden[:, 4], 4] ** 2))
+    assert rmse(done) < 0.9 * rmse(linear)
+
+
+def test_convex_weights_against_the_closed_form_for_two_fits():
+    rng = np.random.default_rng(4)
+    y = rng.standard_normal(200)
+    for a, b in ((0.3, 0.8), (0.0, 1.5), (2.0, 0.2)):
+        P1, P2 = y + a * rng.standard_normal(200), y + b * rng.standard_normal(200)
+        d = P1 - P2
+        w1 = np.clip(d @ (y - P2) / (d @ d), 0.0, 1.0)  # argmin over the segment
+        np.testing.assert_allclose(convex_weights(np.column_stack([P1, P2]), y), [w1, 1 - w1],
+                                   atol=1e-6)
+    w = convex_weights(rng.standard_normal((50, 4)), rng.standard_normal(50))
+    assert np.all(w >= 0) and w.sum() == pytest.approx(1.0)
+
+
+def test_profile_prior_from_a_given_matrix_is_that_matrix_profile():
+    T, mask = low_rank(20, 8, seed=5)
+    X = np.where(mask, T, np.nan)
+    P = T + 0.1 * np.random.default_rng(5).standard_normal(T.shape)  # "another method's" output
+    given = NTKImputer(mode="rows", prior="profile@matrix", prior_matrix=P, depth=1,
+                       ridge=0.1).fit(X)
+    as_features = NTKImputer(mode="rows", prior="features", depth=1, ridge=0.1,
+                             row_features=profile_prior(P, np.ones_like(mask))).fit(X)
+    np.testing.assert_allclose(given.completed_, as_features.completed_, rtol=1e-9, atol=1e-10)
+    assert str(parse_prior("lowrank:4@softimpute")) == "lowrank:4@softimpute"
+    with pytest.raises(ValueError, match="needs prior_matrix"):
+        NTKImputer(mode="rows", prior="profile@matrix", depth=1, ridge=0.1).fit(X)
+    with pytest.raises(ValueError, match="NaN or inf at row 2, column 3"):
+        P[2, 3] = np.nan
+        NTKImputer(mode="rows", prior="profile@matrix", prior_matrix=P, depth=1, ridge=0.1).fit(X)
+    with pytest.raises(ValueError, match="only profile and lowrank"):
+        parse_prior("features@softimpute")
