@@ -236,12 +236,17 @@ def _check_mask_source(ctx, mask, missing_fraction, invert_mask, require_one=Fal
               help="Precision of the kernel computation. Default: float32 for phase-averaged "
                    "architectures (NAME+avg, the default; averaged and solved in float64), else "
                    "float64 on CPU and float32 on GPU.")
+@click.option("--scheduler", help="Where the images are solved: local:N (a Dask cluster of N "
+              "worker processes on this machine) or the address of a running Dask scheduler, "
+              "tcp://HOST:8786 [default: in this process]. Needs ntk-completion[dask].")
+@click.option("--overwrite", is_flag=True, help="Folder mode: redo images whose output exists "
+              "(by default they are skipped, so an interrupted run can be resumed).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar (none either when stderr "
               "is not a terminal).")
 @click.pass_context
 def inpaint_command(ctx, image, output, mask, invert_mask, missing_fraction, seed, mask_type,
                     reference, method, arch, prior, ridge, iterations, device, save_mask, cache_dir,
-                    dtype, quiet):
+                    dtype, scheduler, overwrite, quiet):
     """Fill the missing pixels of IMAGE (or of every image in the folder IMAGE).
 
     The output keeps the input's bit depth (8 or 16) and its alpha channel (carried through
@@ -250,53 +255,63 @@ def inpaint_command(ctx, image, output, mask, invert_mask, missing_fraction, see
     on the file as written. Mask files: non-zero = missing; the alpha of a mask composites it
     onto black (transparent = known); JPEG masks are thresholded at mid-grey.
 
+    A folder is solved image by image, each output written as it is done; an image that fails
+    is reported by name, the others still complete (exit status 1 at the end). With --scheduler
+    the images run on Dask workers, the kernel computed once per image size and shared.
+
     \b
     Examples:
       ntk-complete inpaint photo.png --mask photo_mask.png -o filled.png
       ntk-complete inpaint clean.png --missing-fraction 0.5 --seed 0 -o filled.png \\
           --reference clean.png --save-mask mask.png
       ntk-complete inpaint photos/ -o filled/        # photos/NAME_mask.png beside each image
+      ntk-complete inpaint photos/ -o filled/ --scheduler local:4
       ntk-complete inpaint photo.png --mask m.png --method biharmonic -o filled.png
     """
     from tqdm.auto import tqdm
 
-    from completion.inpaint_jobs import plan_jobs, run_job
+    from completion.inpaint_jobs import Method, plan_jobs, run_batch, split_existing
+    from completion.scheduling import check_scheduler
 
-    _check_mask_source(ctx, mask, missing_fraction, invert_mask, batch=image.is_dir())
+    batch = image.is_dir()
+    _check_mask_source(ctx, mask, missing_fraction, invert_mask, batch=batch)
     progress = _show_progress(quiet)
+
+    def report(index, job, outcome):
+        if isinstance(outcome, Exception):
+            if batch:
+                tqdm.write(f"error: {job.image}: {outcome}", file=sys.stderr)
+            return
+        line = f"{job.output}: {outcome['missing_fraction']:.1%} missing, {outcome['seconds']:.1f} s"
+        if "psnr" in outcome:
+            ssim = outcome["ssim"]
+            line += (f", PSNR {outcome['psnr']:.2f} dB, SSIM "
+                     f"{'n/a (needs scikit-image)' if ssim is None else f'{ssim:.4f}'}")
+        tqdm.write(line)
+
     try:
+        check_scheduler(scheduler)
         jobs = plan_jobs(image, output, mask, reference, save_mask,
                          generate=missing_fraction is not None)
-        fill = _image_filler(method, arch, prior, ridge, iterations, device, cache_dir, dtype,
-                             progress=progress and len(jobs) == 1)
-        bar = tqdm(jobs, desc="inpaint", unit="image", disable=not progress or len(jobs) == 1)
-        for job in bar:
-            res = run_job(job, fill, invert_mask, missing_fraction, seed, mask_type)
-            line = f"{job.output}: {res['missing_fraction']:.1%} missing, {res['seconds']:.1f} s"
-            if "psnr" in res:
-                ssim_text = "n/a (needs scikit-image)" if res["ssim"] is None else f"{res['ssim']:.4f}"
-                line += f", PSNR {res['psnr']:.2f} dB, SSIM {ssim_text}"
-            tqdm.write(line)
+        todo, skipped = split_existing(jobs, overwrite=overwrite or not batch)
+        if skipped:
+            click.echo(f"skipping {len(skipped)} of {len(jobs)} images whose output exists "
+                       "(--overwrite redoes them)", err=True)
+        single = len(todo) == 1 and scheduler is None
+        fill = Method(method, arch, prior, ridge, iterations, device, cache_dir, dtype,
+                      progress=progress and single)
+        outcomes = run_batch(todo, fill, scheduler=scheduler, on_done=report,
+                             progress=progress and not single,
+                             mask_options={"invert_mask": invert_mask, "seed": seed,
+                                           "missing_fraction": missing_fraction,
+                                           "mask_type": mask_type})
+        if not batch and isinstance(outcomes[0], Exception):
+            raise outcomes[0]
     except (ValueError, ImportError, MemoryError, OSError) as err:
         raise _error(err) from err
-
-
-def _image_filler(method, arch, prior, ridge, iterations, device, cache_dir, dtype, progress):
-    """``fill(image, mask)`` for the chosen method (one CNTK inpainter reused across images)."""
-    from completion.image import DEFAULT_RIDGE, CNTKInpainter, inpaint
-
-    if method == "cntk":
-        options = {"maxiter": iterations} if iterations is not None else {}
-        inpainter = CNTKInpainter(arch, prior, DEFAULT_RIDGE if ridge is None else ridge,
-                                  device=device, dtype=dtype, cache_dir=cache_dir, progress=progress,
-                                  **options)
-        return inpainter.inpaint
-    if method == "dip":
-        options = {"device": device, "progress": progress}
-        if iterations is not None:
-            options["iterations"] = iterations
-        return lambda img, m: inpaint(img, m, method="dip", **options)
-    return lambda img, m: inpaint(img, m, method=method)
+    failed = [job.image.name for job, out in zip(todo, outcomes) if isinstance(out, Exception)]
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(todo)} images failed: {', '.join(failed)}")
 
 
 # --- comparison commands (issue 4) -----------------------------------------------------------
