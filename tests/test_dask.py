@@ -1,9 +1,12 @@
 """Where work runs (completion.scheduling) and batch inpainting on Dask: the in-process path,
 the one-line refusals, and a real LocalCluster of 2 worker processes (same numbers as
 in-process, one kernel per size class, a bad image reported, a killed worker losing nothing)."""
+import dataclasses
+import functools
 import os
 import signal
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -151,24 +154,14 @@ def test_cv_grid_on_workers_matches_in_process_in_submission_order(client):
     assert len(set(here)) == len(here)                              # a real, non-constant grid
 
 
+@dataclasses.dataclass(frozen=True)
 class CountedMethod(Method):
-    """A Method whose kernel preparations leave one marker file each in ``folder``."""
-
-    def __init__(self, folder, **options):
-        super().__init__(**options)
-        object.__setattr__(self, "folder", str(folder))
-
-    def __reduce__(self):
-        return (_counted, (self.folder, dict(vars(self))))
+    """A Method whose kernel preparations leave one marker file each in ``marks``."""
+    marks: str = ""
 
     def prepared(self, key):
-        Path(self.folder, f"{os.getpid()}-{os.urandom(4).hex()}").touch()
+        Path(self.marks, f"{os.getpid()}-{os.urandom(4).hex()}").touch()
         return super().prepared(key)
-
-
-def _counted(folder, fields):
-    fields.pop("folder")
-    return CountedMethod(folder, **fields)
 
 
 def test_batch_on_workers_gives_in_process_numbers_one_kernel_per_size(tmp_path, client):
@@ -179,7 +172,7 @@ def test_batch_on_workers_gives_in_process_numbers_one_kernel_per_size(tmp_path,
         marks = tmp_path / f"marks-{where}"
         marks.mkdir()
         jobs = plan_jobs(folder, tmp_path / where)
-        method = CountedMethod(marks, arch=SMALL_ARCH)
+        method = CountedMethod(arch=SMALL_ARCH, marks=str(marks))
         out = run_batch(jobs, method, scheduler=client if where == "dask" else None)
         assert not any(isinstance(o, Exception) for o in out), out
         counts[where] = len(list(marks.iterdir()))
@@ -233,44 +226,28 @@ def test_worker_killed_mid_write_leaves_no_partial_output(tmp_path, client):
     assert pids[0] != os.getpid()
 
 
+@dataclasses.dataclass(frozen=True)
 class DieOnceMethod(Method):
-    """The default CNTK method, except that the first image solved kills its worker process."""
-
-    def __init__(self, marker, **options):
-        super().__init__(**options)
-        object.__setattr__(self, "marker", str(marker))
-
-    def __reduce__(self):
-        return (_die_once, (self.marker, dict(vars(self))))
+    """A CNTK Method whose first image solved kills its worker process (``marker`` remembers)."""
+    marker: str = ""
 
     def prepared(self, key):
         inpainter = super().prepared(key)
-        inpaint, marker = inpainter.inpaint, self.marker
-
-        def maybe_die(image, mask):
-            if not os.path.exists(marker):
-                Path(marker).touch()
-                os.kill(os.getpid(), signal.SIGKILL)
-            return inpaint(image, mask)
-        inpainter.inpaint = maybe_die
-        return _Filler(maybe_die)
+        return types.SimpleNamespace(inpaint=functools.partial(_die_once, self.marker, inpainter))
 
 
-class _Filler:
-    def __init__(self, inpaint):
-        self.inpaint = inpaint
-
-
-def _die_once(marker, fields):
-    fields.pop("marker")
-    return DieOnceMethod(marker, **fields)
+def _die_once(marker, inpainter, image, mask):
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return inpainter.inpaint(image, mask)
 
 
 def test_worker_killed_mid_batch_loses_no_output(tmp_path, client):
     folder = image_folder(tmp_path / "in", [(32, 32)] * 4)
     marker = tmp_path / "died"
     jobs = plan_jobs(folder, tmp_path / "out")
-    out = run_batch(jobs, DieOnceMethod(marker, arch=SMALL_ARCH), scheduler=client)
+    out = run_batch(jobs, DieOnceMethod(arch=SMALL_ARCH, marker=str(marker)), scheduler=client)
     assert marker.exists()
     assert not any(isinstance(o, Exception) for o in out), out
     reference = run_batch(plan_jobs(folder, tmp_path / "ref"), Method(arch=SMALL_ARCH))
