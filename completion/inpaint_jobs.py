@@ -237,6 +237,7 @@ def run_batch(jobs, method: Method, *, scheduler=None, mask_options=None, on_don
         if client is not None:
             jobs = [_absolute(job) for job in jobs]
             _check_workers_see(client, jobs)
+            _start_imports(client)
         task = functools.partial(_fill_job, method=method, mask_options=mask_options or {})
         return map_tasks(task, jobs, scheduler=client, prepare=method.prepared,
                          group=method.kernel_groups(jobs).get, on_done=on_done,
@@ -247,6 +248,17 @@ def _fill_job(job: Job, inpainter, method: Method, mask_options: dict):
     """One job, with its group's prepared inpainter or (``None``) the method's own filler."""
     fill = inpainter.inpaint if inpainter is not None else method.filler()
     return run_job(job, fill, **mask_options)
+
+
+def _start_imports(client):
+    """Have every worker import the solver (torch) now, while this process plans the groups."""
+    from distributed import fire_and_forget
+    for worker in client.scheduler_info()["workers"]:
+        fire_and_forget(client.submit(_import_solver, workers=[worker], pure=False))
+
+
+def _import_solver():
+    import completion.image  # noqa: F401 - imported for its side effect: torch loaded
 
 
 def _absolute(job: Job) -> Job:
