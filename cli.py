@@ -317,12 +317,14 @@ def inpaint_command(ctx, image, output, mask, invert_mask, missing_fraction, see
 # --- comparison commands (issue 4) -----------------------------------------------------------
 
 @main.command("compare")
-@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("image", type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the outputs, figure, tables and DIP curve.")
+              help="Folder for the outputs, figure, tables and DIP curve (one sub-folder per "
+                   "image when IMAGE is a folder).")
 @_mask_source_options
-@click.option("--reference", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Clean image for PSNR/SSIM (default with a generated mask: IMAGE itself).")
+@click.option("--reference", type=click.Path(exists=True, path_type=Path),
+              help="Clean image for PSNR/SSIM (folder in batch mode; default with a generated "
+                   "mask: IMAGE itself).")
 @click.option("--methods", default="cntk,dip,biharmonic,telea", show_default=True,
               help="Comma-separated methods, all run on the same mask.")
 @click.option("--iterations", type=click.IntRange(1), default=3000, show_default=True,
@@ -330,11 +332,17 @@ def inpaint_command(ctx, image, output, mask, invert_mask, missing_fraction, see
 @click.option("--dip-lr", type=float, default=0.01, show_default=True, help="DIP Adam learning rate.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--no-figures", is_flag=True, help="Skip the matplotlib figures (tables only).")
+@click.option("--scheduler", help="Folder mode: where the images are compared: local:N (a Dask "
+              "cluster of N worker processes) or a Dask scheduler address tcp://HOST:8786 "
+              "[default: in this process]. Needs ntk-completion[dask].")
+@click.option("--overwrite", is_flag=True, help="Folder mode: redo images whose table.csv "
+              "exists (by default they are skipped).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars (none either when stderr "
               "is not a terminal).")
 @click.pass_context
 def compare_command(ctx, image, output_dir, mask, invert_mask, missing_fraction, seed, mask_type,
-                    reference, methods, iterations, dip_lr, device, no_figures, quiet):
+                    reference, methods, iterations, dip_lr, device, no_figures, scheduler,
+                    overwrite, quiet):
     """Run several inpainting methods on IMAGE with the same mask and compare them.
 
     Writes METHOD.png, mask.png, corrupted.png, comparison.png (corrupted | methods |
@@ -344,17 +352,27 @@ def compare_command(ctx, image, output_dir, mask, invert_mask, missing_fraction,
     DIP's published recipe takes thousands of iterations, about 2 s each at 256 x 256 on one
     CPU core (a warning gives the estimate): use --device cuda or fewer --iterations.
 
+    For a folder IMAGE (NAME_mask.png beside each image, or --missing-fraction), each image's
+    files go to OUTPUT_DIR/NAME/ and the mean scores per method are printed; with --scheduler
+    the images run on Dask workers (times then include their sharing the machine).
+
     \b
     Examples:
       ntk-complete compare photo.png --missing-fraction 0.5 --seed 0 \\
           --methods cntk,biharmonic,telea -o cmp/
       ntk-complete compare photo.png --mask m.png --reference clean.png \\
           --methods cntk,dip --iterations 50 -o cmp/
+      ntk-complete compare photos/ --missing-fraction 0.5 --methods cntk,telea -o cmp/ \\
+          --scheduler local:2
     """
     from completion.compare import check_dependencies, compare_methods, parse_methods, write_comparison
     from completion.files import check_writable, refuse_overwrite_input
     from completion.inpaint_jobs import load_inputs
 
+    if image.is_dir():
+        return _compare_folder(ctx, image, output_dir, mask, missing_fraction, invert_mask, seed,
+                               mask_type, reference, methods, iterations, dip_lr, device,
+                               no_figures, scheduler, overwrite, quiet)
     _check_mask_source(ctx, mask, missing_fraction, invert_mask, require_one=True)
     try:
         check_writable(output_dir, folder=True)
@@ -378,6 +396,72 @@ def compare_command(ctx, image, output_dir, mask, invert_mask, missing_fraction,
     from completion.compare import markdown_table, table_rows
     click.echo(markdown_table(table_rows(runs)), nl=False)
     click.echo(f"outputs written to {output_dir}")
+
+
+def _compare_folder(ctx, folder, output_dir, mask, missing_fraction, invert_mask, seed, mask_type,
+                    reference, methods, iterations, dip_lr, device, no_figures, scheduler,
+                    overwrite, quiet):
+    """``compare`` over every image of ``folder``: OUTPUT_DIR/NAME/ each, the means printed."""
+    import dataclasses
+
+    from tqdm.auto import tqdm
+
+    from completion.compare import check_dependencies, markdown_table, parse_methods
+    from completion.files import refuse_overwrite_input
+    from completion.inpaint_jobs import plan_jobs, run_comparisons, split_existing
+    from completion.scheduling import check_scheduler
+
+    _check_mask_source(ctx, mask, missing_fraction, invert_mask, batch=True)
+
+    def report(index, job, outcome):
+        if isinstance(outcome, Exception):
+            tqdm.write(f"error: {job.image}: {outcome}", file=sys.stderr)
+        else:
+            tqdm.write(f"{job.output}: " + ", ".join(
+                f"{r['method']} {r['psnr_db']:.2f} dB" if r["psnr_db"] is not None else r["method"]
+                for r in outcome))
+
+    try:
+        check_scheduler(scheduler)
+        names = parse_methods(methods)
+        check_dependencies(names, figures=not no_figures)
+        jobs = [dataclasses.replace(job, output=output_dir / job.image.stem) for job in
+                plan_jobs(folder, output_dir, mask, reference,
+                          generate=missing_fraction is not None)]
+        for job in jobs:
+            for name in ["mask", "corrupted", *names]:
+                refuse_overwrite_input(job.output / f"{name}.png", job.image, job.mask, job.reference)
+        todo, skipped = split_existing(jobs, overwrite, marker="table.csv")
+        if skipped:
+            click.echo(f"skipping {len(skipped)} of {len(jobs)} images whose table.csv exists "
+                       "(--overwrite redoes them)", err=True)
+        outcomes = run_comparisons(
+            todo, names, scheduler=scheduler, figures=not no_figures, on_done=report,
+            progress=_show_progress(quiet),
+            options={"dip_options": {"iterations": iterations, "lr": dip_lr, "device": device,
+                                     "seed": seed}, "cntk_options": {"device": device}},
+            mask_options={"invert_mask": invert_mask, "missing_fraction": missing_fraction,
+                          "seed": seed, "mask_type": mask_type})
+    except (ValueError, ImportError, MemoryError, OSError) as err:
+        raise _error(err) from err
+    tables = [rows for rows in outcomes if not isinstance(rows, Exception)]
+    if tables:
+        click.echo(f"mean over {len(tables)} images:")
+        click.echo(markdown_table([_mean_row([t[i] for t in tables]) for i in range(len(names))]),
+                   nl=False)
+    failed = [job.image.name for job, out in zip(todo, outcomes) if isinstance(out, Exception)]
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(todo)} images failed: {', '.join(failed)}")
+    click.echo(f"outputs written to {output_dir}/NAME/")
+
+
+def _mean_row(rows):
+    """One method's table row averaged over images (scores missing in any image: none)."""
+    mean = lambda key: (None if any(r[key] is None for r in rows)  # noqa: E731
+                        else sum(r[key] for r in rows) / len(rows))
+    return {"method": rows[0]["method"], "psnr_db": mean("psnr_db"), "ssim": mean("ssim"),
+            "seconds": mean("seconds"), "peak_rss_increase_mb": mean("peak_rss_increase_mb"),
+            "note": f"mean of {len(rows)} images"}
 
 
 # --- demo -------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import dask
 import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
@@ -69,29 +70,34 @@ def check_all_done(outcomes):
         raise SystemExit(f"{len(failed)} images failed, first: {failed[0]!r}")
 
 
-def folder_run(tmp: Path, n, size, workers, method):
+def folder_run(tmp: Path, n, size, workers, method, profile):
     make_folder(tmp / "in", [(size, size)] * n)
     load = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), cpu_seconds()
     check_all_done(run_batch(plan_jobs(tmp / "in", tmp / "here"), method))
     here_wall, here_cpu = time.perf_counter() - t0, cpu_seconds() - c0
-    t0 = time.perf_counter()
-    with connect(f"local:{workers}") as client:
-        up = time.perf_counter() - t0
-        before = client.run(cpu_seconds)
-        check_all_done(run_batch(plan_jobs(tmp / "in", tmp / "dask"), method, scheduler=client))
-        worker_cpu = sum(client.run(cpu_seconds)[w] - before[w] for w in before)
-    dask_wall = time.perf_counter() - t0
-    diff = max(np.abs(read_image(tmp / "here" / p.name) - read_image(p)).max()
-               for p in sorted((tmp / "dask").glob("*.png")))
-    print(f"\n## {n} images of {size} x {size}, local:{workers} vs in-process "
-          f"(load average {load:.1f} before, {os.getloadavg()[0]:.1f} after, {os.cpu_count()} cores)\n")
-    print("| run | wall s | CPU s | s / image |\n|---|---:|---:|---:|")
-    print(f"| in-process (1 thread) | {here_wall:.1f} | {here_cpu:.1f} | {here_wall / n:.2f} |")
-    print(f"| local:{workers} (start {up:.1f} s incl.) | {dask_wall:.1f} | {worker_cpu:.1f} (workers) | "
-          f"{dask_wall / n:.2f} |")
-    print(f"\nwall ratio in-process / local:{workers} = {here_wall / dask_wall:.2f}; "
-          f"largest pixel difference between the outputs: {diff:.3g}")
+    rows = [("in-process (1 thread)", here_wall, f"{here_cpu:.1f}")]
+    diff = 0.0
+    for count in workers:
+        t0 = time.perf_counter()
+        with dask.config.set({"distributed.worker.profile.enabled": profile}), \
+                connect(f"local:{count}") as client:
+            up = time.perf_counter() - t0
+            before = client.run(cpu_seconds)
+            check_all_done(run_batch(plan_jobs(tmp / "in", tmp / f"dask{count}"), method,
+                                     scheduler=client))
+            worker_cpu = sum(client.run(cpu_seconds)[w] - before[w] for w in before)
+        rows.append((f"local:{count} (start {up:.1f} s incl.)", time.perf_counter() - t0,
+                     f"{worker_cpu:.1f} (workers)"))
+        diff = max([diff] + [np.abs(read_image(tmp / "here" / p.name) - read_image(p)).max()
+                             for p in sorted((tmp / f"dask{count}").glob("*.png"))])
+    print(f"\n## {n} images of {size} x {size}, in-process vs local:{', local:'.join(map(str, workers))} "
+          f"(load average {load:.1f} before, {os.getloadavg()[0]:.1f} after, {os.cpu_count()} cores; "
+          f"Dask profiler {'on' if profile else 'off'})\n")
+    print("| run | wall s | CPU s | s / image | in-process wall / wall |\n|---|---:|---:|---:|---:|")
+    for name, wall, cpu in rows:
+        print(f"| {name} | {wall:.1f} | {cpu} | {wall / n:.2f} | {here_wall / wall:.2f} |")
+    print(f"\nlargest pixel difference between in-process and Dask outputs: {diff:.3g}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +153,10 @@ def main():
     parser.add_argument("--part", choices=["all", "folder", "mixed", "overhead"], default="all")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, nargs="+", default=[2],
+                        help="worker counts for the folder run (the mixed run uses the largest)")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="folder run: Dask workers without their statistical profiler")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--arch", default="default")
     args = parser.parse_args()
@@ -155,9 +164,10 @@ def main():
     with tempfile.TemporaryDirectory(prefix="bench_dask_") as tmp:
         tmp = Path(tmp)
         if args.part in ("all", "folder"):
-            folder_run(tmp / "folder", args.images, args.size, args.workers, method)
+            folder_run(tmp / "folder", args.images, args.size, args.workers, method,
+                       not args.no_profile)
         if args.part in ("all", "mixed"):
-            mixed_run(tmp / "mixed", args.workers, method)
+            mixed_run(tmp / "mixed", max(args.workers), method)
         if args.part in ("all", "overhead"):
             overhead_run(tmp / "overhead", args.size, args.rounds, args.arch)
 

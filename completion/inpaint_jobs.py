@@ -215,11 +215,13 @@ def _image_size(path: Path):
         return None
 
 
-def split_existing(jobs, overwrite=False):
-    """(jobs to run, jobs skipped because their output exists and not ``overwrite``)."""
+def split_existing(jobs, overwrite=False, marker=None):
+    """(jobs to run, jobs skipped because their output exists and not ``overwrite``); with
+    ``marker``, an output folder counts as done when it holds the file ``marker``."""
+    done = lambda job: (job.output if marker is None else job.output / marker).exists()  # noqa: E731
     if overwrite:
         return list(jobs), []
-    return ([j for j in jobs if not j.output.exists()], [j for j in jobs if j.output.exists()])
+    return [j for j in jobs if not done(j)], [j for j in jobs if done(j)]
 
 
 def run_batch(jobs, method: Method, *, scheduler=None, mask_options=None, on_done=None,
@@ -232,16 +234,48 @@ def run_batch(jobs, method: Method, *, scheduler=None, mask_options=None, on_don
     with the workers that solve its images; each output is written atomically by its worker, so
     a worker that dies leaves it absent (Dask reruns the job), never partial. On Dask the paths
     are sent absolute and must be on a file system every worker sees (checked first)."""
+    task = functools.partial(_fill_job, method=method, mask_options=mask_options or {})
+    return _run_jobs(task, jobs, scheduler, on_done, progress, "inpaint", prepare=method.prepared,
+                     groups_of=method.kernel_groups)
+
+
+def run_comparisons(jobs, methods, *, scheduler=None, options=None, mask_options=None,
+                    figures=True, on_done=None, progress=False):
+    """:func:`completion.compare.compare_methods` for each job (``job.output`` is its folder,
+    filled by :func:`completion.compare.write_comparison`), run like :func:`run_batch` but with
+    nothing shared: each image's kernel is computed and timed with it. ``options``: the
+    ``dip_options`` and ``cntk_options`` of ``compare_methods``. Returns, in job order, each
+    image's table rows or the exception that stopped it."""
+    task = functools.partial(_compare_job, methods=list(methods), options=options or {},
+                             mask_options=mask_options or {}, figures=figures)
+    return _run_jobs(task, jobs, scheduler, on_done, progress, "compare")
+
+
+def _run_jobs(task, jobs, scheduler, on_done, progress, desc, prepare=None, groups_of=None):
+    """``map_tasks`` over ``jobs`` (absolute paths, checked visible and the solver imported on
+    the workers first when a scheduler is given), failures returned in place."""
     from .scheduling import connect, map_tasks
     with connect(scheduler) as client:
         if client is not None:
             jobs = [_absolute(job) for job in jobs]
             _check_workers_see(client, jobs)
             _start_imports(client)
-        task = functools.partial(_fill_job, method=method, mask_options=mask_options or {})
-        return map_tasks(task, jobs, scheduler=client, prepare=method.prepared,
-                         group=method.kernel_groups(jobs).get, on_done=on_done,
-                         return_exceptions=True, progress=progress, desc="inpaint")
+        group = None if groups_of is None else groups_of(jobs).get
+        return map_tasks(task, jobs, scheduler=client, prepare=prepare, group=group,
+                         on_done=on_done, return_exceptions=True, progress=progress, desc=desc)
+
+
+def _compare_job(job: Job, methods, options, mask_options, figures):
+    """One image's comparison written into the folder ``job.output``; its table rows. With a
+    generated mask and no reference, the image itself is the reference."""
+    from .compare import compare_methods, table_rows, write_comparison
+    reference = job.reference or (job.image if job.mask is None else None)
+    found, mask, ref = load_inputs(job.image, job.mask, reference, **mask_options)
+    runs = compare_methods(found.pixels, mask, methods, reference=ref, progress=False,
+                           bits=found.bits, **options)
+    write_comparison(job.output, found.pixels, mask, runs, reference=ref, figures=figures,
+                     bits=found.bits, alpha=found.alpha)
+    return table_rows(runs)
 
 
 def _fill_job(job: Job, inpainter, method: Method, mask_options: dict):

@@ -255,3 +255,39 @@ def test_worker_killed_mid_batch_loses_no_output(tmp_path, client):
     for i in range(4):
         assert np.array_equal(read_image(tmp_path / "out" / f"img{i}.png"),
                               read_image(tmp_path / "ref" / f"img{i}.png"))
+
+
+def test_compare_over_a_folder_writes_one_subfolder_per_image_and_the_means(tmp_path):
+    pytest.importorskip("skimage", reason="biharmonic needs scikit-image ([compare] extra)")
+    folder = image_folder(tmp_path / "in", [(24, 24), (24, 32)])
+    out = tmp_path / "cmp"
+    run = lambda *extra: CliRunner().invoke(main, ["compare", str(folder), "--methods", "biharmonic",
+                                                   "--no-figures", "-o", str(out), *extra])
+    res = run()
+    assert res.exit_code == 0, res.output
+    for i in range(2):
+        assert {p.name for p in (out / f"img{i}").iterdir()} == \
+            {"mask.png", "corrupted.png", "biharmonic.png", "table.csv", "table.md"}
+    mean_line = next(line for line in res.output.splitlines() if line.startswith("| biharmonic"))
+    # no reference and mask files: nothing to score against, so no PSNR, but the mean of times
+    assert "mean of 2 images" in mean_line
+    res = run()
+    assert res.exit_code == 0 and "skipping 2 of 2 images" in res.output
+
+
+def test_compare_over_a_folder_on_workers_scores_as_in_process(tmp_path, client):
+    pytest.importorskip("skimage", reason="biharmonic needs scikit-image ([compare] extra)")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.round(smooth_image(24, 24, i) * 255).astype(np.uint8)).save(folder / f"c{i}.png")
+    (folder / "zz_broken.png").write_bytes(b"not a png")
+    outputs = {}
+    for name, extra in (("here", []), ("dask", ["--scheduler", client.scheduler.address])):
+        res = CliRunner().invoke(main, ["compare", str(folder), "--missing-fraction", "0.4",
+                                        "--methods", "biharmonic", "--no-figures",
+                                        "-o", str(tmp_path / name), *extra])
+        assert res.exit_code == 1 and "1 of 4 images failed: zz_broken.png" in res.output, res.output
+        outputs[name] = [line.split("| ")[2] for line in res.output.splitlines()
+                         if line.startswith("| biharmonic")]                # mean PSNR column
+    assert outputs["here"] == outputs["dask"] and float(outputs["here"][0]) > 20
