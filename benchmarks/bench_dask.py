@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import dask
+import distributed  # noqa: F401 - loads its configuration defaults before dask.config.set
 import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
