@@ -298,9 +298,9 @@ def inpaint_command(ctx, image, output, mask, invert_mask, missing_fraction, see
             click.echo(f"skipping {len(skipped)} of {len(jobs)} images whose output exists "
                        "(--overwrite redoes them)", err=True)
         single = len(todo) == 1 and scheduler is None
-        fill = Method(method, arch, prior, ridge, iterations, device, cache_dir, dtype,
-                      progress=progress and single)
-        outcomes = run_batch(todo, fill, scheduler=scheduler, on_done=report,
+        how = Method(method, arch, prior, ridge, iterations, device, cache_dir, dtype,
+                     progress=progress and single)
+        outcomes = run_batch(todo, how, scheduler=scheduler, on_done=report,
                              progress=progress and not single,
                              mask_options={"invert_mask": invert_mask, "seed": seed,
                                            "missing_fraction": missing_fraction,
