@@ -244,12 +244,17 @@ def _check_mask_source(ctx, mask, missing_fraction, invert_mask, require_one=Fal
               help="Precision of the kernel computation. Default: float32 for phase-averaged "
                    "architectures (NAME+avg, the default; averaged and solved in float64), else "
                    "float64 on CPU and float32 on GPU.")
+@click.option("--scheduler", help="Where the images are solved: local:N (a Dask cluster of N "
+              "worker processes on this machine) or the address of a running Dask scheduler, "
+              "tcp://HOST:8786 [default: in this process]. Needs ntk-completion[dask].")
+@click.option("--overwrite", is_flag=True, help="Folder mode: redo images whose output exists "
+              "(by default they are skipped, so an interrupted run can be resumed).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar (none either when stderr "
               "is not a terminal).")
 @click.pass_context
 def inpaint_command(ctx, image, output, mask, invert_mask, missing_fraction, seed, mask_type,
                     reference, method, arch, prior, ridge, iterations, device, save_mask, cache_dir,
-                    dtype, quiet):
+                    dtype, scheduler, overwrite, quiet):
     """Fill the missing pixels of IMAGE (or of every image in the folder IMAGE).
 
     The output keeps the input's bit depth (8 or 16) and its alpha channel (carried through
@@ -258,64 +263,76 @@ def inpaint_command(ctx, image, output, mask, invert_mask, missing_fraction, see
     on the file as written. Mask files: non-zero = missing; the alpha of a mask composites it
     onto black (transparent = known); JPEG masks are thresholded at mid-grey.
 
+    A folder is solved image by image, each output written as it is done; an image that fails
+    is reported by name, the others still complete (exit status 1 at the end). With --scheduler
+    the images run on Dask workers, the kernel computed once per image size and shared.
+
     \b
     Examples:
       ntk-complete inpaint photo.png --mask photo_mask.png -o filled.png
       ntk-complete inpaint clean.png --missing-fraction 0.5 --seed 0 -o filled.png \\
           --reference clean.png --save-mask mask.png
       ntk-complete inpaint photos/ -o filled/        # photos/NAME_mask.png beside each image
+      ntk-complete inpaint photos/ -o filled/ --scheduler local:4
       ntk-complete inpaint photo.png --mask m.png --method biharmonic -o filled.png
     """
     from tqdm.auto import tqdm
 
-    from completion.inpaint_jobs import plan_jobs, run_job
+    from completion.inpaint_jobs import Method, plan_jobs, run_batch, split_existing
+    from completion.scheduling import check_scheduler
 
-    _check_mask_source(ctx, mask, missing_fraction, invert_mask, batch=image.is_dir())
+    batch = image.is_dir()
+    _check_mask_source(ctx, mask, missing_fraction, invert_mask, batch=batch)
     progress = _show_progress(quiet)
+
+    def report(index, job, outcome):
+        if isinstance(outcome, Exception):
+            if batch:
+                tqdm.write(f"error: {job.image}: {outcome}", file=sys.stderr)
+            return
+        line = f"{job.output}: {outcome['missing_fraction']:.1%} missing, {outcome['seconds']:.1f} s"
+        if "psnr" in outcome:
+            ssim = outcome["ssim"]
+            line += (f", PSNR {outcome['psnr']:.2f} dB, SSIM "
+                     f"{'n/a (needs scikit-image)' if ssim is None else f'{ssim:.4f}'}")
+        tqdm.write(line)
+
     try:
+        check_scheduler(scheduler)
         jobs = plan_jobs(image, output, mask, reference, save_mask,
                          generate=missing_fraction is not None)
-        fill = _image_filler(method, arch, prior, ridge, iterations, device, cache_dir, dtype,
-                             progress=progress and len(jobs) == 1)
-        bar = tqdm(jobs, desc="inpaint", unit="image", disable=not progress or len(jobs) == 1)
-        for job in bar:
-            res = run_job(job, fill, invert_mask, missing_fraction, seed, mask_type)
-            line = f"{job.output}: {res['missing_fraction']:.1%} missing, {res['seconds']:.1f} s"
-            if "psnr" in res:
-                ssim_text = "n/a (needs scikit-image)" if res["ssim"] is None else f"{res['ssim']:.4f}"
-                line += f", PSNR {res['psnr']:.2f} dB, SSIM {ssim_text}"
-            tqdm.write(line)
+        todo, skipped = split_existing(jobs, overwrite=overwrite or not batch)
+        if skipped:
+            click.echo(f"skipping {len(skipped)} of {len(jobs)} images whose output exists "
+                       "(--overwrite redoes them)", err=True)
+        single = len(todo) == 1 and scheduler is None
+        how = Method(method, arch, prior, ridge, iterations, device, cache_dir, dtype,
+                     progress=progress and single)
+        outcomes = run_batch(todo, how, scheduler=scheduler, on_done=report,
+                             progress=progress and not single,
+                             mask_options={"invert_mask": invert_mask, "seed": seed,
+                                           "missing_fraction": missing_fraction,
+                                           "mask_type": mask_type})
+        if not batch and isinstance(outcomes[0], Exception):
+            raise outcomes[0]
     except (ValueError, ImportError, MemoryError, OSError) as err:
         raise _error(err) from err
-
-
-def _image_filler(method, arch, prior, ridge, iterations, device, cache_dir, dtype, progress):
-    """``fill(image, mask)`` for the chosen method (one CNTK inpainter reused across images)."""
-    from completion.image import DEFAULT_RIDGE, CNTKInpainter, inpaint
-
-    if method == "cntk":
-        options = {"maxiter": iterations} if iterations is not None else {}
-        inpainter = CNTKInpainter(arch, prior, DEFAULT_RIDGE if ridge is None else ridge,
-                                  device=device, dtype=dtype, cache_dir=cache_dir, progress=progress,
-                                  **options)
-        return inpainter.inpaint
-    if method == "dip":
-        options = {"device": device, "progress": progress}
-        if iterations is not None:
-            options["iterations"] = iterations
-        return lambda img, m: inpaint(img, m, method="dip", **options)
-    return lambda img, m: inpaint(img, m, method=method)
+    failed = [job.image.name for job, out in zip(todo, outcomes) if isinstance(out, Exception)]
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(todo)} images failed: {', '.join(failed)}")
 
 
 # --- comparison commands (issue 4) -----------------------------------------------------------
 
 @main.command("compare")
-@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("image", type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the outputs, figure, tables and DIP curve.")
+              help="Folder for the outputs, figure, tables and DIP curve (one sub-folder per "
+                   "image when IMAGE is a folder).")
 @_mask_source_options
-@click.option("--reference", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Clean image for PSNR/SSIM (default with a generated mask: IMAGE itself).")
+@click.option("--reference", type=click.Path(exists=True, path_type=Path),
+              help="Clean image for PSNR/SSIM (folder in batch mode; default with a generated "
+                   "mask: IMAGE itself).")
 @click.option("--methods", default="cntk,dip,biharmonic,telea", show_default=True,
               help="Comma-separated methods, all run on the same mask.")
 @click.option("--iterations", type=click.IntRange(1), default=3000, show_default=True,
@@ -323,11 +340,17 @@ def _image_filler(method, arch, prior, ridge, iterations, device, cache_dir, dty
 @click.option("--dip-lr", type=float, default=0.01, show_default=True, help="DIP Adam learning rate.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--no-figures", is_flag=True, help="Skip the matplotlib figures (tables only).")
+@click.option("--scheduler", help="Folder mode: where the images are compared: local:N (a Dask "
+              "cluster of N worker processes) or a Dask scheduler address tcp://HOST:8786 "
+              "[default: in this process]. Needs ntk-completion[dask].")
+@click.option("--overwrite", is_flag=True, help="Folder mode: redo images whose table.csv "
+              "exists (by default they are skipped).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars (none either when stderr "
               "is not a terminal).")
 @click.pass_context
 def compare_command(ctx, image, output_dir, mask, invert_mask, missing_fraction, seed, mask_type,
-                    reference, methods, iterations, dip_lr, device, no_figures, quiet):
+                    reference, methods, iterations, dip_lr, device, no_figures, scheduler,
+                    overwrite, quiet):
     """Run several inpainting methods on IMAGE with the same mask and compare them.
 
     Writes METHOD.png, mask.png, corrupted.png, comparison.png (corrupted | methods |
@@ -337,17 +360,27 @@ def compare_command(ctx, image, output_dir, mask, invert_mask, missing_fraction,
     DIP's published recipe takes thousands of iterations, about 2 s each at 256 x 256 on one
     CPU core (a warning gives the estimate): use --device cuda or fewer --iterations.
 
+    For a folder IMAGE (NAME_mask.png beside each image, or --missing-fraction), each image's
+    files go to OUTPUT_DIR/NAME/ and the mean scores per method are printed; with --scheduler
+    the images run on Dask workers (times then include their sharing the machine).
+
     \b
     Examples:
       ntk-complete compare photo.png --missing-fraction 0.5 --seed 0 \\
           --methods cntk,biharmonic,telea -o cmp/
       ntk-complete compare photo.png --mask m.png --reference clean.png \\
           --methods cntk,dip --iterations 50 -o cmp/
+      ntk-complete compare photos/ --missing-fraction 0.5 --methods cntk,telea -o cmp/ \\
+          --scheduler local:2
     """
     from completion.compare import check_dependencies, compare_methods, parse_methods, write_comparison
     from completion.files import check_writable, refuse_overwrite_input
     from completion.inpaint_jobs import load_inputs
 
+    if image.is_dir():
+        return _compare_folder(ctx, image, output_dir, mask, missing_fraction, invert_mask, seed,
+                               mask_type, reference, methods, iterations, dip_lr, device,
+                               no_figures, scheduler, overwrite, quiet)
     _check_mask_source(ctx, mask, missing_fraction, invert_mask, require_one=True)
     try:
         check_writable(output_dir, folder=True)
@@ -371,6 +404,72 @@ def compare_command(ctx, image, output_dir, mask, invert_mask, missing_fraction,
     from completion.compare import markdown_table, table_rows
     click.echo(markdown_table(table_rows(runs)), nl=False)
     click.echo(f"outputs written to {output_dir}")
+
+
+def _compare_folder(ctx, folder, output_dir, mask, missing_fraction, invert_mask, seed, mask_type,
+                    reference, methods, iterations, dip_lr, device, no_figures, scheduler,
+                    overwrite, quiet):
+    """``compare`` over every image of ``folder``: OUTPUT_DIR/NAME/ each, the means printed."""
+    import dataclasses
+
+    from tqdm.auto import tqdm
+
+    from completion.compare import check_dependencies, markdown_table, parse_methods
+    from completion.files import refuse_overwrite_input
+    from completion.inpaint_jobs import plan_jobs, run_comparisons, split_existing
+    from completion.scheduling import check_scheduler
+
+    _check_mask_source(ctx, mask, missing_fraction, invert_mask, batch=True)
+
+    def report(index, job, outcome):
+        if isinstance(outcome, Exception):
+            tqdm.write(f"error: {job.image}: {outcome}", file=sys.stderr)
+        else:
+            tqdm.write(f"{job.output}: " + ", ".join(
+                f"{r['method']} {r['psnr_db']:.2f} dB" if r["psnr_db"] is not None else r["method"]
+                for r in outcome))
+
+    try:
+        check_scheduler(scheduler)
+        names = parse_methods(methods)
+        check_dependencies(names, figures=not no_figures)
+        jobs = [dataclasses.replace(job, output=output_dir / job.image.stem) for job in
+                plan_jobs(folder, output_dir, mask, reference,
+                          generate=missing_fraction is not None)]
+        for job in jobs:
+            for name in ["mask", "corrupted", *names]:
+                refuse_overwrite_input(job.output / f"{name}.png", job.image, job.mask, job.reference)
+        todo, skipped = split_existing(jobs, overwrite, marker="table.csv")
+        if skipped:
+            click.echo(f"skipping {len(skipped)} of {len(jobs)} images whose table.csv exists "
+                       "(--overwrite redoes them)", err=True)
+        outcomes = run_comparisons(
+            todo, names, scheduler=scheduler, figures=not no_figures, on_done=report,
+            progress=_show_progress(quiet),
+            options={"dip_options": {"iterations": iterations, "lr": dip_lr, "device": device,
+                                     "seed": seed}, "cntk_options": {"device": device}},
+            mask_options={"invert_mask": invert_mask, "missing_fraction": missing_fraction,
+                          "seed": seed, "mask_type": mask_type})
+    except (ValueError, ImportError, MemoryError, OSError) as err:
+        raise _error(err) from err
+    tables = [rows for rows in outcomes if not isinstance(rows, Exception)]
+    if tables:
+        click.echo(f"mean over {len(tables)} images:")
+        click.echo(markdown_table([_mean_row([t[i] for t in tables]) for i in range(len(names))]),
+                   nl=False)
+    failed = [job.image.name for job, out in zip(todo, outcomes) if isinstance(out, Exception)]
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(todo)} images failed: {', '.join(failed)}")
+    click.echo(f"outputs written to {output_dir}/NAME/")
+
+
+def _mean_row(rows):
+    """One method's table row averaged over images (scores missing in any image: none)."""
+    mean = lambda key: (None if any(r[key] is None for r in rows)  # noqa: E731
+                        else sum(r[key] for r in rows) / len(rows))
+    return {"method": rows[0]["method"], "psnr_db": mean("psnr_db"), "ssim": mean("ssim"),
+            "seconds": mean("seconds"), "peak_rss_increase_mb": mean("peak_rss_increase_mb"),
+            "note": f"mean of {len(rows)} images"}
 
 
 # --- demo -------------------------------------------------------------------------------------

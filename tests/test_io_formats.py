@@ -44,7 +44,7 @@ def no_work(monkeypatch):
     """Any computing fails the test: the checks must come first."""
     def compute(*args, **kwargs):
         raise AssertionError("computed before checking the output")
-    monkeypatch.setattr(cli, "_image_filler", compute)
+    monkeypatch.setattr("completion.inpaint_jobs.run_batch", compute)
     monkeypatch.setattr("completion.compare.compare_methods", compute)
     monkeypatch.setattr("completion.matrix_demo.run_demo", compute)
     monkeypatch.setattr("completion.matrix.NTKImputer.fit_transform", compute)

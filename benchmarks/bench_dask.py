@@ -1,0 +1,177 @@
+"""Batch inpainting on Dask against the in-process loop (``--prior noise``: the stationary kernel).
+
+Three measurements, all on generated images (smooth random fields with sharp discs) with
+generated 50 % pixel masks, one BLAS/OpenMP thread per process:
+
+1. ``folder``: N images of S x S in this process, then on ``local:W`` (cluster start and close
+   included); wall times, their ratio, the CPU seconds spent (this process; the workers), the
+   machine's load, and whether both wrote the same pixels.
+2. ``mixed``: images of several sizes on ``local:W``: how many kernels were computed (one per
+   padded size class expected) and the wall time.
+3. ``overhead``: the whole ``ntk-complete inpaint`` command on one S x S image, in-process and
+   with ``--scheduler local:1``, alternated ``--rounds`` times (medians).
+
+    PYTHONPATH=$PWD python benchmarks/bench_dask.py                  # all three, 64 x 256^2
+    PYTHONPATH=$PWD python benchmarks/bench_dask.py --part overhead --rounds 3
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch: one thread, as each worker has
+
+import argparse
+import dataclasses
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import dask
+import distributed  # noqa: F401 - loads its configuration defaults before dask.config.set
+import numpy as np
+from PIL import Image
+from scipy.ndimage import gaussian_filter
+
+from completion.image_io import read_image  # noqa: E402
+from completion.inpaint_jobs import Method, plan_jobs, run_batch  # noqa: E402
+from completion.masks import generate_mask  # noqa: E402
+from completion.scheduling import connect  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_folder(folder: Path, sizes, seed=0):
+    """Images img000.png ... of the given (H, W) sizes with img000_mask.png (50 % pixels)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i, (h, w) in enumerate(sizes):
+        field = gaussian_filter(rng.standard_normal((h, w)), sigma=6)
+        r, c = np.mgrid[0:h, 0:w]
+        for _ in range(3):
+            cy, cx, rad = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(10, 40)
+            field += 0.5 * (np.hypot(r - cy, c - cx) < rad) * rng.choice([-1, 1]) * field.std()
+        img = (field - field.min()) / (field.max() - field.min())
+        Image.fromarray(np.round(img * 255).astype(np.uint8)).save(folder / f"img{i:03d}.png")
+        mask = generate_mask((h, w), 0.5, seed=i)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"img{i:03d}_mask.png")
+
+
+def cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def check_all_done(outcomes):
+    failed = [o for o in outcomes if isinstance(o, Exception)]
+    if failed:
+        raise SystemExit(f"{len(failed)} images failed, first: {failed[0]!r}")
+
+
+def folder_run(tmp: Path, n, size, workers, method, profile):
+    make_folder(tmp / "in", [(size, size)] * n)
+    load = os.getloadavg()[0]
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    check_all_done(run_batch(plan_jobs(tmp / "in", tmp / "here"), method))
+    here_wall, here_cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    rows = [("in-process (1 thread)", here_wall, f"{here_cpu:.1f}")]
+    diff = 0.0
+    for count in workers:
+        t0 = time.perf_counter()
+        with dask.config.set({"distributed.worker.profile.enabled": profile}), \
+                connect(f"local:{count}") as client:
+            up = time.perf_counter() - t0
+            before = client.run(cpu_seconds)
+            check_all_done(run_batch(plan_jobs(tmp / "in", tmp / f"dask{count}"), method,
+                                     scheduler=client))
+            worker_cpu = sum(client.run(cpu_seconds)[w] - before[w] for w in before)
+        rows.append((f"local:{count} (start {up:.1f} s incl.)", time.perf_counter() - t0,
+                     f"{worker_cpu:.1f} (workers)"))
+        diff = max([diff] + [np.abs(read_image(tmp / "here" / p.name) - read_image(p)).max()
+                             for p in sorted((tmp / f"dask{count}").glob("*.png"))])
+    print(f"\n## {n} images of {size} x {size}, in-process vs local:{', local:'.join(map(str, workers))} "
+          f"(load average {load:.1f} before, {os.getloadavg()[0]:.1f} after, {os.cpu_count()} cores; "
+          f"Dask profiler {'on' if profile else 'off'})\n")
+    print("| run | wall s | CPU s | s / image | in-process wall / wall |\n|---|---:|---:|---:|---:|")
+    for name, wall, cpu in rows:
+        print(f"| {name} | {wall:.1f} | {cpu} | {wall / n:.2f} | {here_wall / wall:.2f} |")
+    print(f"\nlargest pixel difference between in-process and Dask outputs: {diff:.3g}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CountingMethod(Method):
+    """Leaves one file in ``marks`` per kernel computed (``prepared`` runs on the workers)."""
+    marks: str = ""
+
+    def prepared(self, key):
+        Path(self.marks, f"{key[1][0]}x{key[1][1]}-{os.getpid()}-{time.time_ns()}").touch()
+        return super().prepared(key)
+
+
+def mixed_run(tmp: Path, workers, method):
+    sizes = [(128, 128), (120, 128), (192, 192), (256, 192), (128, 120), (192, 180)] * 2
+    make_folder(tmp / "in", sizes, seed=1)
+    marks = tmp / "marks"
+    marks.mkdir()
+    counting = CountingMethod(**dataclasses.asdict(method), marks=str(marks))
+    jobs = plan_jobs(tmp / "in", tmp / "out")
+    classes = sorted(set(counting.kernel_groups(jobs).values()))
+    t0 = time.perf_counter()
+    check_all_done(run_batch(jobs, counting, scheduler=f"local:{workers}"))
+    wall = time.perf_counter() - t0
+    computed = sorted(p.name.split("-")[0] for p in marks.iterdir())
+    print(f"\n## {len(sizes)} images of mixed sizes on local:{workers}\n")
+    print(f"sizes {sorted(set(sizes))} -> padded size classes {[k[1] for k in classes]}")
+    print(f"kernels computed: {len(computed)} ({', '.join(computed)}); wall {wall:.1f} s")
+
+
+def overhead_run(tmp: Path, size, rounds, arch):
+    make_folder(tmp / "in", [(size, size)])
+    image, mask = tmp / "in" / "img000.png", tmp / "in" / "img000_mask.png"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    times = {"in-process": [], "local:1": []}
+    for _ in range(rounds):
+        for name, extra in (("in-process", []), ("local:1", ["--scheduler", "local:1"])):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, str(ROOT / "cli.py"), "inpaint", str(image), "--mask",
+                            str(mask), "-o", str(tmp / "out.png"), "--prior", "noise", "--arch",
+                            arch, "-q", *extra], env=env, check=True, capture_output=True)
+            times[name].append(time.perf_counter() - t0)
+    here, dask = statistics.median(times["in-process"]), statistics.median(times["local:1"])
+    print(f"\n## the whole command on one {size} x {size} image ({rounds} rounds, medians; "
+          f"load average {os.getloadavg()[0]:.1f})\n")
+    print("| run | wall s (each round) | median |\n|---|---|---:|")
+    for name, ts in times.items():
+        print(f"| {name} | {', '.join(f'{t:.1f}' for t in ts)} | {statistics.median(ts):.1f} |")
+    print(f"\noverhead of local:1: {dask - here:+.1f} s")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["all", "folder", "mixed", "overhead"], default="all")
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--workers", type=int, nargs="+", default=[2],
+                        help="worker counts for the folder run (the mixed run uses the largest)")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="folder run: Dask workers without their statistical profiler")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--arch", default="default")
+    args = parser.parse_args()
+    method = Method(arch=args.arch, prior="noise")
+    with tempfile.TemporaryDirectory(prefix="bench_dask_") as tmp:
+        tmp = Path(tmp)
+        if args.part in ("all", "folder"):
+            folder_run(tmp / "folder", args.images, args.size, args.workers, method,
+                       not args.no_profile)
+        if args.part in ("all", "mixed"):
+            mixed_run(tmp / "mixed", max(args.workers), method)
+        if args.part in ("all", "overhead"):
+            overhead_run(tmp / "overhead", args.size, args.rounds, args.arch)
+
+
+if __name__ == "__main__":
+    main()
