@@ -18,6 +18,9 @@ import torch
 
 from models.device import resolve_device, resolve_dtype
 
+from .image_adaptive import KernelMix, Regression
+from .image_priors import is_image_prior, parse_image_prior
+from .image_selection import band_for, held_out_mask, select_mix, MIN_HELD_OUT
 from .inpaint_solver import relative_ridge, solve_observed
 from .kernel_cache import KernelCache
 from .kernel_ops import build_kernel, kernel_is_averaged, levels_of
@@ -83,7 +86,13 @@ class CNTKInpainter:
     ----------
     arch : preset name, layer spec string (see ``models.cntk``), a ``Sequential`` network, or a
         list of them (their kernels are summed: the NTK of the networks run in parallel).
-    prior : network input statistics, ``'noise'``, ``'identity'``, ``'meshgrid'`` or an array.
+    prior : network input statistics, ``'noise'``, ``'identity'``, ``'meshgrid'`` or an array
+        (one kernel, as before); an image prior ``'image[:ROUNDS][+meshgrid:W]'``
+        (:mod:`completion.image_priors`): the stationary CNTK mixed with the banded CNTK whose
+        prior is the image itself (:mod:`completion.image_adaptive`, default settings); or
+        ``'auto'``: the kernel (stationary CNTK, smooth coordinate kernel, or image-prior mix
+        with its weight and similarity width) chosen per image on held-out observed pixels
+        (:mod:`completion.image_selection`; ``last_info['selection']`` says what and why).
     ridge : lambda relative to the mean kernel diagonal.
     center : subtract the mean of the observed pixels (per channel) before regressing.
     pad, margin : the image is padded at the bottom and right by at least ``margin`` pixels, up
@@ -118,6 +127,9 @@ class CNTKInpainter:
         if pad not in PAD_MODES:
             raise ValueError(f"pad must be one of {', '.join(PAD_MODES)}, got {pad!r}")
         self.arch, self.prior, self.ridge = arch, prior, float(ridge)
+        self.adaptive = isinstance(prior, str) and (prior == "auto" or is_image_prior(prior))
+        self.image_prior = parse_image_prior(prior) if is_image_prior(prior) else None
+        self.kernel_prior = "noise" if self.adaptive else prior  # of the stationary kernel
         self.device = resolve_device(device)
         if dtype is None and kernel_is_averaged(arch):
             dtype = torch.float32  # accumulated in float64 anyway (see the class docstring)
@@ -136,8 +148,8 @@ class CNTKInpainter:
         shape = tuple(int(s) for s in shape)
         if shape not in self._kernels:
             self._kernels[shape] = self._cache.get_or_compute(
-                self.arch, shape, self.prior, self.dtype,
-                lambda: build_kernel(self.arch, shape, prior=self.prior, device=self.device,
+                self.arch, shape, self.kernel_prior, self.dtype,
+                lambda: build_kernel(self.arch, shape, prior=self.kernel_prior, device=self.device,
                                      dtype=self.dtype, memory_budget=self.memory_budget,
                                      progress=self.progress),
                 device=self.device)
@@ -158,6 +170,8 @@ class CNTKInpainter:
 
         to_t = lambda a: torch.as_tensor(np.ascontiguousarray(np.moveaxis(a, 2, 0)),
                                          device=self.device)
+        if self.adaptive:
+            return self._inpaint_adaptive(img, m, grey, img_p, m_p, kern, to_t, t_kernel)
         dtype = kern.dtype  # phase-averaged kernels are float64 whatever they were computed in
         y = to_t(img_p).to(dtype)
         observed = to_t(~m_p)
@@ -182,6 +196,38 @@ class CNTKInpainter:
                           "solver": info.method, "iterations": info.iterations,
                           "converged": info.converged, "relative_residual": info.relative_residual,
                           "padded_shape": img_p.shape[:2]}
+        return out[:, :, 0] if grey else out
+
+    def _inpaint_adaptive(self, img, m, grey, img_p, m_p, kern, to_t, t_kernel):
+        """``prior='auto'`` or an image prior: see :mod:`completion.image_adaptive`."""
+        h, w = img.shape[:2]
+        problem = Regression(to_t(img_p), to_t(~m_p), kern, center=self.center,
+                             stationary_ridge=self.ridge, tol=self.tol, maxiter=self.maxiter,
+                             memory_budget=self.memory_budget)
+        band = band_for(img_p.shape[0] * img_p.shape[1] * img_p.shape[2])
+        t0 = time.perf_counter()
+        selection = None
+        if self.image_prior is not None:
+            mix = KernelMix("image", band=band, prior=self.image_prior)
+        else:
+            held = held_out_mask(~m, m)
+            if held.reshape(-1, held.shape[2]).sum(0).min() < MIN_HELD_OUT:
+                mix = KernelMix("image", band=band)  # too few pixels to judge: the default
+            else:
+                held_p = np.zeros(m_p.shape, bool)
+                held_p[:h, :w] = held
+                selection = select_mix(problem, to_t(held_p), band)
+                mix = selection.mix
+        t_select = time.perf_counter() - t0
+        fit = problem.fit(mix)
+        out = np.moveaxis(fit.cpu().numpy(), 0, 2)[:h, :w]
+        if self.keep_observed:
+            out = np.where(m, out, img)
+        self.last_info = {"kernel_seconds": t_kernel, "selection_seconds": t_select,
+                          "solve_seconds": time.perf_counter() - t0 - t_select,
+                          "solver": "cg", "iterations": problem.iterations,
+                          "chosen": mix.describe(), "padded_shape": img_p.shape[:2],
+                          "selection": None if selection is None else selection.report()}
         return out[:, :, 0] if grey else out
 
 
