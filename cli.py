@@ -146,7 +146,10 @@ def _mask_source_options(command):
 @click.option("--arch", default="default", show_default=True,
               help="CNTK architecture: a preset name or a layer spec (see models.cntk).")
 @click.option("--prior", default="noise", show_default=True,
-              type=click.Choice(["noise", "identity", "meshgrid"]), help="Network input statistics.")
+              help="Network input statistics: noise, identity, meshgrid (one stationary CNTK); "
+                   "image[:ROUNDS][+meshgrid:W] (the image itself as the prior, mixed with the "
+                   "stationary CNTK); auto (kernel chosen per image on held-out observed pixels).")
+@click.option("-v", "--verbose", is_flag=True, help="cntk: print the kernel chosen per image.")
 @click.option("--ridge", type=float, default=None, help="Ridge relative to the mean kernel diagonal.")
 @click.option("--iterations", type=int, default=None,
               help="cntk: CG iteration cap; dip: training iterations.")
@@ -161,7 +164,8 @@ def _mask_source_options(command):
                    "float64 on CPU and float32 on GPU.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def inpaint_command(image, output, mask, invert_mask, missing_fraction, seed, mask_type, reference,
-                    method, arch, prior, ridge, iterations, device, save_mask, cache_dir, dtype, quiet):
+                    method, arch, prior, ridge, iterations, device, save_mask, cache_dir, dtype, verbose,
+                    quiet):
     """Fill the missing pixels of IMAGE (or of every image in the folder IMAGE).
 
     \b
@@ -180,7 +184,7 @@ def inpaint_command(image, output, mask, invert_mask, missing_fraction, seed, ma
         jobs = plan_jobs(image, output, mask, reference, save_mask,
                          generate=missing_fraction is not None)
         fill = _image_filler(method, arch, prior, ridge, iterations, device, cache_dir, dtype,
-                             progress=not quiet and len(jobs) == 1)
+                             progress=not quiet and len(jobs) == 1, verbose=verbose)
         bar = tqdm(jobs, desc="inpaint", unit="image", disable=quiet or len(jobs) == 1)
         for job in bar:
             res = run_job(job, fill, invert_mask, missing_fraction, seed, mask_type)
@@ -193,7 +197,8 @@ def inpaint_command(image, output, mask, invert_mask, missing_fraction, seed, ma
         raise click.ClickException(str(err)) from err
 
 
-def _image_filler(method, arch, prior, ridge, iterations, device, cache_dir, dtype, progress):
+def _image_filler(method, arch, prior, ridge, iterations, device, cache_dir, dtype, progress,
+                  verbose=False):
     """``fill(image, mask)`` for the chosen method (one CNTK inpainter reused across images)."""
     from completion.image import DEFAULT_RIDGE, CNTKInpainter, inpaint
 
@@ -202,7 +207,16 @@ def _image_filler(method, arch, prior, ridge, iterations, device, cache_dir, dty
         inpainter = CNTKInpainter(arch, prior, DEFAULT_RIDGE if ridge is None else ridge,
                                   device=device, dtype=dtype, cache_dir=cache_dir, progress=progress,
                                   **options)
-        return inpainter.inpaint
+        if not verbose:
+            return inpainter.inpaint
+
+        def fill_verbose(img, m):
+            out = inpainter.inpaint(img, m)
+            info = inpainter.last_info
+            click.echo(info.get("selection") or f"kernel: {info.get('chosen', 'stationary CNTK')}",
+                       err=True)
+            return out
+        return fill_verbose
     if method == "dip":
         options = {"device": device, "progress": progress}
         if iterations is not None:

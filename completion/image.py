@@ -20,7 +20,8 @@ from models.device import resolve_device, resolve_dtype
 
 from .image_adaptive import KernelMix, Regression
 from .image_priors import is_image_prior, parse_image_prior
-from .image_selection import band_for, held_out_mask, select_mix, MIN_HELD_OUT
+from .image_selection import (MIN_HELD_OUT, SELECTION_BAND_COST, band_for, held_out_mask,
+                              select_mix)
 from .inpaint_solver import relative_ridge, solve_observed
 from .kernel_cache import KernelCache
 from .kernel_ops import build_kernel, kernel_is_averaged, levels_of
@@ -115,13 +116,17 @@ class CNTKInpainter:
     cache_dir : folder where computed kernels are stored for reuse (keyed by architecture, size,
         prior and dtype); kernels are also kept in memory for images of the same size.
 
-    After :meth:`inpaint`, ``last_info`` holds timings and solver statistics.
+    mix : a :class:`completion.image_adaptive.KernelMix` to use as it is (no selection) with an
+        image prior or ``'auto'`` (research; default: chosen / the defaults).
+
+    After :meth:`inpaint`, ``last_info`` holds timings and solver statistics (and, with
+    ``'auto'``, what was chosen).
     """
 
     def __init__(self, arch=DEFAULT_ARCH, prior=DEFAULT_PRIOR, ridge=DEFAULT_RIDGE, *, device="auto",
                  dtype=None, memory_budget=None, center=True, pad="missing", margin=16,
                  solver="auto", tol=1e-3, maxiter=500, precondition=True, keep_observed=True, cache_dir=None,
-                 progress=False):
+                 progress=False, mix=None):
         if not ridge > 0:
             raise ValueError(f"ridge must be positive, got {ridge}")
         if pad not in PAD_MODES:
@@ -130,6 +135,7 @@ class CNTKInpainter:
         self.adaptive = isinstance(prior, str) and (prior == "auto" or is_image_prior(prior))
         self.image_prior = parse_image_prior(prior) if is_image_prior(prior) else None
         self.kernel_prior = "noise" if self.adaptive else prior  # of the stationary kernel
+        self.mix = mix
         self.device = resolve_device(device)
         if dtype is None and kernel_is_averaged(arch):
             dtype = torch.float32  # accumulated in float64 anyway (see the class docstring)
@@ -204,10 +210,12 @@ class CNTKInpainter:
         problem = Regression(to_t(img_p), to_t(~m_p), kern, center=self.center,
                              stationary_ridge=self.ridge, tol=self.tol, maxiter=self.maxiter,
                              memory_budget=self.memory_budget)
-        band = band_for(img_p.shape[0] * img_p.shape[1] * img_p.shape[2])
+        band = band_for(img_p.shape[2])
         t0 = time.perf_counter()
         selection = None
-        if self.image_prior is not None:
+        if self.mix is not None:
+            mix = self.mix
+        elif self.image_prior is not None:
             mix = KernelMix("image", band=band, prior=self.image_prior)
         else:
             held = held_out_mask(~m, m)
@@ -216,7 +224,8 @@ class CNTKInpainter:
             else:
                 held_p = np.zeros(m_p.shape, bool)
                 held_p[:h, :w] = held
-                selection = select_mix(problem, to_t(held_p), band)
+                selection = select_mix(problem, to_t(held_p),
+                                       band_for(img_p.shape[2], SELECTION_BAND_COST), band)
                 mix = selection.mix
         t_select = time.perf_counter() - t0
         fit = problem.fit(mix)

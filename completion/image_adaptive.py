@@ -92,26 +92,37 @@ class Regression:
         sub.targets = (self.y - self.mean[:, None, None]) * obs
         return sub
 
-    def _solve(self, kern, ridge):
-        alpha, info = solve_observed(kern, self.targets, self.observed,
-                                     relative_ridge(kern, ridge), solver="cg", tol=self.tol,
+    def _solve(self, kern, ridge, start=None):
+        """(fit on the grid, alpha); ``start``: an initial alpha (warm start: CG then solves
+        for the correction, to the same accuracy relative to the targets)."""
+        lam = relative_ridge(kern, ridge)
+        rhs, tol = self.targets, self.tol
+        if start is not None:
+            obs = self.observed.to(torch.float64)
+            rhs = self.targets - (kern.matvec(start) * obs + lam * start)
+            scale = float(torch.linalg.vector_norm(rhs) / torch.linalg.vector_norm(self.targets))
+            tol = min(self.tol / max(scale, 1e-12), 0.5)
+        alpha, info = solve_observed(kern, rhs, self.observed, lam, solver="cg", tol=tol,
                                      maxiter=self.maxiter, memory_budget=self.memory_budget)
+        if start is not None:
+            alpha = alpha + start
         self.iterations += info.iterations
-        return kern.matvec(alpha).to(torch.float64) + self.mean[:, None, None]
+        return kern.matvec(alpha).to(torch.float64) + self.mean[:, None, None], alpha
 
     def fit(self, mix: KernelMix, first=None):
         """The fit (C, H, W) float64 on the whole grid; ``first``: a stationary fit to start
         the image prior from (computed when None)."""
         if mix.kind == "stationary":
-            return self._solve(self.stationary, self.stationary_ridge)
+            return self._solve(self.stationary, self.stationary_ridge)[0]
         if mix.kind == "smooth":
             kern = smooth_kernel(self.y.shape[1:], mix.scale)
-            return self._solve(kern, self.stationary_ridge)
+            return self._solve(kern, self.stationary_ridge)[0]
         fit = self.fit(KernelMix("stationary")) if first is None else first
+        alpha = None
         for _ in range(mix.prior.rounds + 1):
             kern = MixedKernel([(1 - mix.weight, self.stationary)],
                                self.image_kernel(fit, mix), mix.weight)
-            fit = self._solve(kern, mix.ridge)
+            fit, alpha = self._solve(kern, mix.ridge, alpha)  # refinements start from the last
         return fit
 
     def image_kernel(self, fit, mix):

@@ -2,16 +2,16 @@
 observed pixels.
 
 The held-out set mimics the missing pattern: the observed pixels under the mask shifted by
-about a quarter of the image (a Bernoulli mask gives another random subset, a text overlay
+a quarter of the image (a Bernoulli mask gives another random subset, a text overlay
 shifted strokes, a box a displaced box), so structured holes are judged on structured holes.
 Every candidate is fitted on the remaining observed pixels and scored by the mean squared
 error on the held-out ones; the winner is then fitted on all observed pixels.
 
 Candidates (a coordinate search, few solves): the stationary CNTK; the smooth Fourier-feature
 kernel at two widths; the image-prior mix (:class:`completion.image_adaptive.KernelMix`) at its
-default, then its weight and its similarity width h one at a time while they improve.  The
-image-prior candidates start from the stationary candidate's fit (no refinement round while
-selecting: the final fit refines once).
+default, then its weight.  The image-prior candidates start from the stationary candidate's
+fit, with a narrower band and a looser CG tolerance than the final fit, and no refinement round
+(the final fit refines once): a cheap ranking, not the final numbers.
 """
 from __future__ import annotations
 
@@ -23,25 +23,35 @@ import torch
 from .image_adaptive import KernelMix
 from .image_priors import ImagePrior
 
-SMOOTH_SCALES = (2.0, 3.0)
-WEIGHTS = (0.5, 0.85)
-WIDTHS = (0.2, 0.45)
+SMOOTH_SCALES = (3.0,)
+WEIGHTS = (0.5,)
+SELECTION_TOL = 3e-3  # CG tolerance while selecting (the final fit uses the inpainter's)
 MIN_HELD_OUT = 64
 
 
 def held_out_mask(observed: np.ndarray, missing: np.ndarray) -> np.ndarray:
-    """(H, W, C) bool: observed pixels under the missing mask rolled by (H//4 + 1, W//4 + 1)."""
+    """(H, W, C) bool: the observed pixels under the missing mask moved down and right by a
+    quarter of the image (no wrap-around: a centred box stays one region)."""
     h, w = missing.shape[:2]
-    return observed & np.roll(missing, (h // 4 + 1, w // 4 + 1), axis=(0, 1))
+    dr, dc = h // 4, w // 4
+    moved = np.zeros_like(missing)
+    moved[dr:, dc:] = missing[:h - dr, :w - dc]
+    return observed & moved
 
 
-def band_for(pixels: int) -> int:
-    """The band R of the image-prior kernel for a grid of ``pixels`` values (pixels x channels):
-    5 (an 11 x 11 window) up to ~300 x 300 grey, 4 above, 3 past 600 x 600 (its products cost
-    (2R + 1)^2 per pixel and channel)."""
-    if pixels <= 320 * 320:
-        return 5
-    return 4 if pixels <= 600 * 600 else 3
+MAX_BAND = 9
+FINAL_BAND_COST = 361      # channels x (2R + 1)^2 of the final fit: R = 9 grey, 4 RGB
+SELECTION_BAND_COST = 150  # while selecting: R = 5 grey, 3 RGB
+
+
+def band_for(channels: int, cost: int = FINAL_BAND_COST) -> int:
+    """The band R of the image-prior kernel: the largest R <= ``MAX_BAND`` (at least 2) with
+    channels x (2R + 1)^2 <= ``cost`` (a product costs (2R + 1)^2 per pixel and channel, so
+    the time per pixel stays bounded and scales with the image size like the FFT parts)."""
+    band = MAX_BAND
+    while band > 2 and channels * (2 * band + 1) ** 2 > cost:
+        band -= 1
+    return band
 
 
 @dataclasses.dataclass
@@ -57,11 +67,14 @@ class Selection:
         return "\n".join(lines)
 
 
-def select_mix(problem, held_out: torch.Tensor, band: int, search: bool = True) -> Selection:
+def select_mix(problem, held_out: torch.Tensor, band: int, final_band: int,
+               search: bool = True) -> Selection:
     """Choose a ``KernelMix`` for ``problem`` (a :class:`completion.image_adaptive.Regression`)
-    by the RMSE on ``held_out`` (C, H, W) bool (observed pixels); ``search``: also vary the
-    image mix's weight and h (else its default only)."""
+    by the RMSE on ``held_out`` (C, H, W) bool (observed pixels), image mixes judged with band
+    ``band``; the chosen image mix gets ``final_band`` and one refinement round. ``search``:
+    also vary the image mix's weight (else its default only)."""
     train = problem.restricted(~held_out)
+    train.tol = max(train.tol, SELECTION_TOL)
     target = problem.y[held_out]
     scores = []
 
@@ -83,11 +96,10 @@ def select_mix(problem, held_out: torch.Tensor, band: int, search: bool = True) 
         consider(KernelMix("smooth", scale=scale))
     consider(KernelMix("image", band=band, prior=ImagePrior(rounds=0)))
     if search and best[1].kind == "image":
-        for field, values in (("weight", WEIGHTS), ("h", WIDTHS)):
-            centre = best[1]
-            for value in values:
-                consider(dataclasses.replace(centre, **{field: value}))
+        centre = best[1]
+        for weight in WEIGHTS:
+            consider(dataclasses.replace(centre, weight=weight))
     chosen = best[1]
     if chosen.kind == "image":
-        chosen = dataclasses.replace(chosen, prior=ImagePrior(rounds=1))
+        chosen = dataclasses.replace(chosen, band=final_band, prior=ImagePrior(rounds=1))
     return Selection(chosen, scores)
