@@ -129,11 +129,10 @@ class Regression:
         """The tapered banded CNTK with prior = the observed pixels, ``fit`` elsewhere, scaled
         to unit mean diagonal (float32 table)."""
         from models.cntk import Sequential
-        from models.cntk.banded_kernel import BandedKernel
         guide = torch.where(self.observed, self.y, fit).cpu().numpy()
         net = Sequential.from_spec(f"C{mix.patch},G{math.sqrt(2) / mix.h!r},C1")
         kern = net.ntk_banded(tuple(self.y.shape[1:]), mix.prior.features(guide), band=mix.band,
                               device=self.y.device, dtype=torch.float32,
                               memory_budget=self.memory_budget).tapered()
-        return BandedKernel.from_planes(kern.planes / float(kern.diag().to(torch.float64).mean()),
-                                        self.memory_budget)
+        kern.planes /= float(kern.diag().to(torch.float64).mean())   # in place: tables are big
+        return kern

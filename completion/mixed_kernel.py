@@ -16,9 +16,9 @@ import torch
 
 
 class MixedKernel:
-    """``stationary``: list of (weight, kernel) with kernels of period (1, 1) over ``shape``
-    (``models.cntk.StructuredKernel``); ``banded``: a ``models.cntk.BandedKernel`` or None, with
-    ``banded_weight``.  Products and solves run in float64 on the stationary kernels' device."""
+    """``stationary``: list of (weight, kernel), periodic kernels of one period (stationary:
+    period (1, 1)) over one grid (``models.cntk.StructuredKernel``); ``banded``: a
+    ``models.cntk.BandedKernel`` or None, with ``banded_weight``.  Products and solves run in float64 on the stationary kernels' device."""
 
     def __init__(self, stationary, banded=None, banded_weight: float = 0.0):
         from models.cntk import StructuredKernel
@@ -28,14 +28,16 @@ class MixedKernel:
         shapes = {tuple(k.shape) for _, k in parts} | ({tuple(banded.shape)} if banded else set())
         if len(shapes) != 1:
             raise ValueError(f"mixed kernel parts cover different grids {sorted(shapes)}")
-        if any(k.period != (1, 1) for _, k in parts):
-            raise ValueError("the stationary parts of a mixed kernel must have period (1, 1)")
+        periods = {k.period for _, k in parts} or {(1, 1)}
+        if len(periods) != 1:
+            raise ValueError(f"the periodic parts of a mixed kernel need one period, got "
+                             f"{sorted(periods)}")
         self.shape = shapes.pop()
         self.banded = banded if banded_weight > 0 else None
         self.banded_weight = float(banded_weight) if self.banded is not None else 0.0
         self._device = parts[0][1].device if parts else banded.device
         h, w = self.shape
-        table = torch.zeros((1, 1, h, w), dtype=torch.float64, device=self._device)
+        table = torch.zeros(periods.pop() + (h, w), dtype=torch.float64, device=self._device)
         for weight, kern in parts:
             table += weight * kern.table.to(table)
         self.stationary = StructuredKernel(table) if parts else None
@@ -67,7 +69,7 @@ class MixedKernel:
         h, w = self.shape
         out = torch.zeros((h, w), dtype=torch.float64, device=self.device)
         if self.stationary is not None:
-            out += self.stationary.table[0, 0, 0, 0]
+            out += torch.as_tensor(self.stationary.diag(), dtype=torch.float64, device=self.device)
         if self.banded is not None:
             out += self.banded_weight * self.banded.diag().to(out)
         return out
