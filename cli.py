@@ -145,7 +145,7 @@ def _mask_source_options(command):
               show_default=True, help="cntk = kernel regression; the others for comparison.")
 @click.option("--arch", default="default", show_default=True,
               help="CNTK architecture: a preset name or a layer spec (see models.cntk).")
-@click.option("--prior", default="noise", show_default=True,
+@click.option("--prior", default="auto", show_default=True,
               help="Network input statistics: noise, identity, meshgrid (one stationary CNTK); "
                    "image[:ROUNDS][+meshgrid:W] (the image itself as the prior, mixed with the "
                    "stationary CNTK); auto (kernel chosen per image on held-out observed pixels).")

@@ -34,8 +34,10 @@ from completion.metrics import psnr
 from devdata import dev_image_paths
 
 
-def dev_cases(seeds):
+def dev_cases(seeds, names=None):
     for path in dev_image_paths():
+        if names and path.stem not in names:
+            continue
         img = read_image(path)
         for seed in seeds:
             yield path.stem, f"pixels 50% s{seed}", img, generate_mask(img.shape, 0.5, seed)
@@ -84,7 +86,7 @@ def main():
     parser.add_argument("--set", action="append", choices=sorted(SETS), required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--images", nargs="+", help="skimage set: only these images")
+    parser.add_argument("--images", nargs="+", help="dev / skimage sets: only these images")
     parser.add_argument("--no-noise", action="store_true",
                         help="skip the old default (prior='noise'; its code is unchanged)")
     args = parser.parse_args()
@@ -95,7 +97,7 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for name in args.set:
         if name == "dev":
-            cases = dev_cases(args.seeds)
+            cases = dev_cases(args.seeds, args.images)
         else:
             cases = skimage_cases(args.images) if name == "skimage" and args.images else SETS[name]()
         priors = ("auto",) if args.no_noise else ("noise", "auto")

@@ -3,7 +3,10 @@
 The observed pixels (all channels at once) are regressed on their positions: with K the CNTK
 between output pixels, solve (K_oo + lambda I) alpha = y_o - mean and predict K_mo alpha + mean.
 This is the infinitely wide limit of fitting a Deep Image Prior network to the observed pixels
-by gradient flow (plus a ridge).  ``inpaint(image, mask, method=...)`` also offers the trained DIP
+by gradient flow (plus a ridge).  By default (``prior='auto'``) the kernel is chosen per image
+on held-out observed pixels, among the stationary CNTK, a smooth coordinate kernel and the
+stationary CNTK mixed with the CNTK whose feature prior is the image itself (non-local patch
+similarities; :mod:`completion.image_adaptive`).  ``inpaint(image, mask, method=...)`` also offers the trained DIP
 network and the classical biharmonic / Telea fills for comparison.
 
 Shapes: images are float (H, W) or (H, W, C) in [0, 1]; masks are bool (H, W) (shared by every
@@ -30,7 +33,7 @@ METHODS = ("cntk", "dip", "biharmonic", "telea")
 PAD_MODES = ("reflect", "wrap", "missing")
 
 DEFAULT_ARCH = "default"
-DEFAULT_PRIOR = "noise"
+DEFAULT_PRIOR = "auto"  # chosen by benchmarks/bench_adaptive.py (RESULTS.md)
 DEFAULT_RIDGE = 1e-3
 
 
@@ -91,9 +94,10 @@ class CNTKInpainter:
         (one kernel, as before); an image prior ``'image[:ROUNDS][+meshgrid:W]'``
         (:mod:`completion.image_priors`): the stationary CNTK mixed with the banded CNTK whose
         prior is the image itself (:mod:`completion.image_adaptive`, default settings); or
-        ``'auto'``: the kernel (stationary CNTK, smooth coordinate kernel, or image-prior mix
-        with its weight and similarity width) chosen per image on held-out observed pixels
+        ``'auto'`` (the default): the kernel (stationary CNTK, smooth coordinate kernel, or the
+        image-prior mix) chosen per image on held-out observed pixels
         (:mod:`completion.image_selection`; ``last_info['selection']`` says what and why).
+        The adaptive priors ignore ``solver`` and ``precondition`` (always preconditioned CG).
     ridge : lambda relative to the mean kernel diagonal.
     center : subtract the mean of the observed pixels (per channel) before regressing.
     pad, margin : the image is padded at the bottom and right by at least ``margin`` pixels, up
