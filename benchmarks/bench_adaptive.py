@@ -52,12 +52,16 @@ def skimage_cases(names=("camera", "astronaut", "coffee", "chelsea", "brick")):
         yield name, "pixels 50% s0", img, generate_mask(img.shape, 0.5, 0)
 
 
-def astronaut_cases():
+def astronaut_cases(names=None):
+    """``names``: only these cases, as COLOUR:MASK (e.g. ``RGB:box``)."""
     from skimage import color, data
     rgb = data.astronaut().astype(float) / 255.0
-    for label, img in (("astronaut grey", color.rgb2gray(rgb)), ("astronaut RGB", rgb)):
+    for colour, img in (("grey", color.rgb2gray(rgb)), ("RGB", rgb)):
         for kind, fraction in (("pixels", 0.5), ("text", 0.15), ("box", 0.25)):
-            yield label, f"{kind} {fraction:.0%}", img, generate_mask(img.shape, fraction, 0, kind)
+            if names and f"{colour}:{kind}" not in names:
+                continue
+            yield (f"astronaut {colour}", f"{kind} {fraction:.0%}", img,
+                   generate_mask(img.shape, fraction, 0, kind))
 
 
 SETS = {"dev": dev_cases, "skimage": skimage_cases, "astronaut": astronaut_cases}
@@ -86,7 +90,8 @@ def main():
     parser.add_argument("--set", action="append", choices=sorted(SETS), required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--images", nargs="+", help="dev / skimage sets: only these images")
+    parser.add_argument("--images", nargs="+",
+                        help="only these images (dev, skimage) or cases (astronaut: RGB:box ...)")
     parser.add_argument("--no-noise", action="store_true",
                         help="skip the old default (prior='noise'; its code is unchanged)")
     args = parser.parse_args()
@@ -98,8 +103,10 @@ def main():
     for name in args.set:
         if name == "dev":
             cases = dev_cases(args.seeds, args.images)
+        elif name == "astronaut":
+            cases = astronaut_cases(args.images)
         else:
-            cases = skimage_cases(args.images) if name == "skimage" and args.images else SETS[name]()
+            cases = skimage_cases(args.images) if args.images else skimage_cases()
         priors = ("auto",) if args.no_noise else ("noise", "auto")
         for label, kind, img, mask in cases:
             res, chosen = run_case(img, mask, priors)

@@ -23,7 +23,7 @@ from models.device import resolve_device, resolve_dtype
 
 from .image_adaptive import KernelMix, Regression
 from .image_priors import is_image_prior, parse_image_prior
-from .image_selection import (MIN_HELD_OUT, SELECTION_BAND_COST, band_for, held_out_mask,
+from .image_selection import (MIN_HELD_OUT, SELECTION_BAND, band_for, held_out_mask,
                               select_mix)
 from .inpaint_solver import relative_ridge, solve_observed
 from .kernel_cache import KernelCache
@@ -228,8 +228,7 @@ class CNTKInpainter:
             else:
                 held_p = np.zeros(m_p.shape, bool)
                 held_p[:h, :w] = held
-                selection = select_mix(problem, to_t(held_p),
-                                       band_for(img_p.shape[2], SELECTION_BAND_COST), band)
+                selection = select_mix(problem, to_t(held_p), min(band, SELECTION_BAND), band)
                 mix = selection.mix
         t_select = time.perf_counter() - t0
         fit = problem.fit(mix)

@@ -53,7 +53,7 @@ def held_out_mask(observed: np.ndarray, missing: np.ndarray) -> np.ndarray:
 
 MAX_BAND = 9
 FINAL_BAND_COST = 361      # channels x (2R + 1)^2 of the final fit: R = 9 grey, 4 RGB
-SELECTION_BAND_COST = 150  # while selecting: R = 5 grey, 3 RGB
+SELECTION_BAND = 5         # while selecting: min(final band, 5)
 
 
 def band_for(channels: int, cost: int = FINAL_BAND_COST) -> int:

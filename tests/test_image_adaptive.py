@@ -14,7 +14,7 @@ from completion.image_selection import held_out_mask, select_mix
 from completion.masks import generate_mask
 from completion.mixed_kernel import MixedKernel
 from completion.smooth_kernel import fourier_correlation, smooth_kernel
-from models.cntk import Sequential, StructuredKernel
+from models.cntk import Sequential
 from models.ntk import FullyConnectedNTK
 
 F64 = torch.float64
