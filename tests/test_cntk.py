@@ -334,6 +334,9 @@ class FiniteNet:
                 self.convs.append((w.requires_grad_(), channels ** -0.5, layer.k))
                 steps.append(("conv", len(self.convs) - 1))
                 channels = out_ch
+            elif isinstance(layer, Gaussian):   # sqrt(2) cos(sigma h / k + b), b per channel
+                phase = torch.rand(channels, generator=self.gen, dtype=self.dtype) * 2 * math.pi
+                steps.append(("gauss", layer.sigma / layers[i - 1].k, phase))
             elif isinstance(layer, Activation):
                 steps.append(("act", layer, math.sqrt(2 / (1 + layer.slope ** 2)) / layers[i - 1].k))
             elif isinstance(layer, Concat):
@@ -361,6 +364,9 @@ class FiniteNet:
                 continue
             if step[0] == "act":
                 h = F.leaky_relu(h, step[1].slope) * step[2]
+                continue
+            if step[0] == "gauss":
+                h = math.sqrt(2) * torch.cos(step[1] * h + step[2][None, :, None, None])
                 continue
             layer = step[1]
             if isinstance(layer, Downsample):
@@ -422,7 +428,7 @@ class FiniteNet:
 
 
 FINITE_ARCHS = ["C3,R,D,C3,R,U,C3", "C3,L0.2,D,C3,R,Ub,C3", "C5,R,D,C1,L0.1,U,C3",
-                "C3,R,[0.5|C1,R|D,C5,L0.1,U],C3,R,C3"]
+                "C3,R,[0.5|C1,R|D,C5,L0.1,U],C3,R,C3", "C5,G30,C1", "C3,G20,D,C3,R,Ub,C3"]
 
 
 @pytest.mark.parametrize("spec", FINITE_ARCHS)
@@ -435,7 +441,8 @@ def test_finite_network_ntk_factorisation_matches_jacobian(spec):
 # Networks with a Concat fluctuate more from seed to seed: many seeds of narrower networks.
 @pytest.mark.parametrize("spec,width,seeds,dtype", [
     (FINITE_ARCHS[0], 512, 16, torch.float32), (FINITE_ARCHS[1], 512, 16, torch.float32),
-    (FINITE_ARCHS[2], 384, 12, torch.float32), ("C3,R,[0.5||D,C3,R,U],C3", 64, 40, torch.float64)])
+    (FINITE_ARCHS[2], 384, 12, torch.float32), ("C3,R,[0.5||D,C3,R,U],C3", 64, 40, torch.float64),
+    (FINITE_ARCHS[4], 512, 16, torch.float32), (FINITE_ARCHS[5], 512, 16, torch.float32)])
 def test_empirical_ntk_of_wide_network(spec, width, seeds, dtype):
     layers = Sequential.from_spec(spec).layers
     Z = np.random.default_rng(3).uniform(0, 0.1, size=(16, 8, 8))
@@ -467,13 +474,17 @@ def test_spec_round_trip_and_grammar():
     assert ref.spec() == Sequential.from_spec(PRESETS["reference"]).spec()
     assert ref.spec().count("C3") == 7 and ref.spec().count("D") == 3
     assert len(net.describe().splitlines()) == 7
+    gauss = Sequential.from_spec("C5,g8,C3,G0.5,C1")
+    assert gauss.spec() == "C5,G8.0,C3,G0.5,C1" and Sequential.from_spec(gauss.spec()) == gauss
+    assert isinstance(gauss.layers[1], Gaussian) and gauss.layers[3].sigma == 0.5
     skip = Sequential.from_spec("skip2")
     assert Sequential.from_spec(skip.spec()) == skip and skip.spec().count("[") == 2
     for bad, msg in [("C3,X,C3", "cannot read layer"), ("C4,R,C3", "odd"),
                      ("C3,R", "last layer"), ("R,C3", "first layer"), ("C3,D,C3", "followed by"),
                      ("C3,R,R,C3", "directly follow"), ("2*(C3,R,C3", "unbalanced"),
                      ("C3,R,[0.5|C1|D,U],C3", "followed by"), ("C3,R,[1.5||D,U],C3", "fraction"),
-                     ("C3,R,[0.5|D|D,U],C3", "different sizes")]:
+                     ("C3,R,[0.5|D|D,U],C3", "different sizes"), ("C3,G,C3", "cannot read"),
+                     ("C3,G0,C3", "sigma must be positive"), ("C3,G-1,C3", "sigma")]:
         with pytest.raises(ValueError, match=msg):
             Sequential.from_spec(bad)
 

@@ -15,13 +15,15 @@ the dense engine's table restricted to a band, so the entries equal the dense en
   half of it, so the band every layer needs is traced back from the output band;
 - a Concat mixes its two branches, each fed with what it needs of the common input.
 
-Memory is ~ (2R+1)^2 H W per table. Larger than the budget, the output is computed in blocks of
-rows: each block needs a block of input rows widened by the halo of the box sums (traced back
-like the band), and the activations read their full diagonals recorded by a first pass at
-band 0.
+Memory is ~ (2R+1)^2 H W per table. The output is computed in pieces when the memory budget
+(or, on a CPU, cache-friendly working sets) asks: groups of row offsets (the needed input row
+offsets traced back through the layers, like the band), and past one row offset per piece,
+blocks of rows, each needing input rows widened by the halo of the box sums. The activations of
+a piece read the full diagonals recorded by a first pass at band 0.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Optional
 
@@ -29,19 +31,25 @@ import torch
 
 from ..device import check_fits, format_bytes
 from . import tables
-from .engine import TILE_WORK_BYTES, WORK_FACTOR
-from .layers import Activation, Concat, Conv, Downsample, Resample, Upsample
+from .engine import WORK_FACTOR
+from .layers import Activation, Concat, Conv, Resample, Upsample
 
-# offset band and row block of a table: rows None = all rows (circular), else the unwrapped
-# row positions lo .. hi - 1 (hi - lo rows, taken mod the height)
+# on a CPU, pieces are kept to about this much working memory even when the budget allows
+# more: their tables stay in cache and below the size that glibc maps afresh (page faults)
+PIECE_WORK_BYTES = 16 * 2 ** 20
+
+# row block of a table: None = all rows (circular), else the unwrapped row positions
+# lo .. hi - 1 (hi - lo rows, taken mod the height)
 Rows = Optional[tuple]
 
 
 @dataclass
 class Need:
-    """What a layer needs at its input: ``band`` and ``rows`` (see ``Rows``), on a grid of
-    ``size`` (H, W)."""
-    band: int
+    """What a table holds (or a layer needs at its input): the signed row offsets ``roff``
+    (sorted LongTensor), the column offsets -cband..cband, the position ``rows`` (see
+    ``Rows``), on a grid of ``size`` (H, W)."""
+    roff: torch.Tensor
+    cband: int
     rows: Rows
     size: tuple
 
@@ -49,13 +57,13 @@ class Need:
         return self.size[0] if self.rows is None else self.rows[1] - self.rows[0]
 
     def table_elements(self):
-        return (2 * self.band + 1) ** 2 * self.nrows() * self.size[1]
+        return len(self.roff) * (2 * self.cband + 1) * self.nrows() * self.size[1]
 
 
 @dataclass
 class BandState:
     """S and M = dS * K (None for the input, or once folded into S) as offset planes
-    (2R+1, 2R+1, rows, W) where ``need`` says which band and rows they hold."""
+    (row offsets, 2 cband + 1, rows, W) holding what ``need`` says."""
     S: torch.Tensor
     M: Optional[torch.Tensor]
     need: Need
@@ -84,54 +92,69 @@ def _chain_sizes(layers, size):
     return out
 
 
-def _resample_source(layer, band, rows, n_out, device):
-    """Row terms of a resampling for output band ``band`` and rows ``rows`` (None: all n_out):
-    the output row positions and [(weight, source position, source offset)]."""
+def _source(layer, pos, off):
+    """:meth:`Resample.source` for positions ``pos`` (P,) and signed offsets ``off`` (B,)."""
     if isinstance(layer, Upsample) and layer.mode == "bilinear_aligned":
         raise ValueError("Upsample('bilinear_aligned') is not periodic: the banded engine "
                          "needs periodic layers; use engine='dense'")
-    pos = torch.arange(*((0, n_out) if rows is None else rows), device=device)
-    off = torch.arange(-band, band + 1, device=device)
-    return pos, layer.source(pos[:, None], off[None, :])
+    return layer.source(pos[:, None], off[None, :])
 
 
-def trace(layers, band: int, rows: Rows, size_in, device):
+def _band(cband, device):
+    return torch.arange(-cband, cband + 1, device=device)
+
+
+def trace(layers, need: Need, size_in, device):
     """Per layer of ``layers`` on an input grid ``size_in``: the :class:`Need` at its input
-    for an output of ``band`` and ``rows``; the chain input's need is ``needs[0]`` (or the
-    output's for an empty chain)."""
+    for an output holding ``need`` (whose size is ignored)."""
     sizes = [tuple(size_in)] + _chain_sizes(layers, size_in)
+    roff, cband, rows = need.roff, need.cband, need.rows
     needs = [None] * len(layers)
+    parity = torch.arange(2, device=device)     # offsets only depend on the position's parity
     for i in range(len(layers) - 1, -1, -1):
         layer = layers[i]
         if isinstance(layer, Conv):
             rows = _widen(rows, (layer.k - 1) // 2)
         elif isinstance(layer, Resample):
-            # offsets only depend on the parity of the position: both parities give the band
-            _, parity = _resample_source(layer, band, None, 2, device)
-            _, src = _resample_source(layer, band, rows, sizes[i + 1][0], device)
-            band = max(int(o.abs().max()) for _, _, o in parity)
+            cband = max(int(o.abs().max()) for _, _, o in
+                        _source(layer, parity, _band(cband, device)))
+            roff = torch.unique(torch.cat([o.reshape(-1) for _, _, o in
+                                           _source(layer, parity, roff)]))
             if rows is not None:
+                src = _source(layer, torch.arange(*rows, device=device), roff[:1])
                 rows = (min(int(p.min()) for _, p, _ in src),
                         max(int(p.max()) for _, p, _ in src) + 1)
         elif isinstance(layer, Concat):
-            ins = [trace(branch, band, rows, sizes[i], device)[0] if branch
-                   else Need(band, rows, sizes[i]) for branch in (layer.skip, layer.main)]
-            band = max(x.band for x in ins)
+            here = Need(roff, cband, rows, sizes[i + 1])
+            ins = [trace(branch, here, sizes[i], device)[0] if branch else here
+                   for branch in (layer.skip, layer.main)]
+            roff = torch.unique(torch.cat([x.roff for x in ins]))
+            cband = max(x.cband for x in ins)
             rows = None if any(x.rows is None for x in ins) else \
                 (min(x.rows[0] for x in ins), max(x.rows[1] for x in ins))
-        needs[i] = Need(band, rows, sizes[i])
+        needs[i] = Need(roff, cband, rows, sizes[i])
     return needs
+
+
+def _locate(held: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+    """Indices of the offset values ``wanted`` in the sorted ``held``."""
+    idx = torch.searchsorted(held, wanted).clamp_(max=len(held) - 1)
+    if not bool((held[idx] == wanted).all()):
+        raise AssertionError("banded engine: a needed row offset is missing from the table")
+    return idx
 
 
 def crop(T: Optional[torch.Tensor], have: Need, want: Need) -> Optional[torch.Tensor]:
     """The part of planes ``T`` (holding ``have``) that ``want`` needs (a view when possible)."""
     if T is None:
         return None
-    cut = have.band - want.band
+    if not torch.equal(have.roff, want.roff):
+        T = T.index_select(0, _locate(have.roff, want.roff))
+    cut = have.cband - want.cband
     if cut < 0:
         raise AssertionError("banded engine: a layer needs a wider band than it was given")
     if cut:
-        T = T.narrow(0, cut, 2 * want.band + 1).narrow(1, cut, 2 * want.band + 1)
+        T = T.narrow(1, cut, 2 * want.cband + 1)
     if want.rows is None:
         if have.rows is not None:
             raise AssertionError("banded engine: all rows needed from a row block")
@@ -155,8 +178,10 @@ def _box_sum(T: torch.Tensor, k: int, all_rows: bool) -> torch.Tensor:
         return tables.window_sum(T, k, dims=(2, 3))
     h = (k - 1) // 2
     n = T.shape[2] - 2 * h
-    out = T.narrow(2, h, n).clone()
-    for m in range(1, h + 1):
+    if h == 0:
+        return tables.window_sum(T, k, dims=(3,))
+    out = torch.add(T.narrow(2, h, n), T.narrow(2, h + 1, n)).add_(T.narrow(2, h - 1, n))
+    for m in range(2, h + 1):
         out.add_(T.narrow(2, h + m, n)).add_(T.narrow(2, h - m, n))
     return tables.window_sum(out, k, dims=(3,))
 
@@ -164,43 +189,55 @@ def _box_sum(T: torch.Tensor, k: int, all_rows: bool) -> torch.Tensor:
 def _activation(layer: Activation, A, K, need: Need, k: int, diag: torch.Tensor):
     """Dual of ``layer`` IN PLACE on planes A, K (after a Conv(k)); ``diag`` (H, W): A(p, p) at
     every position of the grid, clamped at 0."""
-    R = need.band
     H, W = need.size
     dev = A.device
     lo, hi = (0, H) if need.rows is None else need.rows
     rows = torch.arange(lo, hi, device=dev)
     n1 = diag[rows % H][None]                                           # (1, n, W)
-    cols = (torch.arange(W, device=dev)[None, :] + torch.arange(-R, R + 1, device=dev)[:, None]) % W
-    for i in range(2 * R + 1):          # one row-offset plane at a time: small temporaries
-        n2 = diag[(rows + i - R) % H][:, cols].permute(1, 0, 2)         # (2R+1, n, W)
-        layer.dual_(A[i], K[i], n1, n2, k)
+    pad = torch.arange(-need.cband, W + need.cband, device=dev) % W
+    for i, dr in enumerate(need.roff.tolist()):   # one row offset at a time: small temporaries
+        # n2[j, r, c] = diag[r + dr, c + j - cband]: a (2 cband + 1, n, W) view of n padded rows
+        padded = diag.index_select(0, (rows + dr) % H).index_select(1, pad)
+        layer.dual_(A[i], K[i], n1, padded.unfold(1, W, 1).permute(1, 0, 2), k)
 
 
-def _resample_axis(T, layer, band_out, rows_out, have: Need, axis: int):
-    """Resample planes T (holding ``have``) along ``axis`` (0 rows, 1 columns) to band
-    ``band_out`` and output rows ``rows_out`` (columns: all)."""
+def _resample_axis(T, layer, out: Need, have: Need, axis: int):
+    """Resample planes T (holding ``have``) along ``axis`` (0 rows, 1 columns) to the offsets
+    of ``out`` (and its rows; columns: all). The source offsets depend on an output position
+    only through its parity (checked), so each parity class is two ``index_select``s per
+    term."""
     n_in = have.size[axis]
-    n_out = layer.new_size(n_in)
-    pos, terms = _resample_source(layer, band_out, rows_out if axis == 0 else None, n_out,
-                                  T.device)
-    shape = (len(pos), 2 * band_out + 1)
-    out = None
-    for weight, src_pos, src_off in terms:
-        if axis == 0 and have.rows is not None:
-            src_pos = src_pos - have.rows[0]
-        else:
-            src_pos = src_pos % n_in
-        src_pos, src_off = src_pos.expand(shape), (src_off + have.band).expand(shape)
-        if axis == 0:           # T[off, :, pos, :] -> (P, B, Bc, W) -> (B, Bc, P, W)
-            g = T[src_off, :, src_pos, :].permute(1, 2, 0, 3)
-            w = None if weight is None else weight.expand(shape).T[:, None, :, None]
-        else:                   # T[:, off, :, pos] -> (P, B, Br, n) -> (Br, B, n, P)
-            g = T[:, src_off, :, src_pos].permute(2, 1, 3, 0)
-            w = None if weight is None else weight.expand(shape).T[None, :, None, :]
-        if w is not None:
-            g = g * w.to(T.dtype)
-        out = g.contiguous() if out is None else out.add_(g)
-    return out
+    dev = T.device
+    if axis == 0:
+        pos = torch.arange(*((0, layer.new_size(n_in)) if out.rows is None else out.rows),
+                           device=dev)
+        off = out.roff
+    else:
+        pos, off = torch.arange(layer.new_size(n_in), device=dev), _band(out.cband, dev)
+    shape = list(T.shape)
+    shape[axis], shape[axis + 2] = len(off), len(pos)
+    result = torch.empty(shape, dtype=T.dtype, device=dev)
+    terms = [(w, p.expand(len(pos), len(off)), o.expand(len(pos), len(off)))
+             for w, p, o in _source(layer, pos, off)]
+    view = [1, 1, 1, 1]
+    view[axis] = len(off)
+    for start in range(min(2, len(pos))):
+        acc = None
+        for weight, src_pos, src_off in terms:
+            o = src_off[start::2]
+            if not torch.equal(o, o[:1].expand_as(o)):
+                raise AssertionError("resampling offsets must depend on the parity only")
+            o = _locate(have.roff, o[0]) if axis == 0 else o[0] + have.cband
+            p = src_pos[start::2, 0]
+            p = p - have.rows[0] if axis == 0 and have.rows is not None else p % n_in
+            g = T.index_select(axis + 2, p).index_select(axis, o)
+            if weight is not None:
+                g.mul_(weight.expand(len(pos), len(off))[start].to(T.dtype).view(view))
+            acc = g if acc is None else acc.add_(g)
+        index = [slice(None)] * 4
+        index[axis + 2] = slice(start, None, 2)
+        result[tuple(index)] = acc
+    return result
 
 
 class BandedPropagator:
@@ -208,22 +245,26 @@ class BandedPropagator:
     Conv) on input ``size`` for ``prior``, output band ``band``."""
 
     def __init__(self, layers, size, band, prior, device, dtype):
-        if not isinstance(band, int) or isinstance(band, bool) or band < 0:
+        if not isinstance(band, numbers.Integral) or isinstance(band, bool) or band < 0:
             raise ValueError(f"band must be a non-negative integer, got {band!r}")
-        self.layers, self.size, self.band = tuple(layers), tuple(size), band
+        self.layers, self.size, self.band = tuple(layers), tuple(size), int(band)
         self.prior, self.device, self.dtype = prior, device, dtype
         self.out_size = _chain_sizes(self.layers, self.size)[-1]
         self.itemsize = torch.empty((), dtype=dtype).element_size()
-        trace(self.layers, band, None, self.size, device)     # refuses unsupported layers early
+        self.target(_band(band, device), None)       # refuses unsupported layers early
+
+    def target(self, roff, rows, cband=None) -> Need:
+        """The output need for row offsets ``roff`` and position rows ``rows``."""
+        return Need(roff, self.band if cband is None else cband, rows, self.out_size)
 
     # ---- memory --------------------------------------------------------------------------
-    def peak_bytes(self, rows: Rows) -> int:
-        """Estimated peak working memory of computing the output rows ``rows``."""
-        return self._chain_peak(self.layers, self.band, rows, self.size) * self.itemsize
+    def peak_bytes(self, out: Need) -> int:
+        """Estimated peak working memory of computing the output part ``out``."""
+        return self._chain_peak(self.layers, out, self.size) * self.itemsize
 
-    def _chain_peak(self, layers, band, rows, size_in, readout=True):
-        needs = trace(layers, band, rows, size_in, self.device)
-        outs = needs[1:] + [Need(band, rows, _chain_sizes(layers, size_in)[-1])]
+    def _chain_peak(self, layers, out: Need, size_in, readout=True):
+        needs = trace(layers, out, size_in, self.device)
+        outs = needs[1:] + [out]
         peak = 0
         for i, (layer, a, b) in enumerate(zip(layers, needs, outs)):
             last = readout and i == len(layers) - 1
@@ -235,22 +276,24 @@ class BandedPropagator:
                 for branch in (layer.skip, layer.main):
                     if branch:
                         peak = max(peak, 2 * a.table_elements() + 2 * b.table_elements() +
-                                   self._chain_peak(branch, b.band, b.rows, a.size, False))
+                                   self._chain_peak(branch, b, a.size, False))
         return peak
 
     # ---- forward ---------------------------------------------------------------------------
-    def run(self, rows: Rows, band: int, diags=None, record=None) -> torch.Tensor:
-        """Output planes (2 band + 1, 2 band + 1, rows, W_out). ``diags``: the activations'
-        diagonals by layer path (needed for a row block), ``record``: a dict to collect them."""
-        need = trace(self.layers, band, rows, self.size, self.device)[0]
-        lo, hi = (0, self.size[0]) if rows is None else need.rows
+    def run(self, out: Need, diags=None, record=None) -> torch.Tensor:
+        """Output planes (row offsets, 2 cband + 1, rows, W_out) of ``out``. ``diags``: the
+        activations' diagonals by layer path (needed unless ``out`` holds every row and row
+        offset 0), ``record``: a dict to collect them."""
+        need = trace(self.layers, out, self.size, self.device)[0]
+        lo, hi = (0, self.size[0]) if need.rows is None else need.rows
         idx = torch.arange(lo, hi, device=self.device) % self.size[0]
-        S0 = self.prior.banded_table(self.size, idx, need.band, self.device, self.dtype)
+        S0 = self.prior.banded_table(self.size, idx, need.roff, need.cband, self.device,
+                                     self.dtype)
         state = BandState(S0, None, need)
-        return self._chain(self.layers, state, band, rows, (), diags, record, readout=True)
+        return self._chain(self.layers, state, out, (), diags, record, readout=True)
 
-    def _chain(self, layers, state, band, rows, path, diags, record, readout=False):
-        needs = trace(layers, band, rows, state.need.size, self.device)
+    def _chain(self, layers, state, out, path, diags, record, readout=False):
+        needs = trace(layers, out, state.need.size, self.device)
         fold = max((i for i, x in enumerate(layers) if isinstance(x, (Activation, Concat))),
                    default=-1) if readout else -1
         pre_k = None
@@ -259,83 +302,93 @@ class BandedPropagator:
             S = crop(state.S, state.need, want)
             M = crop(state.M, state.need, want)
             here = path + (i,)
+            after = needs[i + 1] if i + 1 < len(layers) else out
             if readout and i == len(layers) - 1:
                 total = S if M is None else S + M
-                return _box_sum(total, layer.k, rows is None)
+                return total if layer.k == 1 else _box_sum(total, layer.k, want.rows is None)
             if isinstance(layer, Conv):
                 A = _box_sum(S, layer.k, want.rows is None)
                 K = A.clone() if M is None else _box_sum(M, layer.k, want.rows is None).add_(A)
-                state, pre_k = BandState(A, K, Need(want.band, _widen(want.rows, -(layer.k // 2)),
+                state, pre_k = BandState(A, K, Need(want.roff, want.cband,
+                                                    _widen(want.rows, -(layer.k // 2)),
                                                     want.size)), layer.k
             elif isinstance(layer, Activation):
                 if diags is not None:
                     diag = diags[here]
                 else:
-                    diag = S[want.band, want.band].clone().clamp_(min=0)
+                    diag = S[_locate(want.roff, torch.zeros(1, dtype=torch.long,
+                                                            device=self.device))[0],
+                             want.cband].clone().clamp_(min=0)
                     if record is not None:
                         record[here] = diag
                 _activation(layer, S, M, want, pre_k, diag)
                 state = BandState(S, M, want)
             elif isinstance(layer, Resample):
-                out = needs[i + 1] if i + 1 < len(layers) else Need(band, rows, None)
+                size = _out_size(layer, want.size)
+                target = Need(after.roff, after.cband, after.rows, size)
+                mid = Need(want.roff, want.cband, after.rows, (size[0], want.size[1]))
                 new = [None if T is None else _resample_axis(
-                       _resample_axis(T, layer, out.band, out.rows, want, 0), layer, out.band,
-                       None, Need(want.band, out.rows, (layer.new_size(want.size[0]),
-                                                        want.size[1])), 1)
+                       _resample_axis(T, layer, target, want, 0), layer, target, mid, 1)
                        for T in (S, M)]
-                state = BandState(new[0], new[1], Need(out.band, out.rows,
-                                                       _out_size(layer, want.size)))
+                state = BandState(new[0], new[1], target)
             else:
-                state = self._concat(layer, BandState(S, M, want), needs, i, band, rows, here,
-                                     diags, record)
+                state = self._concat(layer, BandState(S, M, want), after, here, diags, record)
             if i == fold:
                 state = BandState(state.S.add_(state.M), None, state.need)
-        end = Need(band, rows, state.need.size)
+        end = Need(out.roff, out.cband, out.rows, state.need.size)
         return BandState(crop(state.S, state.need, end), crop(state.M, state.need, end), end)
 
-    def _concat(self, layer, state, needs, i, band, rows, here, diags, record):
+    def _concat(self, layer, state, after, here, diags, record):
         if state.M is None:
             raise ValueError("Concat needs a state after a Conv-activation")
-        out = needs[i + 1] if i + 1 < len(needs) else Need(band, rows, None)
-        parts = [self._chain(branch, state, out.band, out.rows, here + (name,), diags, record)
-                 for name, branch in (("skip", layer.skip), ("main", layer.main))]
-        a, b = parts
+        a, b = [self._chain(branch, state, after, here + (name,), diags, record)
+                for name, branch in (("skip", layer.skip), ("main", layer.main))]
         mixed = [x.mul(layer.alpha).add_(y, alpha=1 - layer.alpha)
                  for x, y in ((a.S, b.S), (a.M, b.M))]
         return BandState(mixed[0], mixed[1], a.need)
 
     def compute(self, budget: int) -> torch.Tensor:
-        """Output planes (2R+1, 2R+1, H_out, W_out), in row blocks when the budget asks (their
-        number is left in ``n_blocks``)."""
+        """Output planes (2R+1, 2R+1, H_out, W_out). Computed in pieces when the budget (or on a
+        CPU, PIECE_WORK_BYTES of work) asks: groups of row offsets (all positions; no overlap),
+        and past one row offset per piece, blocks of position rows too. The pieces are left in
+        ``pieces`` (number of offset groups, number of row blocks)."""
         H, W = self.out_size
         B = 2 * self.band + 1
         out_bytes = B * B * H * W * self.itemsize
         check_fits(out_bytes, budget, f"the banded CNTK table ({H} x {W} positions x {B} x {B} "
                    "offsets)", "Use a smaller band, float32 (dtype='float32') or a smaller image, "
                    "or raise memory_budget.")
-        target = TILE_WORK_BYTES if self.device.type == "cpu" else budget
-        n_blocks = 1
+        target = PIECE_WORK_BYTES if self.device.type == "cpu" else budget
+        offsets = _band(self.band, self.device)
+        n_groups, n_blocks = 1, 1
         while True:
-            blocks = [(int(t[0]), int(t[-1]) + 1) for t in torch.tensor_split(torch.arange(H),
-                                                                             n_blocks)]
-            work = self.peak_bytes(None) if n_blocks == 1 else \
-                max(self.peak_bytes(r) for r in blocks)
-            fits = out_bytes * (n_blocks > 1) + work <= budget
-            if fits and (work <= target or 8 * n_blocks >= H):
+            groups = torch.tensor_split(offsets, n_groups)
+            blocks = [None] if n_blocks == 1 else \
+                [(int(t[0]), int(t[-1]) + 1) for t in torch.tensor_split(torch.arange(H),
+                                                                        n_blocks)]
+            work = max(self.peak_bytes(self.target(g, r)) for g in groups for r in blocks)
+            fits = out_bytes * (n_groups * n_blocks > 1) + work <= budget
+            if fits and (work <= target or n_groups == B):
                 break
             if n_blocks >= H:
                 check_fits(out_bytes + work, budget,
                            f"the banded CNTK computation (output table {format_bytes(out_bytes)}"
-                           f" plus {format_bytes(work)} of work for one row of positions)",
-                           "Raise memory_budget, use a smaller band, float32 "
+                           f" plus {format_bytes(work)} of work for one row offset of one row "
+                           "of positions)", "Raise memory_budget, use a smaller band, float32 "
                            "(dtype='float32') or a smaller image.")
-            n_blocks = min(2 * n_blocks, H)
-        self.n_blocks = n_blocks
-        if n_blocks == 1:
-            return self.run(None, self.band)
+            if n_groups < B:
+                n_groups = min(2 * n_groups, B)
+            else:
+                n_blocks = min(2 * n_blocks, H)
+        self.pieces = (n_groups, n_blocks)
+        if n_groups * n_blocks == 1:
+            return self.run(self.target(offsets, None))
         diags = {}
-        self.run(None, 0, record=diags)
+        self.run(self.target(offsets[self.band:self.band + 1], None, cband=0), record=diags)
         planes = torch.empty((B, B, H, W), device=self.device, dtype=self.dtype)
-        for lo, hi in blocks:
-            planes[:, :, lo:hi] = self.run((lo, hi), self.band, diags=diags)
+        for g in groups:
+            for r in blocks:
+                piece = self.run(self.target(g, r), diags=diags)
+                lo, hi = (0, H) if r is None else r
+                planes[int(g[0]) + self.band:int(g[-1]) + self.band + 1, :, lo:hi] = piece
         return planes

@@ -213,7 +213,9 @@ class Resample(Layer):
         """Per axis, for output positions ``pos`` and signed offsets ``off`` (LongTensors that
         broadcast to a common shape): [(weight or None, source position, source signed offset)]
         such that X'(pos, pos + off) = sum_j weight_j X(src_pos_j, src_pos_j + src_off_j);
-        positions unwrapped (reduce them mod the input size), offsets exact (not reduced)."""
+        positions unwrapped (reduce them mod the input size), offsets exact (not reduced). The
+        source position does not depend on the offset, and the source offset and the weight
+        depend on the position only through its parity (the banded engine relies on both)."""
         raise NotImplementedError
 
     def terms(self, period_in, n_in, out_rows, device):

@@ -16,7 +16,7 @@ ENGINES = ("auto", "structured", "dense")
 
 
 class Sequential:
-    """A chain of CNTK layers: Conv, activation (ReLU / LeakyReLU), Downsample, Upsample.
+    """A chain of CNTK layers: Conv, activation (ReLU / LeakyReLU / Gaussian), Downsample, Upsample.
 
     Rules (those of the reference implementation): the first layer is a Conv, every Conv but
     the last is immediately followed by an activation, activations only follow a Conv, and the
@@ -75,7 +75,8 @@ class Sequential:
         ``prior``: 'noise' | 'identity' | 'meshgrid' | array (C0, H, W) (see
         :mod:`models.cntk.priors`). ``engine``: 'structured' (stationary prior, periodic layers;
         O(P^2 H W k) time and memory, P = 2**upsamplings), 'dense' (any prior; (HW)^2 memory,
-        tiled over row offsets to fit ``memory_budget``), 'auto' (structured when possible).
+        tiled over row offsets to fit ``memory_budget``), 'auto' (structured when possible); a
+        band of offsets of any prior is :meth:`ntk_banded` (``engine='banded'`` is refused).
         ``average_phases``: return the stationary kernel mean_s K(p + s, q + s) over the joint
         shifts s by one period (the kernel of the network with a random circular shift of its
         output grid), accumulated in float64; it is computed tile by tile without ever holding

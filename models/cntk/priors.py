@@ -23,10 +23,11 @@ class Prior:
         """(Ph, Pw, len(rows), W) table of S0 holding row offsets ``rows``."""
         raise NotImplementedError
 
-    def banded_table(self, size, rows, band, device, dtype) -> torch.Tensor:
-        """Offset planes (2 band + 1, 2 band + 1, len(rows), W) of S0 for the row positions
-        ``rows`` (LongTensor, values in 0..H-1): ``[band + d_r, band + d_c, i, c] =
-        S0((rows[i], c), (rows[i] + d_r, c + d_c))`` (mod H, W); see :mod:`.banded`."""
+    def banded_table(self, size, rows, roff, cband, device, dtype) -> torch.Tensor:
+        """Offset planes (len(roff), 2 cband + 1, len(rows), W) of S0 for the row positions
+        ``rows`` (LongTensor, values in 0..H-1), row offsets ``roff`` and column offsets
+        -cband..cband: ``[i, cband + d_c, j, c] = S0((rows[j], c), (rows[j] + roff[i], c + d_c))``
+        (mod H, W); see :mod:`.banded`."""
         raise NotImplementedError
 
 
@@ -43,12 +44,12 @@ class ConstantPrior(Prior):
         base[0, 0, rows == 0, 0] = self.diagonal
         return base.expand(period[0], period[1], len(rows), W).contiguous()
 
-    def banded_table(self, size, rows, band, device, dtype):
+    def banded_table(self, size, rows, roff, cband, device, dtype):
         H, W = size
-        off = torch.arange(-band, band + 1, device=device)
+        off = torch.arange(-cband, cband + 1, device=device)
         # aliased offsets (a band wider than the grid) that land on q == p are diagonal entries
-        same = ((off % H == 0)[:, None] & (off % W == 0)[None, :])[:, :, None, None]
-        planes = torch.full((len(off), len(off), len(rows), W), self.off, device=device,
+        same = ((roff % H == 0)[:, None] & (off % W == 0)[None, :])[:, :, None, None]
+        planes = torch.full((len(roff), len(off), len(rows), W), self.off, device=device,
                             dtype=dtype)
         return planes.masked_fill_(same, self.diagonal)
 
@@ -84,18 +85,21 @@ class ArrayPrior(Prior):
         qc = (c[:, None] + c[None, :]) % W                                   # (pc, dc)
         return torch.gather(gram, 3, qc[None, :, None, :].expand(H, W, len(rows), W))
 
-    def banded_table(self, size, rows, band, device, dtype):
+    def banded_table(self, size, rows, roff, cband, device, dtype):
         self._check_size(size)
         H, W = size
         Z = torch.as_tensor(self.Z, device=device, dtype=dtype)
-        off = torch.arange(-band, band + 1, device=device)
-        cols = (torch.arange(W, device=device)[None, :] + off[:, None]) % W     # (B, W)
-        here = Z[:, rows][:, :, None, :]                                          # (C, n, 1, W)
-        planes = torch.empty((len(off), len(off), len(rows), W), device=device, dtype=dtype)
-        for i, dr in enumerate(off.tolist()):
-            partner = Z[:, (rows + dr) % H][:, :, cols]                           # (C, n, B, W)
-            planes[i] = (here * partner).sum(0).permute(1, 0, 2).div_(Z.shape[0])
-        return planes
+        C = Z.shape[0]
+        # padded[..., cband + c + d_c] = partner at column c + d_c; unfold: (C, n, B, W) view
+        pad = (torch.arange(-cband, W + cband, device=device)) % W
+        here = Z[:, rows]                                                          # (C, n, W)
+        planes = torch.zeros((len(roff), 2 * cband + 1, len(rows), W), device=device,
+                             dtype=dtype)
+        for i, dr in enumerate(roff.tolist()):
+            shifted = Z[:, (rows + dr) % H][:, :, pad].unfold(2, W, 1).transpose(1, 2)
+            for c in range(C):
+                planes[i].addcmul_(here[c], shifted[c])
+        return planes.div_(C)
 
 
 def meshgrid_features(size) -> np.ndarray:

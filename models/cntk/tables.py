@@ -25,12 +25,17 @@ def window_sum(T: torch.Tensor, k: int, dims=(0, 1)) -> torch.Tensor:
         if period == 1:
             out = out * k
             continue
-        acc = out.clone()
-        for m in range(1, half + 1):
-            for shift in (m % period, -m % period):   # acc[a] += out[(a + shift) mod P]
-                acc.narrow(dim, 0, period - shift).add_(out.narrow(dim, shift, period - shift))
-                if shift:
-                    acc.narrow(dim, period - shift, shift).add_(out.narrow(dim, 0, shift))
+        acc = torch.empty_like(out)
+        shifts = [shift for m in range(1, half + 1) for shift in (m % period, -m % period)]
+        for j, shift in enumerate(shifts):       # acc[a] = out[a] + sum out[(a + shift) mod P]
+            for start, length, src in ((0, period - shift, shift), (period - shift, shift, 0)):
+                if length:
+                    piece = acc.narrow(dim, start, length)
+                    other = out.narrow(dim, src, length)
+                    if j == 0:                   # the first sum writes acc: no copy of out
+                        torch.add(out.narrow(dim, start, length), other, out=piece)
+                    else:
+                        piece.add_(other)
         out = acc
     return out if out is not T else T.clone()
 
