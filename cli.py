@@ -229,8 +229,11 @@ def _check_mask_source(ctx, mask, missing_fraction, invert_mask, require_one=Fal
               show_default=True, help="cntk = kernel regression; the others for comparison.")
 @click.option("--arch", default="default", show_default=True,
               help="CNTK architecture: a preset name or a layer spec (see models.cntk).")
-@click.option("--prior", default="noise", show_default=True,
-              type=click.Choice(["noise", "identity", "meshgrid"]), help="Network input statistics.")
+@click.option("--prior", default="auto", show_default=True,
+              help="Network input statistics: noise, identity, meshgrid (one stationary CNTK); "
+                   "image[:ROUNDS][+meshgrid:W] (the image itself as the prior, mixed with the "
+                   "stationary CNTK); auto (kernel chosen per image on held-out observed pixels).")
+@click.option("-v", "--verbose", is_flag=True, help="cntk: print the kernel chosen per image.")
 @click.option("--ridge", type=float, default=None, help="Ridge relative to the mean kernel diagonal.")
 @click.option("--iterations", type=int, default=None,
               help="cntk: CG iteration cap; dip: training iterations (default 3000, the "
@@ -253,8 +256,8 @@ def _check_mask_source(ctx, mask, missing_fraction, invert_mask, require_one=Fal
               "is not a terminal).")
 @click.pass_context
 def inpaint_command(ctx, image, output, mask, invert_mask, missing_fraction, seed, mask_type,
-                    reference, method, arch, prior, ridge, iterations, device, save_mask, cache_dir,
-                    dtype, scheduler, overwrite, quiet):
+                    reference, method, arch, prior, verbose, ridge, iterations, device, save_mask,
+                    cache_dir, dtype, scheduler, overwrite, quiet):
     """Fill the missing pixels of IMAGE (or of every image in the folder IMAGE).
 
     The output keeps the input's bit depth (8 or 16) and its alpha channel (carried through
@@ -296,6 +299,8 @@ def inpaint_command(ctx, image, output, mask, invert_mask, missing_fraction, see
             line += (f", PSNR {outcome['psnr']:.2f} dB, SSIM "
                      f"{'n/a (needs scikit-image)' if ssim is None else f'{ssim:.4f}'}")
         tqdm.write(line)
+        if verbose and outcome.get("kernel"):
+            tqdm.write(outcome["kernel"], file=sys.stderr)
 
     try:
         check_scheduler(scheduler)

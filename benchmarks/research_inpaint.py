@@ -10,7 +10,11 @@ Each VARIANT is ``ARCH`` followed by optional ``@key=value`` settings:
   with a Gaussian of ``sigma`` pixels: covariance 1/400 + (1/300 - 1/400) exp(-|d|^2 / 2 sigma^2)),
   a stationary prior used only here;
 * ``guide=biharmonic``: a data-dependent input prior, the image's biharmonic fill (centred) as
-  the network input (non-stationary: dense engine, so small images only; see ``--crop``).
+  the network input (non-stationary: dense engine, so small images only; see ``--crop``);
+* ``ARCH`` = ``auto`` or ``image[:ROUNDS]``: the image-adaptive inpainter (``prior=``); with
+  ``weight=``, ``h=``, ``band=``, ``patch=``, ``mixridge=`` (and ``kind=``, ``scale=``) a fixed
+  ``completion.image_adaptive.KernelMix`` instead of the selection / defaults, e.g.
+  ``"image@band=7@h=0.3"``.
 
 Prints PSNR per dev image (50% Bernoulli missing) and the mean, one line per variant::
 
@@ -30,6 +34,8 @@ import numpy as np
 import torch
 
 from completion.image import CNTKInpainter, inpaint
+from completion.image_adaptive import KernelMix
+from completion.image_priors import is_image_prior, parse_image_prior
 from completion.image_io import read_image
 from completion.masks import generate_mask
 from completion.metrics import psnr
@@ -57,10 +63,30 @@ class SmoothNoisePrior(Prior):
         return base.expand(period[0], period[1], len(rows), W).contiguous()
 
 
+MIX_FIELDS = {"weight": float, "h": float, "band": int, "patch": int, "mixridge": float,
+              "kind": str, "scale": float}
+
+
+def adaptive_inpainter(prior, options):
+    """``prior`` 'auto' or an image prior, with a fixed KernelMix when ``options`` name any."""
+    fields = {key: MIX_FIELDS[key](options.pop(key)) for key in list(options) if key in MIX_FIELDS}
+    if options:
+        raise SystemExit(f"unknown settings {sorted(options)} for {prior!r}")
+    if "mixridge" in fields:
+        fields["ridge"] = fields.pop("mixridge")
+    mix = None
+    if fields:
+        image = parse_image_prior(prior if prior != "auto" else "image")
+        mix = KernelMix(**{"kind": "image", "prior": image, **fields})
+    return CNTKInpainter(prior=prior, mix=mix)
+
+
 def inpainter(variant: str, guide=None) -> CNTKInpainter:
     """The inpainter of ``variant``; ``guide``: the input prior array of a ``guide=`` variant."""
     arch, *settings = variant.split("@")
     options = dict(s.split("=", 1) for s in settings)
+    if arch == "auto" or is_image_prior(arch):
+        return adaptive_inpainter(arch, options)
     if options.pop("guide", None) is not None:
         options["prior"] = guide
     if arch.startswith("skip:"):

@@ -3,7 +3,10 @@
 The observed pixels (all channels at once) are regressed on their positions: with K the CNTK
 between output pixels, solve (K_oo + lambda I) alpha = y_o - mean and predict K_mo alpha + mean.
 This is the infinitely wide limit of fitting a Deep Image Prior network to the observed pixels
-by gradient flow (plus a ridge).  ``inpaint(image, mask, method=...)`` also offers the trained DIP
+by gradient flow (plus a ridge).  By default (``prior='auto'``) the kernel is chosen per image
+on held-out observed pixels, among the stationary CNTK, a smooth coordinate kernel and the
+stationary CNTK mixed with the CNTK whose feature prior is the image itself (non-local patch
+similarities; :mod:`completion.image_adaptive`).  ``inpaint(image, mask, method=...)`` also offers the trained DIP
 network and the classical biharmonic / Telea fills for comparison.
 
 Shapes: images are float (H, W) or (H, W, C) in [0, 1]; masks are bool (H, W) (shared by every
@@ -18,6 +21,10 @@ import torch
 
 from models.device import resolve_device, resolve_dtype
 
+from .image_adaptive import KernelMix, Regression
+from .image_priors import is_image_prior, parse_image_prior
+from .image_selection import (MIN_HELD_OUT, SELECTION_BAND, band_for, held_out_mask,
+                              select_mix)
 from .inpaint_solver import relative_ridge, solve_observed
 from .kernel_cache import KernelCache
 from .kernel_ops import build_kernel, kernel_is_averaged, levels_of
@@ -26,7 +33,7 @@ METHODS = ("cntk", "dip", "biharmonic", "telea")
 PAD_MODES = ("reflect", "wrap", "missing")
 
 DEFAULT_ARCH = "default"
-DEFAULT_PRIOR = "noise"
+DEFAULT_PRIOR = "auto"  # chosen by benchmarks/bench_adaptive.py (RESULTS.md)
 DEFAULT_RIDGE = 1e-3
 
 
@@ -83,7 +90,14 @@ class CNTKInpainter:
     ----------
     arch : preset name, layer spec string (see ``models.cntk``), a ``Sequential`` network, or a
         list of them (their kernels are summed: the NTK of the networks run in parallel).
-    prior : network input statistics, ``'noise'``, ``'identity'``, ``'meshgrid'`` or an array.
+    prior : network input statistics, ``'noise'``, ``'identity'``, ``'meshgrid'`` or an array
+        (one kernel, as before); an image prior ``'image[:ROUNDS][+meshgrid:W]'``
+        (:mod:`completion.image_priors`): the stationary CNTK mixed with the banded CNTK whose
+        prior is the image itself (:mod:`completion.image_adaptive`, default settings); or
+        ``'auto'`` (the default): the kernel (stationary CNTK, smooth coordinate kernel, or the
+        image-prior mix) chosen per image on held-out observed pixels
+        (:mod:`completion.image_selection`; ``last_info['selection']`` says what and why).
+        The adaptive priors ignore ``solver`` and ``precondition`` (always preconditioned CG).
     ridge : lambda relative to the mean kernel diagonal.
     center : subtract the mean of the observed pixels (per channel) before regressing.
     pad, margin : the image is padded at the bottom and right by at least ``margin`` pixels, up
@@ -106,18 +120,26 @@ class CNTKInpainter:
     cache_dir : folder where computed kernels are stored for reuse (keyed by architecture, size,
         prior and dtype); kernels are also kept in memory for images of the same size.
 
-    After :meth:`inpaint`, ``last_info`` holds timings and solver statistics.
+    mix : a :class:`completion.image_adaptive.KernelMix` to use as it is (no selection) with an
+        image prior or ``'auto'`` (research; default: chosen / the defaults).
+
+    After :meth:`inpaint`, ``last_info`` holds timings and solver statistics (and, with
+    ``'auto'``, what was chosen).
     """
 
     def __init__(self, arch=DEFAULT_ARCH, prior=DEFAULT_PRIOR, ridge=DEFAULT_RIDGE, *, device="auto",
                  dtype=None, memory_budget=None, center=True, pad="missing", margin=16,
                  solver="auto", tol=1e-3, maxiter=500, precondition=True, keep_observed=True, cache_dir=None,
-                 progress=False):
+                 progress=False, mix=None):
         if not ridge > 0:
             raise ValueError(f"ridge must be positive, got {ridge}")
         if pad not in PAD_MODES:
             raise ValueError(f"pad must be one of {', '.join(PAD_MODES)}, got {pad!r}")
         self.arch, self.prior, self.ridge = arch, prior, float(ridge)
+        self.adaptive = isinstance(prior, str) and (prior == "auto" or is_image_prior(prior))
+        self.image_prior = parse_image_prior(prior) if is_image_prior(prior) else None
+        self.kernel_prior = "noise" if self.adaptive else prior  # of the stationary kernel
+        self.mix = mix
         self.device = resolve_device(device)
         if dtype is None and kernel_is_averaged(arch):
             dtype = torch.float32  # accumulated in float64 anyway (see the class docstring)
@@ -136,8 +158,8 @@ class CNTKInpainter:
         shape = tuple(int(s) for s in shape)
         if shape not in self._kernels:
             self._kernels[shape] = self._cache.get_or_compute(
-                self.arch, shape, self.prior, self.dtype,
-                lambda: build_kernel(self.arch, shape, prior=self.prior, device=self.device,
+                self.arch, shape, self.kernel_prior, self.dtype,
+                lambda: build_kernel(self.arch, shape, prior=self.kernel_prior, device=self.device,
                                      dtype=self.dtype, memory_budget=self.memory_budget,
                                      progress=self.progress),
                 device=self.device)
@@ -158,6 +180,8 @@ class CNTKInpainter:
 
         to_t = lambda a: torch.as_tensor(np.ascontiguousarray(np.moveaxis(a, 2, 0)),
                                          device=self.device)
+        if self.adaptive:
+            return self._inpaint_adaptive(img, m, grey, img_p, m_p, kern, to_t, t_kernel)
         dtype = kern.dtype  # phase-averaged kernels are float64 whatever they were computed in
         y = to_t(img_p).to(dtype)
         observed = to_t(~m_p)
@@ -182,6 +206,40 @@ class CNTKInpainter:
                           "solver": info.method, "iterations": info.iterations,
                           "converged": info.converged, "relative_residual": info.relative_residual,
                           "padded_shape": img_p.shape[:2]}
+        return out[:, :, 0] if grey else out
+
+    def _inpaint_adaptive(self, img, m, grey, img_p, m_p, kern, to_t, t_kernel):
+        """``prior='auto'`` or an image prior: see :mod:`completion.image_adaptive`."""
+        h, w = img.shape[:2]
+        problem = Regression(to_t(img_p), to_t(~m_p), kern, center=self.center,
+                             stationary_ridge=self.ridge, tol=self.tol, maxiter=self.maxiter,
+                             memory_budget=self.memory_budget)
+        band = band_for(img_p.shape[2])
+        t0 = time.perf_counter()
+        selection = None
+        if self.mix is not None:
+            mix = self.mix
+        elif self.image_prior is not None:
+            mix = KernelMix("image", band=band, prior=self.image_prior)
+        else:
+            held = held_out_mask(~m, m)
+            if held.reshape(-1, held.shape[2]).sum(0).min() < MIN_HELD_OUT:
+                mix = KernelMix("image", band=band)  # too few pixels to judge: the default
+            else:
+                held_p = np.zeros(m_p.shape, bool)
+                held_p[:h, :w] = held
+                selection = select_mix(problem, to_t(held_p), min(band, SELECTION_BAND), band)
+                mix = selection.mix
+        t_select = time.perf_counter() - t0
+        fit = problem.fit(mix)
+        out = np.moveaxis(fit.cpu().numpy(), 0, 2)[:h, :w]
+        if self.keep_observed:
+            out = np.where(m, out, img)
+        self.last_info = {"kernel_seconds": t_kernel, "selection_seconds": t_select,
+                          "solve_seconds": time.perf_counter() - t0 - t_select,
+                          "solver": "cg", "iterations": problem.iterations,
+                          "chosen": mix.describe(), "padded_shape": img_p.shape[:2],
+                          "selection": None if selection is None else selection.report()}
         return out[:, :, 0] if grey else out
 
 

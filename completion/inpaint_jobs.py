@@ -109,7 +109,7 @@ def load_inputs(image, mask=None, reference=None, invert_mask=False, missing_fra
 def run_job(job: Job, fill, invert_mask=False, missing_fraction=None, seed=0, mask_type="pixels"):
     """Run one job with ``fill(image, mask) -> image``; returns a dict of what happened
     (``psnr``/``ssim`` of the file as written when a reference was given, ``seconds``,
-    ``missing_fraction``). A lossy output format is reported in a warning before the work."""
+    ``missing_fraction``, and ``kernel``: what a CNTK inpainter chose for the image). A lossy output format is reported in a warning before the work."""
     inputs = [job.image, job.mask, job.reference]
     refuse_overwrite_input(job.output, *inputs)
     if job.save_mask is not None:
@@ -124,6 +124,9 @@ def run_job(job: Job, fill, invert_mask=False, missing_fraction=None, seed=0, ma
     filled = fill(found.pixels, mask)
     result = {"image": str(job.image), "output": str(job.output),
               "seconds": time.perf_counter() - t0, "missing_fraction": float(mask.mean())}
+    info = getattr(getattr(fill, "__self__", None), "last_info", None) or {}
+    if info.get("selection") or info.get("chosen"):  # a CNTKInpainter's choice for this image
+        result["kernel"] = info.get("selection") or f"kernel: {info['chosen']}"
     write_image(job.output, filled, found.bits, found.alpha)
     if job.save_mask is not None:
         write_image(job.save_mask, mask_to_image(mask))
@@ -150,7 +153,7 @@ class Method:
     workers; ``progress`` shows the CNTK's own bars (kernel tiles, CG) for a single image."""
     name: str = "cntk"
     arch: str = "default"
-    prior: str = "noise"
+    prior: str = "auto"
     ridge: float | None = None
     iterations: int | None = None
     device: str = "auto"

@@ -175,10 +175,10 @@ def smooth_rgb(h, w):
 def test_rgb_per_channel_masks_odd_size_equal_channelwise_fits():
     img = smooth_rgb(13, 11)                      # padded to 16 x 12, then cropped
     mask = np.random.default_rng(3).random(img.shape) < 0.5
-    inp = CNTKInpainter(SMALL_ARCH, solver="cholesky", margin=0)
+    inp = CNTKInpainter(SMALL_ARCH, "noise", solver="cholesky", margin=0)
     out = inp.inpaint(img, mask)
     assert out.shape == img.shape and inp.last_info["padded_shape"] == (16, 12)
-    default = CNTKInpainter(SMALL_ARCH, solver="cholesky")   # >= 16 missing pixels of margin
+    default = CNTKInpainter(SMALL_ARCH, "noise", solver="cholesky")   # >= 16 missing pixels of margin
     assert default.inpaint(img, mask).shape == img.shape
     assert default.last_info["padded_shape"] == (32, 28)
     assert np.array_equal(out[~mask], img[~mask])
@@ -190,10 +190,10 @@ def test_rgb_per_channel_masks_odd_size_equal_channelwise_fits():
 def test_cntk_cg_equals_cholesky_on_image():
     img = smooth_rgb(16, 16)[:, :, 0]
     mask = generate_mask(img.shape, 0.5, seed=1)
-    exact = CNTKInpainter(SMALL_ARCH, solver="cholesky").inpaint(img, mask)
-    cg = CNTKInpainter(SMALL_ARCH, solver="cg", tol=1e-10, maxiter=3000).inpaint(img, mask)
+    exact = CNTKInpainter(SMALL_ARCH, "noise", solver="cholesky").inpaint(img, mask)
+    cg = CNTKInpainter(SMALL_ARCH, "noise", solver="cg", tol=1e-10, maxiter=3000).inpaint(img, mask)
     assert np.abs(cg - exact).max() < 1e-6 * np.abs(exact).max()
-    auto = CNTKInpainter(SMALL_ARCH)                 # 'auto': Cholesky for few observed pixels
+    auto = CNTKInpainter(SMALL_ARCH, "noise")        # solver 'auto': Cholesky for few observed pixels
     auto.inpaint(img, mask)
     assert auto.last_info["solver"] == "cholesky"
     big = smooth_rgb(72, 72)[:, :, 0]                # > 2000 observed pixels: CG
@@ -213,10 +213,10 @@ def test_smooth_image_recovered_far_better_than_mean_fill(arch):
 def test_kernel_cache_roundtrip(tmp_path):
     img = smooth_rgb(16, 16)[:, :, 0]
     mask = generate_mask(img.shape, 0.5, seed=2)
-    first = CNTKInpainter(SMALL_ARCH, cache_dir=tmp_path).inpaint(img, mask)
+    first = CNTKInpainter(SMALL_ARCH, "noise", cache_dir=tmp_path).inpaint(img, mask)
     files = list(tmp_path.glob("cntk-*.pt"))
     assert len(files) == 1
-    again = CNTKInpainter(SMALL_ARCH, cache_dir=tmp_path).inpaint(img, mask)
+    again = CNTKInpainter(SMALL_ARCH, "noise", cache_dir=tmp_path).inpaint(img, mask)
     assert np.array_equal(first, again)
     CNTKInpainter(SMALL_ARCH, prior="identity", cache_dir=tmp_path).inpaint(img, mask)
     assert len(list(tmp_path.glob("cntk-*.pt"))) == 2      # the prior is part of the key
