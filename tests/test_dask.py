@@ -172,7 +172,7 @@ def test_batch_on_workers_gives_in_process_numbers_one_kernel_per_size(tmp_path,
         marks = tmp_path / f"marks-{where}"
         marks.mkdir()
         jobs = plan_jobs(folder, tmp_path / where)
-        method = CountedMethod(arch=SMALL_ARCH, marks=str(marks))
+        method = CountedMethod(arch=SMALL_ARCH, prior="noise", marks=str(marks))
         out = run_batch(jobs, method, scheduler=client if where == "dask" else None)
         assert not any(isinstance(o, Exception) for o in out), out
         counts[where] = len(list(marks.iterdir()))
@@ -183,7 +183,7 @@ def test_batch_on_workers_gives_in_process_numbers_one_kernel_per_size(tmp_path,
 
 
 def test_prepared_kernel_fills_identically_on_a_worker(client):
-    method = Method(arch=SMALL_ARCH)
+    method = Method(arch=SMALL_ARCH, prior="noise")
     img = smooth_image(32, 32)
     mask = generate_mask((32, 32), 0.5, seed=3)
     fill = lambda pair, inpainter: inpainter.inpaint(*pair)
@@ -247,10 +247,11 @@ def test_worker_killed_mid_batch_loses_no_output(tmp_path, client):
     folder = image_folder(tmp_path / "in", [(32, 32)] * 4)
     marker = tmp_path / "died"
     jobs = plan_jobs(folder, tmp_path / "out")
-    out = run_batch(jobs, DieOnceMethod(arch=SMALL_ARCH, marker=str(marker)), scheduler=client)
+    method = DieOnceMethod(arch=SMALL_ARCH, prior="noise", marker=str(marker))
+    out = run_batch(jobs, method, scheduler=client)
     assert marker.exists()
     assert not any(isinstance(o, Exception) for o in out), out
-    reference = run_batch(plan_jobs(folder, tmp_path / "ref"), Method(arch=SMALL_ARCH))
+    reference = run_batch(plan_jobs(folder, tmp_path / "ref"), Method(arch=SMALL_ARCH, prior="noise"))
     assert not any(isinstance(o, Exception) for o in reference)
     for i in range(4):
         assert np.array_equal(read_image(tmp_path / "out" / f"img{i}.png"),
