@@ -205,6 +205,7 @@ class CNTKInpainter:
         self.last_info = {"kernel_seconds": t_kernel, "solve_seconds": t_solve,
                           "solver": info.method, "iterations": info.iterations,
                           "converged": info.converged, "relative_residual": info.relative_residual,
+                          "chosen": f"stationary CNTK (prior {self.prior})",
                           "padded_shape": img_p.shape[:2]}
         return out[:, :, 0] if grey else out
 

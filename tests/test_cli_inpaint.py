@@ -126,3 +126,24 @@ def test_no_progress_bars_when_stderr_is_not_a_terminal(tmp_path, monkeypatch):
     assert "it/s" not in res.stderr and "%|" not in res.stderr, res.stderr   # CliRunner: no TTY
     monkeypatch.setattr(cli.sys.stderr, "isatty", lambda: True, raising=False)
     assert cli._show_progress(quiet=False) and not cli._show_progress(quiet=True)
+
+
+@pytest.mark.parametrize("prior,expect", [("auto", "image-prior CNTK"),
+                                           ("noise", "kernel: stationary CNTK (prior noise)")])
+def test_verbose_reports_each_images_kernel(tmp_path, prior, expect):
+    """-v prints what the CNTK used for each image of a folder (the per-image choice with its
+    held-out errors for prior auto), through the batch runner; without -v nothing of it."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a", "b"):
+        save(folder / f"{name}.png", smooth_image())
+        mask = generate_mask((24, 24), 0.5, seed=len(name))
+        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{name}_mask.png")
+    args = ["inpaint", str(folder), "-o", str(tmp_path / "out"), "--arch", SMALL_ARCH,
+            "--prior", prior, "-q"]
+    loud = CliRunner().invoke(main, args + ["-v"])
+    assert loud.exit_code == 0, loud.output
+    assert loud.stderr.count(expect) >= 2, loud.stderr
+    quiet = CliRunner().invoke(main, args[:2] + ["-o", str(tmp_path / "out2")] + args[4:])
+    assert quiet.exit_code == 0, quiet.output
+    assert expect not in quiet.stderr
