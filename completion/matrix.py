@@ -281,7 +281,9 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     @staticmethod
     def _warn_unusual(values, mask, rows, cols):
         """Warn about empty rows/columns (filled from the additive baseline) and extreme values
-        (robust z-score above :data:`EXTREME_Z` within their column)."""
+        (robust z-score above :data:`EXTREME_Z`: distance to the column median over the column's
+        scaled MAD, or over the whole matrix's where a column's MAD is 0, as in a sparse column
+        of mostly zeros whose rare non-zero values are data, not typos)."""
         for axis, labels, what, fill in ((0, cols, "column", "the global mean plus row effects"),
                                          (1, rows, "row", "the column means")):
             empty = np.flatnonzero(~mask.any(axis))
@@ -295,8 +297,12 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             warnings.simplefilter("ignore", RuntimeWarning)  # empty columns, reported above
             med = np.nanmedian(np.where(mask, values, np.nan), 0)
             dev = np.abs(values - med)
-            mad = 1.4826 * np.nanmedian(np.where(mask, dev, np.nan), 0)
-            scale = np.where(mad > 0, mad, 1.2533 * np.nanmean(np.where(mask, dev, np.nan), 0))
+            observed_dev = np.where(mask, dev, np.nan)
+            mad = 1.4826 * np.nanmedian(observed_dev, 0)
+            overall = 1.4826 * np.nanmedian(observed_dev)
+            if not overall > 0:
+                overall = 1.2533 * np.nanmean(observed_dev)
+            scale = np.where(mad > 0, mad, overall)
             z = np.where(mask & (scale > 0), dev / np.where(scale > 0, scale, 1.0), 0.0)
         extreme = np.argwhere(z > EXTREME_Z)
         if extreme.size:

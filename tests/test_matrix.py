@@ -210,6 +210,23 @@ def test_an_extreme_value_is_reported_by_row_and_column():
         NTKImputer(mode="rows", prior="profile", depth=1, ridge=0.1).fit(ratings)
 
 
+def test_sparse_columns_are_not_reported_as_extreme():
+    """A column of mostly zeros with a few large counts (MAD 0) is data, not a typo: judged on
+    the whole matrix's spread it raises no warning; a 1e12 typo in such a column still does."""
+    rng = np.random.default_rng(2)
+    counts = rng.poisson(3.0, size=(1000, 6)).astype(float)
+    counts[:, 4] = 0.0
+    counts[rng.choice(1000, 2, replace=False), 4] = [12.0, 16.0]  # as in scikit-learn's digits
+    counts[rng.random(counts.shape) < 0.1] = np.nan
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        NTKImputer(mode="rows", prior="profile", depth=1, ridge=0.1).fit(counts)
+    counts[np.flatnonzero(counts[:, 4] == 0)[0], 4] = 1e12
+    with pytest.warns(UserWarning, match="1e\\+12 at row"):
+        NTKImputer(mode="rows", prior="profile", depth=1, ridge=0.1).fit(counts)
+
+
 def test_dataframe_in_dataframe_out_observed_unchanged():
     X = small_matrix()
     frame = pd.DataFrame(X, index=[f"r{i}" for i in range(X.shape[0])],
