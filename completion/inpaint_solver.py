@@ -5,9 +5,9 @@ Works on any kernel object over an (H, W) pixel grid exposing
 * ``matvec(v)``: K applied to a torch (C, H, W) tensor (one product per channel);
 * ``solve_shifted(v, mu)``: (K + mu I)^-1 v on the full grid (used as a preconditioner);
 * ``diag()``: the (H, W) diagonal;
-* either ``table`` / ``period`` (periodic structure, K(p, q) =
-  ``table[p_r % Ph, p_c % Pw, (q_r - p_r) % H, (q_c - p_c) % W]``) or ``dense()`` (H, W, H, W),
-  used only by the exact (Cholesky) path to gather K_oo.
+* ``block(rows, cols)``: K between flat pixel indices (row-major over the (H, W) grid) as a
+  dense (n, m) tensor (:meth:`models.cntk.CNTKKernel.block`), used only by the exact (Cholesky)
+  path to gather K_oo.
 
 All vectors live on the full grid as (C, H, W) tensors, zero outside each channel's observed set;
 channels are independent right-hand sides (each with its own mask) solved together.
@@ -39,24 +39,6 @@ class SolveInfo:
     converged: bool = True
 
 
-def kernel_block(kern, rows, cols) -> torch.Tensor:
-    """K[rows, cols] for flat pixel indices (row-major over the (H, W) grid), as a dense matrix:
-    the kernel's own ``block`` when it has one, else gathered from ``table`` or ``dense()``."""
-    if hasattr(kern, "block"):
-        return kern.block(rows, cols)
-    table = getattr(kern, "table", None)
-    if table is None:
-        full = torch.as_tensor(kern.dense())
-        h, w = full.shape[:2]
-        return full.reshape(h * w, h * w)[rows][:, cols]
-    ph, pw, h, w = table.shape
-    pr, pc = rows // w, rows % w
-    qr, qc = cols // w, cols % w
-    dr = (qr[None, :] - pr[:, None]) % h
-    dc = (qc[None, :] - pc[:, None]) % w
-    return table[(pr % ph)[:, None], (pc % pw)[:, None], dr, dc]
-
-
 def exact_solve(kern, targets, observed, ridge, memory_budget=None):
     """Cholesky solve of (K_oo + ridge I) alpha = y_o, one factorisation per distinct channel mask.
 
@@ -76,7 +58,7 @@ def exact_solve(kern, targets, observed, ridge, memory_budget=None):
         n = idx.numel()
         check_fits(3 * n * n * targets.element_size(), budget, f"the exact solve on {n} observed pixels",
                    "Use solver='cg' (the default 'auto' switches by itself) or raise memory_budget.")
-        gram = kernel_block(kern, idx, idx).to(targets.dtype)
+        gram = kern.block(idx, idx).to(targets.dtype)
         gram.diagonal().add_(ridge)
         factor = torch.linalg.cholesky(gram)
         rhs = targets.reshape(c, -1)[same][:, idx].T
