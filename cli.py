@@ -197,9 +197,33 @@ def _mask_source_options(command):
         click.option("--mask-type", type=click.Choice(["pixels", "text", "box"]),
                      default="pixels", show_default=True, help="Kind of generated mask."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return _stacked(options)(command)
+
+
+def _stacked(options):
+    """A decorator applying click ``options`` so that they list in the given order."""
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return decorate
+
+
+def _batch_options(done_file):
+    """The folder-mode options shared by ``inpaint`` and ``compare``: where the images run
+    (``--scheduler``), whether finished ones (their ``done_file`` exists) are redone, ``-q``."""
+    options = [
+        click.option("--scheduler", help="Where the images are solved: local:N (a Dask cluster "
+                     "of N worker processes on this machine) or the address of a running Dask "
+                     "scheduler, tcp://HOST:8786 [default: in this process]. Needs "
+                     "ntk-completion[dask]."),
+        click.option("--overwrite", is_flag=True, help=f"Folder mode: redo images whose "
+                     f"{done_file} exists (by default they are skipped, so an interrupted run can "
+                     "be resumed)."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bars (none either when "
+                     "stderr is not a terminal)."),
+    ]
+    return _stacked(options)
 
 
 def _check_mask_source(ctx, mask, missing_fraction, invert_mask, require_one=False, batch=False):
@@ -247,13 +271,7 @@ def _check_mask_source(ctx, mask, missing_fraction, invert_mask, require_one=Fal
               help="Precision of the kernel computation. Default: float32 for phase-averaged "
                    "architectures (NAME+avg, the default; averaged and solved in float64), else "
                    "float64 on CPU and float32 on GPU.")
-@click.option("--scheduler", help="Where the images are solved: local:N (a Dask cluster of N "
-              "worker processes on this machine) or the address of a running Dask scheduler, "
-              "tcp://HOST:8786 [default: in this process]. Needs ntk-completion[dask].")
-@click.option("--overwrite", is_flag=True, help="Folder mode: redo images whose output exists "
-              "(by default they are skipped, so an interrupted run can be resumed).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar (none either when stderr "
-              "is not a terminal).")
+@_batch_options("output")
 @click.pass_context
 def inpaint_command(ctx, image, output, mask, invert_mask, missing_fraction, seed, mask_type,
                     reference, method, arch, prior, verbose, ridge, iterations, device, save_mask,
@@ -345,13 +363,7 @@ def inpaint_command(ctx, image, output, mask, invert_mask, missing_fraction, see
 @click.option("--dip-lr", type=float, default=0.01, show_default=True, help="DIP Adam learning rate.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--no-figures", is_flag=True, help="Skip the matplotlib figures (tables only).")
-@click.option("--scheduler", help="Folder mode: where the images are compared: local:N (a Dask "
-              "cluster of N worker processes) or a Dask scheduler address tcp://HOST:8786 "
-              "[default: in this process]. Needs ntk-completion[dask].")
-@click.option("--overwrite", is_flag=True, help="Folder mode: redo images whose table.csv "
-              "exists (by default they are skipped).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars (none either when stderr "
-              "is not a terminal).")
+@_batch_options("table.csv")
 @click.pass_context
 def compare_command(ctx, image, output_dir, mask, invert_mask, missing_fraction, seed, mask_type,
                     reference, methods, iterations, dip_lr, device, no_figures, scheduler,
