@@ -113,9 +113,12 @@ def quantise(image, bits: int = 8) -> np.ndarray:
     return np.round(np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0) * top) / top
 
 
-def to_uint8(image) -> np.ndarray:
-    """Clip to [0, 1] and round to 8 bits."""
-    return np.round(quantise(image, 8) * 255.0).astype(np.uint8)
+def to_integers(image, bits: int) -> np.ndarray:
+    """Clip to [0, 1] and round to ``bits`` (8 or 16) bit integers: uint8 0-255 or uint16
+    0-65535, the values a file of that depth stores."""
+    top = 2**bits - 1
+    dtype = np.uint16 if bits == 16 else np.uint8
+    return np.round(np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0) * top).astype(dtype)
 
 
 def check_output_suffix(path) -> None:
@@ -147,12 +150,9 @@ def _encode(path: Path, image, bits: int, alpha) -> bytes:
         alpha = None
     if suffix not in SIXTEEN_BIT_SUFFIXES:
         bits = 8
-    top = 2**bits - 1
-    dtype = np.uint16 if bits == 16 else np.uint8
-    arr = np.round(quantise(image, bits) * top).astype(dtype)
+    arr = to_integers(image, bits)
     if alpha is not None:
-        a = np.round(quantise(alpha, bits) * top).astype(dtype)
-        arr = np.dstack([arr, a])
+        arr = np.dstack([arr, to_integers(alpha, bits)])
     if bits == 16 and arr.ndim == 3:  # 16-bit colour or grey+alpha: Pillow cannot, OpenCV can
         try:
             import cv2

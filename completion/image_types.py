@@ -11,17 +11,17 @@ from typing import Callable
 
 import numpy as np
 
-_INTEGER_SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+_INTEGER_BITS = {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}
 
 
 def as_float_image(image) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """(float64 image in [0, 1] for uint8/uint16 input (floats unchanged), ``restore``) where
     ``restore(result)`` converts a float result back to the input's dtype."""
     arr = np.asarray(image)
-    if arr.dtype in _INTEGER_SCALES:
-        scale, dtype = _INTEGER_SCALES[arr.dtype], arr.dtype
-        restore = lambda out: np.round(np.clip(out, 0.0, 1.0) * scale).astype(dtype)
-        return arr.astype(np.float64) / scale, restore
+    if arr.dtype in _INTEGER_BITS:
+        from .image_io import to_integers
+        bits = _INTEGER_BITS[arr.dtype]
+        return arr.astype(np.float64) / (2**bits - 1), lambda out: to_integers(out, bits)
     if np.issubdtype(arr.dtype, np.floating):
         dtype = arr.dtype
         return arr, lambda out: np.asarray(out).astype(dtype, copy=False)
