@@ -23,6 +23,12 @@ Priors are spec strings (see :mod:`completion.priors`). Data-derived priors (``p
 ``lowrank:k``) are refined ``refine`` times: the prior is recomputed from the matrix completed
 by the previous fit (observed values kept) and the regression is solved again.
 
+Vector entries: X of shape (m, n, d) is completed as an (m, n) matrix whose entries are
+d-vectors (a missing entry = a fibre X[i, j, :] all NaN): one kernel over (row, col), the d
+outputs solved as d right-hand sides of each factorisation, a per-feature additive baseline, and
+priors built from the unfolded (m, n * d) values (:mod:`completion.fibres`,
+:func:`completion.priors.build_prior`); the chained modes do not apply.
+
 Observed entries: ``transform``/``fit_transform`` return them unchanged and fill only the missing
 ones. ``predict_entries(rows, cols)`` returns the fit itself, which at an observed entry equals the
 observed value minus ridge * mean-diagonal * alpha in rows/cols/joint mode (exact interpolation
@@ -43,6 +49,7 @@ from models.device import limited_threads
 from models.ntk import ACTIVATIONS, FullyConnectedNTK
 
 from .chained import chained_fit, chained_flops
+from .fibres import fibre_mask, fold, observed_fibres, unfold
 from .priors import build_prior, parse_prior
 from .softimpute import FRACTIONS, soft_impute_cv, soft_impute_path
 from .solvers import (SOLVERS, JointKernelOperator, choose_solver, predict_onehot_joint,
@@ -72,10 +79,12 @@ EXTREME_Z = 100.0
 def additive_baseline(values, mask):
     """(m, n) additive fit mu_j + a_i of the observed entries: column means (the global mean for
     an empty column), then the row means of the residual (0 for an empty row). ``values`` may
-    hold anything where unobserved."""
+    hold anything where unobserved. For (m, n, d) values (vector entries, ``mask`` (m, n)):
+    the same fit per feature, (m, n, d)."""
+    mask = fibre_mask(mask, values)
     obs = np.where(mask, values, 0.0)
     counts = mask.sum(0)
-    overall = obs.sum() / max(int(counts.sum()), 1)
+    overall = obs.sum((0, 1)) / max(int(counts.sum()), 1)
     col = np.where(counts > 0, obs.sum(0) / np.maximum(counts, 1), overall)
     resid = np.where(mask, values - col, 0.0)
     rcounts = mask.sum(1)
@@ -212,7 +221,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
 
     @staticmethod
     def _validate_matrix(X):
-        """-> (values (m, n) float64 with NaN, row labels, col labels, DataFrame or None)."""
+        """-> (values (m, n) or (m, n, d) float64 with NaN, row labels, col labels, DataFrame or
+        None)."""
         import pandas as pd
 
         frame = X if isinstance(X, pd.DataFrame) else None
@@ -240,18 +250,19 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
                 raise ValueError(f"X must be numeric (NaN for missing entries), got dtype "
                                  f"{arr.dtype}")
-            if arr.ndim != 2:
-                raise ValueError(f"X must be a 2-D matrix, got an array of shape {arr.shape}. "
-                                 "Reshape your data (e.g. X.reshape(-1, 1) for a single column)")
+            if arr.ndim not in (2, 3):
+                raise ValueError(f"X must be a 2-D matrix (or 3-D, (m, n, d) for vector "
+                                 f"entries), got an array of shape {arr.shape}. Reshape your "
+                                 "data (e.g. X.reshape(-1, 1) for a single column)")
             values = arr.astype(np.float64)
             rows, cols = list(range(values.shape[0])), list(range(values.shape[1]))
-        for axis, what in ((0, "sample"), (1, "feature")):
+        for axis, what in ((0, "sample"), (1, "feature"), (2, "value per entry"))[:values.ndim]:
             if values.shape[axis] == 0:
                 raise ValueError(f"X is empty: 0 {what}(s) (shape={values.shape}) while a minimum "
                                  "of 1 is required.")
         inf = np.isinf(values)
         if inf.any():
-            i, j = np.argwhere(inf)[0]
+            i, j = np.argwhere(inf)[0][:2]
             raise ValueError(f"X contains inf at row {rows[i]!r}, column {cols[j]!r}; "
                              "use NaN for missing entries")
         if np.isnan(values).all():
@@ -273,7 +284,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             raise ValueError(f"prior_matrix has shape {P.shape} but X has shape {shape}")
         bad = ~np.isfinite(P)
         if bad.any():
-            i, j = np.argwhere(bad)[0]
+            i, j = np.argwhere(bad)[0][:2]
             raise ValueError(f"prior_matrix must be complete: NaN or inf at row {rows[i]!r}, "
                              f"column {cols[j]!r}")
         return P
@@ -283,7 +294,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         """Warn about empty rows/columns (filled from the additive baseline) and extreme values
         (robust z-score above :data:`EXTREME_Z`: distance to the column median over the column's
         scaled MAD, or over the whole matrix's where a column's MAD is 0, as in a sparse column
-        of mostly zeros whose rare non-zero values are data, not typos)."""
+        of mostly zeros whose rare non-zero values are data, not typos; per feature for vector
+        entries)."""
         for axis, labels, what, fill in ((0, cols, "column", "the global mean plus row effects"),
                                          (1, rows, "row", "the column means")):
             empty = np.flatnonzero(~mask.any(axis))
@@ -295,29 +307,36 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                               UserWarning, stacklevel=3)
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # empty columns, reported above
-            med = np.nanmedian(np.where(mask, values, np.nan), 0)
+            fibres = fibre_mask(mask, values)
+            med = np.nanmedian(np.where(fibres, values, np.nan), 0)
             dev = np.abs(values - med)
-            observed_dev = np.where(mask, dev, np.nan)
+            observed_dev = np.where(fibres, dev, np.nan)
             mad = 1.4826 * np.nanmedian(observed_dev, 0)
             overall = 1.4826 * np.nanmedian(observed_dev)
             if not overall > 0:
                 overall = 1.2533 * np.nanmean(observed_dev)
             scale = np.where(mad > 0, mad, overall)
-            z = np.where(mask & (scale > 0), dev / np.where(scale > 0, scale, 1.0), 0.0)
+            z = np.where(fibres & (scale > 0), dev / np.where(scale > 0, scale, 1.0), 0.0)
         extreme = np.argwhere(z > EXTREME_Z)
         if extreme.size:
-            i, j = extreme[np.argmax(z[extreme[:, 0], extreme[:, 1]])]
-            warnings.warn(f"{len(extreme)} extreme value(s), e.g. {values[i, j]:.6g} at row "
-                          f"{rows[i]!r}, column {cols[j]!r} (robust z-score {z[i, j]:.3g} within "
-                          "its column): a typo? Every fill of its column and the baseline move "
-                          "with it", UserWarning, stacklevel=3)
+            at = tuple(extreme[np.argmax(z[tuple(extreme.T)])])
+            i, j = at[:2]
+            feature = f", value {at[2]}" if len(at) == 3 else ""
+            warnings.warn(f"{len(extreme)} extreme value(s), e.g. {values[at]:.6g} at row "
+                          f"{rows[i]!r}, column {cols[j]!r}{feature} (robust z-score {z[at]:.3g} "
+                          "within its column): a typo? Every fill of its column and the baseline "
+                          "move with it", UserWarning, stacklevel=3)
 
     # -- public API ----------------------------------------------------------------------------
     def fit(self, X, y=None):
-        """Fit on the observed entries of X ((m, n) array with NaN, or DataFrame); returns self."""
+        """Fit on the observed entries of X ((m, n) array with NaN, DataFrame, or (m, n, d) array
+        of vector entries with missing fibres all NaN); returns self."""
         self._validate_params()
         values, rows, cols, frame = self._validate_matrix(X)
-        mask = ~np.isnan(values)
+        mask = observed_fibres(values, (rows, cols))
+        if values.ndim == 3 and self.mode in CHAINED_AXIS:
+            raise ValueError(f"mode {self.mode!r} does not apply to vector entries (X of shape "
+                             f"{values.shape}); use rows, cols, joint or auto")
         self._warn_unusual(values, mask, rows, cols)
         self.row_labels_, self.col_labels_ = rows, cols
         self.n_features_in_ = values.shape[1]
@@ -326,7 +345,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         elif hasattr(self, "feature_names_in_"):
             del self.feature_names_in_
         self._frame_type = frame is not None
-        self.shape_ = values.shape
+        self.shape_ = mask.shape
         self._values, self._mask = values, mask
         self._row_feats = self._aligned("row", self.row_features, rows)
         self._col_feats = self._aligned("col", self.col_features, cols)
@@ -350,23 +369,26 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         fitted columns: its rows are completed together with the fitted matrix under the chosen
         configuration (no new choice), and returned."""
         self._check_fitted()
+        fitted = np.where(fibre_mask(self._mask, self._values), self._values, self.completed_)
         if X is None:
-            return self._as_output(np.where(self._mask, self._values, self.completed_),
-                                   self.row_labels_)
+            return self._as_output(fitted, self.row_labels_)
         values, rows, cols, frame = self._validate_matrix(X)
         if values.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {values.shape[1]} features, but NTKImputer is expecting "
                              f"{self.n_features_in_} features as input")
-        if values.shape == self.shape_ and np.array_equal(np.isnan(values), ~self._mask) \
-                and np.array_equal(values[self._mask], self._values[self._mask]):
-            return self._as_output(np.where(self._mask, self._values, self.completed_), rows,
-                                   frame is not None)
-        both = np.vstack([self._values, values])
-        both_mask = ~np.isnan(both)
+        if values.shape[2:] != self._values.shape[2:]:
+            raise ValueError(f"X has entries of shape {values.shape[2:]}, but NTKImputer was "
+                             f"fitted on entries of shape {self._values.shape[2:]}")
+        mask = observed_fibres(values, (rows, cols))
+        if mask.shape == self.shape_ and np.array_equal(mask, self._mask) \
+                and np.array_equal(values[mask], self._values[mask]):
+            return self._as_output(fitted, rows, frame is not None)
+        both = np.concatenate([self._values, values])
+        both_mask = observed_fibres(both)
         with limited_threads(self._threads()), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # fit has warned about the fitted rows
             self._softimpute_cache = {}
-            self._warn_unusual(values, ~np.isnan(values), rows, cols)
+            self._warn_unusual(values, mask, rows, cols)
             done = self._complete_chosen(both, both_mask, self.chosen_)[self.shape_[0]:]
         return self._as_output(np.where(np.isnan(values), done, values), rows, frame is not None)
 
@@ -375,7 +397,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
 
     def predict_entries(self, rows, cols):
         """Predictions at entries (rows[k], cols[k]): integer positions when an array was
-        fitted, labels when a DataFrame was fitted; returns a (len(rows),) array. Observed
+        fitted, labels when a DataFrame was fitted; returns a (len(rows),) array, or
+        (len(rows), d) for vector entries. Observed
         entries get the fit (module docstring), not necessarily the observed value."""
         self._check_fitted()
         r = self._positions(rows, self.row_labels_, "row")
@@ -444,7 +467,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                              "their features are unknown; fit_transform the stacked matrix")
         if axis == 0:
             return build_prior(spec, values, mask, feats, None, "row")
-        return build_prior(spec, values.T, mask.T, feats, None, "col")
+        return build_prior(spec, np.swapaxes(values, 0, 1), mask.T, feats, None, "col")
 
     def _source_matrix(self, source, values, mask):
         """The completed matrix a ``@source`` prior is computed from."""
@@ -460,12 +483,13 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         on the first mask seen (a CV training split when ``auto`` runs) and reused after."""
         key = hash(mask.tobytes())
         if key not in self._softimpute_cache:
+            flat, flat_mask = unfold(values, mask)  # vector entries: the (m, n * d) matrix
             if self._softimpute_fraction is None:
-                Z, self._softimpute_fraction, _ = soft_impute_cv(values, mask, self.random_state)
+                Z, self._softimpute_fraction, _ = soft_impute_cv(flat, flat_mask, self.random_state)
             else:
                 fractions = [f for f in FRACTIONS if f >= self._softimpute_fraction]
-                *_, (_, Z) = soft_impute_path(values, mask, fractions)
-            self._softimpute_cache[key] = Z
+                *_, (_, Z) = soft_impute_path(flat, flat_mask, fractions)
+            self._softimpute_cache[key] = fold(Z, values.shape)
         return self._softimpute_cache[key]
 
     def _complete_chosen(self, values, mask, chosen):
@@ -487,7 +511,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             Z = chained_fit(self._kernel(cfg["depth"]), values, mask, baseline, 1 + self.refine,
                             ridge, CHAINED_AXIS[cfg["mode"]], self.random_state)
             return Z if targets is None else Z[targets]
-        resid = np.where(mask, values - baseline, 0.0)
+        fibres = fibre_mask(mask, values)
+        resid = np.where(fibres, values - baseline, 0.0)
         specs = [parse_prior(p) for p in cfg["prior"]] if isinstance(cfg["prior"], tuple) \
             else [parse_prior(cfg["prior"])]
         rounds = 1 + (self.refine if any(s.data_derived for s in specs) else 0)
@@ -497,14 +522,15 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             pred = self._residual_fit(source, source_mask, mask, resid, cfg, specs,
                                       targets if last else None)
             if not last:
-                source, source_mask = np.where(mask, values, baseline + pred), np.ones_like(mask)
+                source, source_mask = np.where(fibres, values, baseline + pred), np.ones_like(mask)
         if targets is not None:
-            return (baseline[targets] + pred) if pred.ndim == 1 else (baseline + pred)[targets]
+            return (baseline + pred)[targets] if pred.shape == baseline.shape \
+                else baseline[targets] + pred
         return baseline + pred
 
     def _residual_fit(self, source, source_mask, mask, resid, cfg, specs, targets):
-        """Kernel prediction of the residual ``resid`` (observed where ``mask``): (m, n), or (T,)
-        at ``targets`` in joint dense mode. Priors are computed from ``source`` where
+        """Kernel prediction of the residual ``resid`` (observed where ``mask``): shaped like
+        ``resid`` ((m, n) or (m, n, d)), or (T,) / (T, d) at ``targets`` in joint dense mode. Priors are computed from ``source`` where
         ``source_mask`` (the observed values, or a completed matrix when refining). A prior
         that is zero for every item (e.g. the profiles of a tiny constant matrix) gives a zero
         kernel, which predicts no residual."""
@@ -514,11 +540,11 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             axis = 0 if cfg["mode"] == "rows" else 1
             P = self._prior(specs[0], source, source_mask, axis)
             if not P.any():
-                return np.zeros(mask.shape)
+                return np.zeros(resid.shape)
             K = np.asarray(kernel.ntk(P, device=self.device), dtype=np.float64)
-            R, M = (resid, mask) if axis == 0 else (resid.T, mask.T)
+            R, M = (resid, mask) if axis == 0 else (np.swapaxes(resid, 0, 1), mask.T)
             pred = solve_shared_kernel(K, R, M, ridge)
-            return pred if axis == 0 else pred.T
+            return pred if axis == 0 else np.swapaxes(pred, 0, 1)
         # joint
         row_spec, col_spec = (specs * 2)[:2]
         rows, cols = np.nonzero(mask)
@@ -528,11 +554,12 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             a2 = b2 = 0.5
             values4 = [float(kernel.ntk_from_gram(g, 1.0, 1.0)) for g in (1.0, a2, b2, 0.0)]
             alpha = solve_onehot_joint(rows, cols, y, values4, ridge, (m, n))
-            return predict_onehot_joint(rows, cols, alpha, values4, (m, n))
+            return predict_onehot_joint(rows, cols, alpha, values4, (m, n)).reshape(resid.shape)
         Pr = self._prior(row_spec, source, source_mask, 0)
         Pc = self._prior(col_spec, source, source_mask, 1)
         if not (Pr.any() or Pc.any()):
-            return np.zeros(mask.shape) if targets is None else np.zeros(len(targets[0]))
+            return np.zeros(resid.shape) if targets is None \
+                else np.zeros((len(targets[0]),) + resid.shape[2:])
         op = JointKernelOperator(kernel, 0.5 * Pr @ Pr.T, 0.5 * Pc @ Pc.T, rows, cols,
                                  device=self.device)
         if cfg["solver"] == "exact":
@@ -541,7 +568,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             alpha = op.solve(y, ridge, random_state=0)
         if targets is None:
             tr, tc = np.indices((m, n)).reshape(2, -1)
-            return op.predict(alpha, tr, tc).reshape(m, n)
+            return op.predict(alpha, tr, tc).reshape(resid.shape)
         return op.predict(alpha, np.asarray(targets[0]), np.asarray(targets[1]))
 
     # -- automatic choices ----------------------------------------------------------------------
@@ -593,6 +620,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                                  "col_features (cols mode)")
             return modes
         modes = ["rows", "cols", "joint"]
+        if self._values.ndim == 3:  # vector entries: the chained modes do not apply
+            return modes
         for mode, axis in CHAINED_AXIS.items():
             flops = chained_flops(mask.shape, mask, 1 + self.refine, axis)
             if flops <= AUTO_CHAINED_FLOPS:
@@ -652,8 +681,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             if top[0]["mode"] == "softimpute":
                 raise ValueError("no kernel configuration could be fitted")
             return self._normalised(top[0]), results
-        truth = np.concatenate([values[np.nonzero(val)] for val in folds])
-        preds = np.column_stack([scored[repr(c)][2] for c in top])
+        truth = np.concatenate([values[np.nonzero(val)] for val in folds]).ravel()
+        preds = np.column_stack([scored[repr(c)][2].ravel() for c in top])
         weights = convex_weights(preds, truth)
         keep = weights > 0.01
         if keep.sum() == 1:
@@ -717,7 +746,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         try:
             for val in folds:
                 train = mask & ~val
-                preds.append(self._complete(np.where(train, values, np.nan), train, cfg,
+                preds.append(self._complete(np.where(fibre_mask(train, values), values, np.nan),
+                                            train, cfg,
                                             np.nonzero(val)))
         except ValueError as err:
             if not _numerical_failure(err):

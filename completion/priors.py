@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .fibres import fibre_mask, unfold
+
 __all__ = ["PriorSpec", "parse_prior", "build_prior", "align_features", "profile_prior",
            "lowrank_prior", "DATA_DERIVED", "SOURCES"]
 
@@ -166,7 +168,8 @@ def _unit_mean_square(F):
 
 
 def profile_prior(X, mask):
-    """(m, n) values with (m, n) bool mask -> (m, n) profiles: row i's values, each gap filled
+    """(m, n) values with (m, n) bool mask -> (m, n) profiles (or (m, n, k) values with an
+    (m, n, 1) mask -> (m, n, k), each feature's profiles): row i's values, each gap filled
     by its column's mean shifted by the row's mean offset from the column means (the additive
     row + column fit of the observed entries), each profile's own mean removed (rows compare by
     the shape of their profile, not by their level), then every coordinate standardised over
@@ -201,8 +204,13 @@ def lowrank_prior(X, mask, rank, n_rounds=5):
 def build_prior(spec, X, mask, features=None, labels=None, what="row"):
     """The prior of the rows of (m, n) ``X`` (transpose X and mask for columns): (m, d) array.
 
-    ``spec``: string or :class:`PriorSpec`; ``mask``: True = observed; ``features``/``labels``
-    for the ``features`` base (labels in matrix order). See the module docstring for each kind.
+    ``spec``: string or :class:`PriorSpec`; ``mask``: (m, n), True = observed; ``features``/
+    ``labels`` for the ``features`` base (labels in matrix order). See the module docstring for
+    each kind. ``X`` may be (m, n, k), vector entries (:mod:`completion.fibres`): a row's
+    ``profile`` is then its k per-feature profiles side by side (n * k coordinates, each
+    standardised, so the Gram matrix of the rows is the sum of the k per-feature profile Gram
+    matrices, up to the overall scale), and ``lowrank`` is computed from the (m, n * k)
+    unfolded matrix.
     """
     spec = parse_prior(spec)
     m = X.shape[0]
@@ -213,9 +221,9 @@ def build_prior(spec, X, mask, features=None, labels=None, what="row"):
             raise ValueError(f"prior {str(spec)!r} for the {what}s needs {what}_features")
         F = _standardise(align_features(features, labels if labels is not None else range(m), what))
     elif spec.base == "profile":
-        F = profile_prior(X, mask)
+        F = profile_prior(X, fibre_mask(mask, X)).reshape(m, -1)
     else:
-        F = lowrank_prior(X, mask, spec.rank)
+        F = lowrank_prior(*unfold(X, mask), spec.rank)
     if spec.identity_weight is None:
         return _unit_mean_square(F)
     norms = np.linalg.norm(F, axis=1, keepdims=True)

@@ -307,7 +307,7 @@ def test_lowrank_prior_recovers_row_space():
 # -- validation ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("X, message", [
     (np.ones(5), "2-D"),
-    (np.ones((2, 2, 2)), "2-D"),
+    (np.ones((2, 2, 2, 2)), "2-D"),
     (np.array([[1.0, np.inf], [1.0, 2.0]]), "inf at row 0, column 1"),
     (np.full((3, 2), np.nan), "no observed entry"),
     (np.array([["a", "b"], ["c", "d"]]), "numeric"),
