@@ -22,9 +22,11 @@ class _Refused(click.ClickException):
 def _error(err: Exception) -> click.ClickException:
     """The one-line CLI error for an exception of the library (exit status 2 for outputs)."""
     from completion.files import UnwritableOutput
+    from completion.matrix_long import LongFormatError
     if isinstance(err, OSError):
         return click.ClickException(f"{err.filename or ''}: {err.strerror or err}".lstrip(": "))
-    return (_Refused if isinstance(err, UnwritableOutput) else click.ClickException)(str(err))
+    refused = isinstance(err, (UnwritableOutput, LongFormatError))
+    return (_Refused if refused else click.ClickException)(str(err))
 
 
 def _show_progress(quiet: bool) -> bool:
@@ -122,12 +124,23 @@ def _separator(ctx, param, value):
               help="Hide this fraction of the observed entries, fit on the rest and print RMSE, "
               "R^2 and Pearson r on them next to the additive row+column-mean baseline.")
 @click.option("--na-values", default="", help="Extra comma-separated tokens that mean missing.")
+@click.option("--long", "long_columns", metavar="ROW,COL,VALUE[,VALUE...]",
+              help="IN.csv is a long table, one line per observed entry: the names of its row-label, "
+              "column-label and value column(s); several value columns make vector entries, and "
+              "'*' as the last name takes every other column, e.g. --long user,item,rating or "
+              "--long cell,drug,'*'.")
+@click.option("--predict", "pairs_csv", type=click.Path(exists=True, dir_okay=False,
+                                                        path_type=Path),
+              help="With --long: a CSV listing the (ROW, COL) pairs to predict, in columns named "
+              "as in --long; the output lists them with the value column(s) (observed values "
+              "where the pair was observed). Without it the output is the wide completed matrix "
+              "(one value column, when it fits in memory).")
 @click.option("-v", "--verbose", is_flag=True, help="Report the CV scores and the choices made.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors, warnings and --holdout "
               "scores (not the choices made).")
 def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_features,
                    col_features, prior, prior_matrix, depth, ridge, device, seed, holdout,
-                   na_values, verbose, quiet):
+                   na_values, long_columns, pairs_csv, verbose, quiet):
     """Fill the missing entries of the matrix in IN.csv (row labels in the first column, column
     labels in the header; blank cells and NA tokens are missing; '-' reads standard input) and
     write the completed matrix. Observed entries are written unchanged. The input is never
@@ -141,6 +154,9 @@ def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_fe
       ntk-complete matrix ic50.csv -o completed.csv --holdout 0.1 --seed 0
       ntk-complete matrix ratings.tsv -o completed.tsv --no-row-labels --encoding latin-1
       cat ic50.csv | ntk-complete matrix - -o - -q > completed.csv
+      ntk-complete matrix ratings.csv --long user,item,rating -o wide.csv
+      ntk-complete matrix ratings.csv --long user,item,rating --predict pairs.csv -o predicted.csv
+      ntk-complete matrix profiles.csv --long cell,drug,'*' --predict pairs.csv -o predicted.csv
     """
     from completion.files import check_writable, refuse_overwrite_input
     from completion.holdout import complete_with_holdout
@@ -149,6 +165,16 @@ def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_fe
 
     tokens = [t.strip() for t in na_values.split(",") if t.strip()]
     csv_options = {"sep": sep, "encoding": encoding}
+    if long_columns is not None or pairs_csv is not None:
+        _check_long_options(long_columns, pairs_csv, holdout, no_row_labels, prior_matrix)
+        imputer_options = dict(mode=mode, prior=prior, depth=depth, ridge=ridge, device=device,
+                               random_state=seed, verbose=int(verbose))
+        try:
+            _complete_long(input_csv, output, long_columns, pairs_csv, row_features,
+                           col_features, tokens, csv_options, imputer_options, quiet)
+        except (ValueError, MemoryError, OSError) as err:
+            raise _error(err) from err
+        return
     try:
         refuse_overwrite_input(output, input_csv, row_features, col_features, prior_matrix)
         if output != "-":
@@ -177,6 +203,80 @@ def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_fe
         write_matrix_csv(completed, output, sep=frame.attrs["sep"], row_labels=not no_row_labels)
     except (ValueError, MemoryError, OSError) as err:
         raise _error(err) from err
+
+
+def _check_long_options(long_columns, pairs_csv, holdout, no_row_labels, prior_matrix):
+    """Refuse the options that do not combine with long input (before any work)."""
+    if long_columns is None:
+        raise _Refused("--predict lists pairs of a long table: give --long ROW,COL,VALUE too")
+    for given, name in ((holdout is not None, "--holdout"), (no_row_labels, "--no-row-labels"),
+                        (prior_matrix is not None, "--prior-matrix")):
+        if given:
+            raise _Refused(f"{name} is for a wide matrix; it does not combine with --long")
+
+
+def _complete_long(input_csv, output, long_columns, pairs_csv, row_features, col_features,
+                   tokens, csv_options, imputer_options, quiet):
+    """``matrix --long``: read the long table (and the pairs), fit NTKImputer on the (m, n)
+    matrix, or the (m, n, d) array of vector entries, dense when it fits the memory budget and
+    otherwise (one value column) a scipy.sparse.csr_array of the observed entries; write the
+    predictions for the pairs, or the wide completed matrix."""
+    import numpy as np
+    import pandas as pd
+
+    from completion.files import check_writable, refuse_overwrite_input
+    from completion.matrix import NTKImputer, describe_choice
+    from completion.matrix_csv import read_features_csv, write_matrix_csv
+    from completion.matrix_long import (parse_long_spec, read_long_csv, read_pairs_csv,
+                                        sparse_observed, write_long_csv)
+    from completion.priors import align_features
+    from models.device import format_bytes, parse_bytes
+
+    spec = parse_long_spec(long_columns)
+    refuse_overwrite_input(output, input_csv, pairs_csv, row_features, col_features)
+    if output != "-":
+        check_writable(output)
+    table = read_long_csv(input_csv, spec, tokens, **csv_options)
+    (m, n), d = table.shape, table.values.shape[1]
+    budget = parse_bytes(None)
+    need = f"{' x '.join(map(str, table.dense_shape))} float64: {format_bytes(table.dense_bytes())}"
+    fits = table.dense_bytes() <= budget
+    if pairs_csv is None and d > 1:
+        raise _Refused(f"{d} value columns (vector entries): name the (row, col) pairs to write "
+                       "with --predict pairs.csv")
+    if not fits and (pairs_csv is None or d > 1):
+        raise _Refused(f"the dense {'matrix' if d == 1 else 'array'} would need {need}, over the "
+                       f"memory budget of {format_bytes(budget)}"
+                       + ("; ask for the pairs you need with --predict pairs.csv" if d == 1 else ""))
+    pairs = read_pairs_csv(pairs_csv, table, **csv_options) if pairs_csv else None
+    features = {}
+    for name, path, labels, what in (("row_features", row_features, table.row_labels, "row"),
+                                     ("col_features", col_features, table.col_labels, "col")):
+        if path:
+            features[name] = align_features(read_features_csv(path, tokens, **csv_options),
+                                            labels, what)
+    imputer = NTKImputer(**imputer_options, **features)
+    X = table.dense() if fits else sparse_observed(table)
+    try:
+        imputer.fit(X)
+    except TypeError as err:
+        if fits:
+            raise
+        raise _Refused(f"the dense matrix would need {need}, over the memory budget of "
+                       f"{format_bytes(budget)}, and NTKImputer did not take the sparse one: "
+                       f"{err}") from None
+    if not quiet:
+        click.echo(f"chosen: {describe_choice(imputer.chosen_)}", err=True)
+    if pairs is None:
+        frame = pd.DataFrame(imputer.transform(), index=pd.Index(table.row_labels, name=spec.row),
+                             columns=table.col_labels)
+        write_matrix_csv(frame, output, sep=table.sep)
+        return
+    labels, rows, cols = pairs
+    predicted = np.asarray(imputer.predict_entries(rows, cols)).reshape(rows.size, d)
+    hit, observed = table.observed_values(rows, cols)
+    write_long_csv(labels, np.where(hit[:, None], observed, predicted), table.value_names,
+                   output, sep=table.sep)
 
 
 # --- image commands (issue 3) ----------------------------------------------------------------

@@ -20,13 +20,13 @@ import pandas as pd
 from .files import write_text
 
 __all__ = ["read_matrix_csv", "read_features_csv", "write_matrix_csv", "sniff_separator",
-           "SEPARATORS"]
+           "read_text", "SEPARATORS"]
 
 SEPARATORS = (",", ";", "\t")
 _SEP_NAMES = {",": "comma", ";": "semicolon", "\t": "tab"}
 
 
-def _read_text(path, encoding, what) -> str:
+def read_text(path, encoding, what) -> str:
     """The decoded text of ``path`` ('-' = standard input); a decoding error names the file,
     the byte and line, and suggests ``--encoding``."""
     try:
@@ -101,7 +101,7 @@ def _parse(text, path, what, sep, na_values, row_labels):
 
 
 def _read(path, na_values, what, sep, encoding, row_labels):
-    return _parse(_read_text(path, encoding, what), path, what, sep, na_values, row_labels)
+    return _parse(read_text(path, encoding, what), path, what, sep, na_values, row_labels)
 
 
 def read_matrix_csv(path, na_values=None, *, sep=None, encoding=None,
