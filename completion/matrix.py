@@ -72,6 +72,9 @@ AUTO_RIDGE_GRID = (0.01, 0.03, 0.1)
 # "auto" skips a chained candidate whose estimated cost (chained.chained_flops) exceeds this
 # (digits' 1797 x 64 rows-chained fit, 1.4e11, took about 60 s on one loaded core)
 AUTO_CHAINED_FLOPS = 1.5e11
+# "auto" with vector entries leaves SoftImpute of the unfolded (m, n * d) matrix (the
+# profile@softimpute prior and the softimpute component) out above this many flops per SVD
+AUTO_UNFOLDED_SVD_FLOPS = 2e10
 # robust z-score (|x - median| / (1.4826 MAD)) above which an observed value is reported
 EXTREME_Z = 100.0
 
@@ -111,6 +114,18 @@ def describe_choice(cfg):
         return "stack of " + "; ".join(f"{c['weight']:.2f} x ({describe_choice(c['fit'])})"
                                        for c in cfg["components"])
     return ", ".join(f"{k}={v}" for k, v in cfg.items())
+
+
+def _ntk_between_items(kernel, P, device):
+    """(k, k) float64 NTK between the rows of a prior P (k, p). A prior wider than tall (the
+    unfolded n * d profile of vector entries) goes through its k x k Gram matrix: ``ntk(P)``
+    would hold copies of the (k, p) prior."""
+    if P.shape[1] <= P.shape[0]:
+        return np.asarray(kernel.ntk(P, device=device), dtype=np.float64)
+    Pt = torch.from_numpy(np.ascontiguousarray(P, dtype=np.float64))
+    gram = Pt @ Pt.T
+    sq = gram.diagonal().clone()
+    return np.asarray(kernel.ntk_from_gram(gram, sq, sq).numpy(), dtype=np.float64)
 
 
 def _family(cfg):
@@ -511,8 +526,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             Z = chained_fit(self._kernel(cfg["depth"]), values, mask, baseline, 1 + self.refine,
                             ridge, CHAINED_AXIS[cfg["mode"]], self.random_state)
             return Z if targets is None else Z[targets]
-        fibres = fibre_mask(mask, values)
-        resid = np.where(fibres, values - baseline, 0.0)
+        resid = values - baseline
+        resid[~mask] = 0.0
         specs = [parse_prior(p) for p in cfg["prior"]] if isinstance(cfg["prior"], tuple) \
             else [parse_prior(cfg["prior"])]
         rounds = 1 + (self.refine if any(s.data_derived for s in specs) else 0)
@@ -522,7 +537,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             pred = self._residual_fit(source, source_mask, mask, resid, cfg, specs,
                                       targets if last else None)
             if not last:
-                source, source_mask = np.where(fibres, values, baseline + pred), np.ones_like(mask)
+                source = np.where(fibre_mask(mask, values), values, baseline + pred)
+                source_mask = np.ones_like(mask)
         if targets is not None:
             return (baseline + pred)[targets] if pred.shape == baseline.shape \
                 else baseline[targets] + pred
@@ -541,7 +557,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             P = self._prior(specs[0], source, source_mask, axis)
             if not P.any():
                 return np.zeros(resid.shape)
-            K = np.asarray(kernel.ntk(P, device=self.device), dtype=np.float64)
+            K = _ntk_between_items(kernel, P, self.device)
             R, M = (resid, mask) if axis == 0 else (np.swapaxes(resid, 0, 1), mask.T)
             pred = solve_shared_kernel(K, R, M, ridge)
             return pred if axis == 0 else np.swapaxes(pred, 0, 1)
@@ -596,7 +612,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         if mode == "joint":
             return [("onehot", "onehot")]
         feats = self._row_feats if mode == "rows" else self._col_feats
-        cands = ["profile", "profile@softimpute"]
+        cands = ["profile"] + (["profile@softimpute"] if self._softimpute_affordable() else [])
         if self._prior_values is not None:
             cands.append("profile@matrix")
         if feats is not None:
@@ -630,6 +646,14 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                 self._say(f"  {mode} left out: about {flops:.1e} flops")
         return modes
 
+    def _softimpute_affordable(self):
+        """False for vector entries whose unfolded (m, n * d) matrix makes one SVD cost more
+        than AUTO_UNFOLDED_SVD_FLOPS (SoftImpute's path takes some hundred SVDs)."""
+        if self._values.ndim == 2:
+            return True
+        m, width = self._values.shape[0], self._values[0].size
+        return 4.0 * m * width * min(m, width) <= AUTO_UNFOLDED_SVD_FLOPS
+
     def _candidates(self, mask):
         n_obs = int(mask.sum())
         depth = DEFAULT_DEPTH if self.depth == "auto" else int(self.depth)
@@ -642,7 +666,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                        else depth, "ridge": "loo" if chained and self.ridge == "auto" else ridge}
                 cfg["solver"] = self._solver_for(mode, prior, n_obs)
                 out.append(cfg)
-        if self.mode == "auto" and self.prior == "auto" and self.stack > 1:
+        if self.mode == "auto" and self.prior == "auto" and self.stack > 1 \
+                and self._softimpute_affordable():
             out.append({"mode": "softimpute"})  # a component for the combination only
         return out
 

@@ -178,3 +178,25 @@ def test_wide_output_refused_with_its_size_when_over_budget(tmp_path, monkeypatc
 def test_long_spec_errors(text, message):
     with pytest.raises(ValueError, match=message):
         parse_long_spec(text)
+
+
+def test_over_budget_pairs_hand_ntkimputer_the_sparse_observed_matrix(tmp_path, monkeypatch):
+    import models.device
+    monkeypatch.setattr(models.device, "DEFAULT_MEMORY_BUDGET", 100)
+    seen = []
+
+    def fit(self, X, y=None):
+        seen.append(X)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(NTKImputer, "fit", fit)
+    frame, _ = _ratings()
+    path = tmp_path / "ratings.csv"
+    frame.to_csv(path, index=False)
+    ppath = tmp_path / "pairs.csv"
+    ppath.write_text("user,item\nu1,i2\n")
+    res = CliRunner().invoke(main, ["matrix", str(path), "--long", "user,item,rating",
+                                    "--predict", str(ppath), "-o", str(tmp_path / "o.csv")])
+    assert "stop here" in res.output
+    (X,) = seen
+    assert isinstance(X, scipy.sparse.csr_array) and X.shape == (12, 8) and X.nnz == len(frame)
