@@ -73,8 +73,10 @@ AUTO_RIDGE_GRID = (0.01, 0.03, 0.1)
 # (digits' 1797 x 64 rows-chained fit, 1.4e11, took about 60 s on one loaded core)
 AUTO_CHAINED_FLOPS = 1.5e11
 # "auto" with vector entries leaves SoftImpute of the unfolded (m, n * d) matrix (the
-# profile@softimpute prior and the softimpute component) out above this many flops per SVD
-AUTO_UNFOLDED_SVD_FLOPS = 2e10
+# profile@softimpute prior and the softimpute component) out above this many flops per SVD,
+# 4 m (n d) min(m, n d): its CV path on 500 x 300 x 5 (1.5e9) took 20 s CPU, on 500 x 300 x 20
+# (6e9) 232 s CPU (benchmarks/RESULTS.md, vector-valued entries)
+AUTO_UNFOLDED_SVD_FLOPS = 2e9
 # robust z-score (|x - median| / (1.4826 MAD)) above which an observed value is reported
 EXTREME_Z = 100.0
 
@@ -413,8 +415,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     def predict_entries(self, rows, cols):
         """Predictions at entries (rows[k], cols[k]): integer positions when an array was
         fitted, labels when a DataFrame was fitted; returns a (len(rows),) array, or
-        (len(rows), d) for vector entries. Observed
-        entries get the fit (module docstring), not necessarily the observed value."""
+        (len(rows), d) for vector entries. Observed entries get the fit (module docstring), not
+        necessarily the observed value."""
         self._check_fitted()
         r = self._positions(rows, self.row_labels_, "row")
         c = self._positions(cols, self.col_labels_, "column")

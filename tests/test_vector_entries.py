@@ -120,3 +120,14 @@ def test_transform_refuses_other_entry_shape():
         imp.transform(X[:3, :, :2])
     with pytest.raises(ValueError, match="2-D matrix .or 3-D"):
         NTKImputer().fit(X[..., None])
+
+
+def test_auto_leaves_softimpute_out_above_the_unfolded_svd_cost(monkeypatch):
+    import completion.matrix
+    X, _, _ = _tensor(m=20, n=12, d=3)
+    small = NTKImputer(random_state=0, depth=1, ridge=0.03).fit(X)
+    assert any("softimpute" in str(r.get("prior", r["mode"])) for r in small.cv_results_)
+    monkeypatch.setattr(completion.matrix, "AUTO_UNFOLDED_SVD_FLOPS", 4.0 * 20 * 36 * 20 - 1)
+    large = NTKImputer(random_state=0, depth=1, ridge=0.03).fit(X)
+    assert not any("softimpute" in str(r.get("prior", r["mode"])) for r in large.cv_results_)
+    assert {r["mode"] for r in large.cv_results_} == {"rows", "cols", "joint"}
