@@ -11,7 +11,7 @@ forming a dense prior when the matrix is mostly missing.
   entry is 0). Every inner product of P is a sparse product (R D)(R D)_S^T plus rank-one
   corrections, so the N x U prior is never formed.
 
-Both give ``sq_norms`` (N,) and ``columns(S)`` -> (N, len(S)) float64 ndarray; ``full()`` -> (N, N).
+Both give ``sq_norms`` (N,) and ``columns(S)`` -> (N, len(S)) float64 ndarray.
 """
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["FeatureGram", "ProfileGram", "kernel_columns", "kernel_diagonal"]
+__all__ = ["FeatureGram", "ProfileGram", "kernel_columns", "kernel_diagonal", "full_kernel"]
+
+_FULL_BLOCK = 256  # kernel columns per block when the full N x N kernel is filled
 
 
 class FeatureGram:
@@ -31,9 +33,6 @@ class FeatureGram:
 
     def columns(self, S):
         return self.P @ self.P[np.asarray(S)].T
-
-    def full(self):
-        return self.P @ self.P.T
 
 
 class ProfileGram:
@@ -72,9 +71,6 @@ class ProfileGram:
         S = np.asarray(S)
         return self._corrected((self._R @ self._R[S].T).toarray(), S)
 
-    def full(self):
-        return self._corrected((self._R @ self._R.T).toarray(), np.arange(self._R.shape[0]))
-
 
 def kernel_columns(kernel, gram, S, device):
     """(N, len(S)) float64 tensor K[:, S] of ``kernel`` (``ntk_from_gram``) on the prior whose
@@ -83,6 +79,17 @@ def kernel_columns(kernel, gram, S, device):
     G = torch.as_tensor(gram.columns(S), device=device)
     return kernel.ntk_from_gram(G, sq, sq[torch.as_tensor(np.asarray(S), device=device)]) \
         .to("cpu", torch.float64)
+
+
+def full_kernel(kernel, gram, device):
+    """(N, N) float64 tensor of the kernel, filled ``_FULL_BLOCK`` columns at a time (peak: the
+    kernel plus one (N, block) Gram block and its kernel work arrays)."""
+    N = gram.sq_norms.shape[0]
+    K = torch.empty((N, N), dtype=torch.float64)
+    for s in range(0, N, _FULL_BLOCK):
+        S = np.arange(s, min(N, s + _FULL_BLOCK))
+        K[:, s:s + S.size] = kernel_columns(kernel, gram, S, device)
+    return K
 
 
 def kernel_diagonal(kernel, gram):

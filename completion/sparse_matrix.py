@@ -20,7 +20,7 @@ import torch
 
 from models.device import check_fits, format_bytes, parse_bytes, resolve_device
 
-from .prior_grams import FeatureGram, ProfileGram, kernel_columns, kernel_diagonal
+from .prior_grams import FeatureGram, ProfileGram, full_kernel, kernel_columns, kernel_diagonal
 from .priors import build_prior, parse_prior
 from .solvers.nystrom import DEFAULT_RANK, check_nystrom_fits, pivoted_nystrom
 from .solvers.per_output import (predict_pairs_exact, predict_pairs_in_features,
@@ -111,9 +111,12 @@ def _prior_gram(spec, e, axis, features):
 
 
 def nystrom_factor_and_weights(kernel, gram, items, outputs, y, n_outputs, ridge, rank, device,
-                               memory_budget, random_state=0):
+                               memory_budget, random_state=0, sampling="rpcholesky",
+                               diagonal_correction=True):
     """Nystrom rows/cols fit on entry lists: (F (N, r), W (r, T)) as float64 tensors, with
-    ``rank`` landmarks at most (None: :data:`DEFAULT_RANK`). Refused before any kernel
+    ``rank`` landmarks at most (None: :data:`DEFAULT_RANK`); with ``diagonal_correction`` the
+    approximate kernel is F F^T + diag(K - F F^T) (exact diagonal; see
+    :func:`~completion.solvers.per_output.solve_outputs_in_features`). Refused before any kernel
     evaluation when F, W and one batch exceed ``memory_budget``."""
     N = gram.sq_norms.shape[0]
     rank = min(N, DEFAULT_RANK if rank is None else rank)
@@ -122,9 +125,11 @@ def nystrom_factor_and_weights(kernel, gram, items, outputs, y, n_outputs, ridge
     dev = resolve_device(device)
     diag = kernel_diagonal(kernel, gram)
     lam, ridge = relative_lambda(diag, items, ridge)
-    F, _ = pivoted_nystrom(lambda S: kernel_columns(kernel, gram, S, dev), diag, rank,
-                           random_state=random_state, memory_budget=memory_budget)
-    return F, solve_outputs_in_features(F, items, outputs, y, n_outputs, lam, ridge)
+    F, _, residual = pivoted_nystrom(lambda S: kernel_columns(kernel, gram, S, dev), diag, rank,
+                           sampling=sampling, random_state=random_state,
+                           memory_budget=memory_budget)
+    return F, solve_outputs_in_features(F, items, outputs, y, n_outputs, lam, ridge,
+                                        residual if diagonal_correction else None)
 
 
 class EntryFit:
@@ -161,11 +166,12 @@ class EntryFit:
 
 
 def fit_entries(e, mode, prior, kernel, ridge, solver, *, row_features=None, col_features=None,
-                device="auto", memory_budget=None, random_state=0):
+                device="auto", memory_budget=None, random_state=0, sampling="rpcholesky"):
     """Fit rows or cols ``mode`` on :class:`Entries` ``e``: returns an :class:`EntryFit`.
 
     ``solver``: ('shared', None) = exact (the N x N kernel and its Gram must fit
-    ``memory_budget``: refused before work otherwise) or ('nystrom', rank)."""
+    ``memory_budget``: refused before work otherwise) or ('nystrom', rank) with landmark
+    ``sampling`` (:func:`~completion.solvers.nystrom.pivoted_nystrom`)."""
     axis = 0 if mode == "rows" else 1
     row_base, col_base = entry_baseline(e)
     y = e.values - row_base[e.rows] - col_base[e.cols]
@@ -175,18 +181,16 @@ def fit_entries(e, mode, prior, kernel, ridge, solver, *, row_features=None, col
     name, rank = solver
     if name == "nystrom":
         F, W = nystrom_factor_and_weights(kernel, gram, items, outputs, y, T, ridge, rank,
-                                          device, memory_budget, random_state)
+                                          device, memory_budget, random_state, sampling)
         return EntryFit(axis, row_base, col_base, e.shape, features=(F, W))
     if name != "shared":
         raise ValueError(f"solver {name!r} does not apply to {mode} mode on sparse input; use "
                          "'shared' (exact) or 'nystrom'")
-    check_fits(2 * 8 * N * N, parse_bytes(memory_budget),
-               f"the exact {mode}-mode solve (the {N} x {N} kernel and its Gram)",
+    check_fits(8 * N * N + 12 * 8 * N * 256, parse_bytes(memory_budget),
+               f"the exact {mode}-mode solve (the {N} x {N} kernel)",
                f"Raise memory_budget or use solver='nystrom' (about {format_bytes(8 * N)} per "
                "landmark).")
-    dev = resolve_device(device)
-    sq = torch.as_tensor(gram.sq_norms, device=dev)
-    K = kernel.ntk_from_gram(torch.as_tensor(gram.full(), device=dev), sq, sq).to("cpu", torch.float64)
+    K = full_kernel(kernel, gram, resolve_device(device))
     lam, ridge = relative_lambda(K.diagonal().numpy(), items, ridge)
     alpha = solve_outputs_exact(K, items, outputs, y, T, lam, ridge)
     return EntryFit(axis, row_base, col_base, e.shape, exact=(K, alpha, items, outputs))

@@ -26,8 +26,10 @@ def parse_solver(solver):
 def choose_solver(mode, shape, n_observed, onehot=False, memory_budget=None):
     """Name of the solver ``solver='auto'`` uses (one of :data:`SOLVERS`).
 
-    rows/cols mode -> 'shared' (exact) while the N x N kernel over the N rows (cols) and its
-    Gram matrix fit in ``memory_budget``, else 'nystrom' (memory O(N r), r landmarks);
+    rows/cols mode -> 'shared' (exact) while the N x N float64 kernel over the N rows (cols)
+    fits in ``memory_budget`` with a quarter to spare, else 'nystrom' (memory O(N r), r
+    landmarks; its cost per output, |O| min(|O|, r)^2, is not below the exact |O|^3 / 3 unless
+    r < |O| / 3, so it is not chosen for speed alone);
     joint mode with one-hot row and column priors -> 'structured';
     joint mode with other priors -> 'exact' while the dense N x N float64 kernel, filled in
     tiles and factored in place (:meth:`JointKernelOperator.solve_exact`), fits in
@@ -36,7 +38,7 @@ def choose_solver(mode, shape, n_observed, onehot=False, memory_budget=None):
     """
     if mode in ("rows", "cols"):
         N = shape[0] if mode == "rows" else shape[1]
-        return "shared" if 2 * 8 * N**2 <= parse_bytes(memory_budget) else "nystrom"
+        return "shared" if 1.25 * 8 * N**2 <= parse_bytes(memory_budget) else "nystrom"
     if mode != "joint":
         raise ValueError(f"mode must be 'rows', 'cols' or 'joint', got {mode!r}")
     if len(shape) != 2 or n_observed < 1 or n_observed > shape[0] * shape[1]:

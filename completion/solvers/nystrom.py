@@ -34,7 +34,8 @@ _BLOCK = 50  # landmarks drawn per round (one block of kernel columns)
 
 def pivoted_nystrom(columns, diag, rank, *, tol=1e-6, sampling="rpcholesky", random_state=0,
                     memory_budget=None):
-    """Rank-<=``rank`` factor F (N, r) with K ~ F F^T, and the landmark items (r',) used.
+    """(F, landmarks, residual): a rank-<=``rank`` factor F (N, r) with K ~ F F^T, the landmark
+    items (r',) used, and the (N,) residual diagonal diag(K - F F^T) (>= 0, 0 at landmarks).
 
     ``columns(S)``: the (N, len(S)) kernel columns K[:, S] as a float64 tensor (computed by the
     caller in tiles on its device); ``diag``: (N,) kernel diagonal. Landmarks are drawn
@@ -85,7 +86,7 @@ def pivoted_nystrom(columns, diag, rank, *, tol=1e-6, sampling="rpcholesky", ran
         resid -= new.square().sum(1)
         resid[S] = 0.0
         landmarks.extend(S.tolist())
-    return F, np.asarray(landmarks, dtype=np.int64)
+    return F, np.asarray(landmarks, dtype=np.int64), resid.clamp(min=0).numpy()
 
 
 def nystrom_memory(n_items, n_outputs, rank):

@@ -55,46 +55,60 @@ def batches_by_count(outputs, n_outputs, width, batch_bytes=BATCH_BYTES):
     order, counts, starts = _grouped(outputs, n_outputs)
     by_count = np.argsort(counts, kind="stable")
     by_count = by_count[counts[by_count] > 0]
+    sizes = counts[by_count].astype(np.float64)
     pos = 0
     while pos < by_count.size:
-        L = int(counts[by_count[pos]])
-        B = max(1, batch_bytes // (8 * max(width, L) * L))
+        ahead = sizes[pos:pos + 1 << 16]  # the batch's largest count is its last one's
+        cost = np.arange(1, ahead.size + 1) * ahead * np.maximum(width, ahead) * 8
+        B = max(1, int(np.searchsorted(cost, batch_bytes, side="right")))
         outs = by_count[pos:pos + B]
         pos += outs.size
         yield outs, _padded(outs, order, counts, starts)
 
 
-def _batched_ridge_solve(A, Y, lam, ridge):
-    """(A + lam I)^{-1} Y for a batch of SPD A (B, n, n) (overwritten), Y (B, n, 1)."""
-    A.diagonal(dim1=-2, dim2=-1).add_(lam)
+def _batched_ridge_solve(A, Y, shift, lam, ridge):
+    """(A + diag(shift))^{-1} Y for a batch of SPD A (B, n, n) (overwritten), Y (B, n, 1);
+    ``shift`` (B, n) or a scalar tensor; ``lam``, ``ridge`` are named in errors."""
+    A.diagonal(dim1=-2, dim2=-1).add_(shift)
     factor, info = torch.linalg.cholesky_ex(A)
     if bool((info != 0).any()):
         raise not_positive_definite(lam, ridge)
     return torch.cholesky_solve(Y, factor)
 
 
-def solve_outputs_in_features(F, items, outputs, y, n_outputs, lam, ridge=float("nan")):
-    """W (r, T): per output t, w_t = (F_O^T F_O + lam I)^{-1} F_O^T y_O over its entries.
+def solve_outputs_in_features(F, items, outputs, y, n_outputs, lam, ridge=float("nan"),
+                              residual=None):
+    """W (r, T): per output t, the weights w_t = F_O^T alpha of the kernel ridge regression
+    alpha = (F_O F_O^T + diag(lam + residual_O))^{-1} y_O over its entries.
 
     ``F``: (N, r) float64 tensor; ``items``, ``outputs``: (|Omega|,) int arrays; ``y``:
-    (|Omega|,) float64; ``lam`` > 0 (``ridge`` is only named in errors). Each batch is solved
-    in the primal (r x r) or, when its outputs have fewer than r entries, the dual
-    (w = F_O^T (F_O F_O^T + lam I)^{-1} y, |O| x |O|) form: the cost is
-    sum_t |O_t| min(|O_t|, r)^2. Outputs without entries get w = 0.
+    (|Omega|,) float64; ``lam`` > 0 (``ridge`` is only named in errors); ``residual``: (N,)
+    diag(K - F F^T) >= 0 or None (0): with it the approximate kernel is exact on the diagonal
+    (Nystrom with a diagonal correction, as FITC), which keeps an item's own variance that
+    the factor cannot express acting as a per-item ridge. Each batch is solved in the dual
+    (|O| x |O|) or, when its outputs have more than r entries, the primal form
+    w = (F_O^T Lam^-1 F_O + I)^{-1} F_O^T Lam^-1 y (r x r), Lam = diag(lam + residual_O): the cost
+    is sum_t |O_t| min(|O_t|, r)^2. Outputs without entries get w = 0.
     """
     N, r = F.shape
     F_pad = torch.cat([F, torch.zeros((1, r), dtype=F.dtype)])  # row N: zero features (padding)
     y_pad = torch.cat([torch.as_tensor(y, dtype=F.dtype), torch.zeros(1, dtype=F.dtype)])
+    noise = np.full(N + 1, float(lam))
+    if residual is not None:
+        noise[:N] += residual
+    noise_pad = torch.as_tensor(noise[np.append(items, N)])
     item_pad = torch.as_tensor(np.append(items, N))
     W = torch.zeros((r, n_outputs), dtype=F.dtype)
     for outs, idx in batches_by_count(outputs, n_outputs, r):
         idx_t = torch.as_tensor(np.where(idx < 0, len(items), idx))
         X = F_pad[item_pad[idx_t]]  # (B, L, r); padded rows are zero and get zero weight
         Y = y_pad[idx_t].unsqueeze(-1)
-        if X.shape[1] < r:
-            sol = X.mT @ _batched_ridge_solve(X @ X.mT, Y, lam, ridge)
+        lam_b = noise_pad[idx_t]  # (B, L)
+        if X.shape[1] <= r:
+            sol = X.mT @ _batched_ridge_solve(X @ X.mT, Y, lam_b, lam, ridge)
         else:
-            sol = _batched_ridge_solve(X.mT @ X, X.mT @ Y, lam, ridge)
+            Xw = X / lam_b.unsqueeze(-1)
+            sol = _batched_ridge_solve(Xw.mT @ X, Xw.mT @ Y, torch.ones((), dtype=torch.float64), lam, ridge)
         W[:, torch.as_tensor(outs)] = sol.squeeze(-1).T
     return W
 
@@ -112,18 +126,17 @@ def predict_pairs_in_features(F, W, items, outputs, chunk=1 << 16):
 
 def solve_outputs_exact(K, items, outputs, y, n_outputs, lam, ridge=float("nan")):
     """(|Omega|,) dual coefficients: alpha_O = (K[O, O] + lam I)^{-1} y_O for every output's
-    observed items O. ``K``: (N, N) float64 tensor. Cost sum_t |O_t|^3 / 3."""
-    N = K.shape[0]
-    K_pad = torch.zeros((N + 1, N + 1), dtype=K.dtype)  # index N: padding, zero kernel
-    K_pad[:N, :N] = K
+    observed items O. ``K``: (N, N) float64 tensor (not copied). Cost sum_t |O_t|^3 / 3."""
     y_pad = torch.cat([torch.as_tensor(y, dtype=K.dtype), torch.zeros(1, dtype=K.dtype)])
-    item_pad = torch.as_tensor(np.append(items, N))
+    item_pad = torch.as_tensor(np.append(items, 0))  # padding reads item 0, then is zeroed
     alpha = torch.zeros(len(items) + 1, dtype=K.dtype)
     for _, idx in batches_by_count(outputs, n_outputs, 1):
         idx_t = torch.as_tensor(np.where(idx < 0, len(items), idx))
         a = item_pad[idx_t]
-        sol = _batched_ridge_solve(K_pad[a[:, :, None], a[:, None, :]], y_pad[idx_t].unsqueeze(-1),
-                                   lam, ridge)
+        real = torch.as_tensor(idx >= 0, dtype=K.dtype)
+        A = K[a[:, :, None], a[:, None, :]].mul_(real[:, :, None] * real[:, None, :])
+        sol = _batched_ridge_solve(A, y_pad[idx_t].unsqueeze(-1),
+                                   torch.tensor(float(lam), dtype=torch.float64), lam, ridge)
         alpha[idx_t.reshape(-1)] = sol.reshape(-1)
     return alpha[:-1].numpy()
 
