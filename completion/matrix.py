@@ -42,17 +42,20 @@ import time
 import warnings
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from models.device import limited_threads
+from models.device import check_fits, limited_threads, parse_bytes
 from models.ntk import ACTIVATIONS, FullyConnectedNTK
 
 from .chained import chained_fit, chained_flops
 from .fibres import fibre_mask, fold, observed_fibres, unfold
 from .priors import build_prior, parse_prior
+from .sparse_matrix import nystrom_dense_prediction, observed_entries
+from .sparse_selection import fit_chosen, select_on_entries
 from .softimpute import FRACTIONS, soft_impute_cv, soft_impute_path
-from .solvers import (SOLVERS, JointKernelOperator, choose_solver, predict_onehot_joint,
+from .solvers import (JointKernelOperator, choose_solver, parse_solver, predict_onehot_joint,
                       solve_onehot_joint, solve_shared_kernel)
 from .stacking import convex_weights
 
@@ -157,7 +160,11 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     row_features, col_features : DataFrame (indexed by labels) or array (matrix order), optional
     prior_matrix : (m, n) array or DataFrame, optional
         A completed matrix (no NaN) from any other method, for the ``@matrix`` priors.
-    solver : {"auto", "shared", "structured", "exact", "cg"}
+    solver : {"auto", "shared", "structured", "exact", "cg", "nystrom"} or "nystrom:R"
+        rows/cols mode: "shared" (exact) or "nystrom" (a rank-R Nystrom factor of the kernel
+        over rows (cols), R landmarks drawn by randomly pivoted Cholesky, at most
+        ``solvers.nystrom.DEFAULT_RANK`` unless given; memory O(N R)); "auto" takes "shared"
+        while the N x N kernel fits the memory budget, else "nystrom".
     device : torch device for kernel evaluation ("auto" = CUDA when present).
     random_state : int or None, seeds the cross-validation folds.
     cv_folds : int >= 2, K of the K-fold split of the observed entries used by the "auto" choices.
@@ -174,6 +181,13 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     (list of dicts: candidate and its CV RMSE), ``completed_`` ((m, n) array), ``baseline_``,
     ``n_features_in_``, ``feature_names_in_`` (when fitted on a DataFrame with string column
     labels).
+
+    Sparse input (scipy.sparse, stored entries = observed, explicit zeros included):
+    rows/cols mode only (``mode="auto"`` chooses among them, :mod:`completion.sparse_selection`),
+    no dense m x n array is formed (:mod:`completion.sparse_matrix`); data-derived priors are
+    not refined. ``predict_entries`` is the way to read the completion; ``transform()`` returns
+    the dense completed matrix only when it fits ``models.device.DEFAULT_MEMORY_BUDGET``
+    (refused with its size otherwise); ``completed_`` and ``baseline_`` are not set.
 
     Kernel completion is transductive: ``transform(X)`` of the fitted matrix returns the stored
     completion; for a matrix with other rows (same columns) it completes the fitted rows stacked
@@ -213,13 +227,15 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True
+        # stored entries = observed (class docstring); rows/cols mode only
+        tags.input_tags.sparse = self.mode in ("auto", "rows", "cols")
         return tags
 
     # -- validation --------------------------------------------------------------------------
     def _validate_params(self):
         _check_choice("mode", self.mode, MODES)
         _check_choice("activation", self.activation, ACTIVATIONS, auto=False)
-        _check_choice("solver", self.solver, SOLVERS)
+        parse_solver(self.solver)
         if self.depth != "auto" and (isinstance(self.depth, bool) or
                                      not isinstance(self.depth, (int, np.integer)) or self.depth < 1):
             raise ValueError(f"depth must be 'auto' or an integer >= 1, got {self.depth!r}")
@@ -346,9 +362,13 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
 
     # -- public API ----------------------------------------------------------------------------
     def fit(self, X, y=None):
-        """Fit on the observed entries of X ((m, n) array with NaN, DataFrame, or (m, n, d) array
-        of vector entries with missing fibres all NaN); returns self."""
+        """Fit on the observed entries of X ((m, n) array with NaN, DataFrame, (m, n, d) array
+        of vector entries with missing fibres all NaN, or scipy.sparse matrix whose stored
+        entries are the observed ones); returns self."""
         self._validate_params()
+        if sp.issparse(X):
+            return self._fit_sparse(X)
+        self._entries = None
         values, rows, cols, frame = self._validate_matrix(X)
         mask = observed_fibres(values, (rows, cols))
         if values.ndim == 3 and self.mode in CHAINED_AXIS:
@@ -384,8 +404,11 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
 
         ``X`` None or the fitted matrix: the completion made by ``fit``. Another matrix with the
         fitted columns: its rows are completed together with the fitted matrix under the chosen
-        configuration (no new choice), and returned."""
+        configuration (no new choice), and returned. After a sparse fit: the dense (m, n)
+        completion of the fitted matrix, when it fits the memory budget."""
         self._check_fitted()
+        if self._entries is not None:
+            return self._dense_from_entries(X)
         fitted = np.where(fibre_mask(self._mask, self._values), self._values, self.completed_)
         if X is None:
             return self._as_output(fitted, self.row_labels_)
@@ -422,7 +445,50 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         c = self._positions(cols, self.col_labels_, "column")
         if r.shape != c.shape:
             raise ValueError(f"rows and cols must have the same length, got {r.size} and {c.size}")
+        if self._entries is not None:
+            return self._entry_fit.predict(r, c)
         return self.completed_[r, c]
+
+    def _fit_sparse(self, X):
+        """fit() for scipy.sparse X: rows/cols mode on the entry lists (class docstring)."""
+        if self.prior_matrix is not None:
+            raise ValueError("prior_matrix is not available for sparse input")
+        e = observed_entries(X)
+        m, n = e.shape
+        self.row_labels_, self.col_labels_ = range(m), range(n)
+        self.n_features_in_, self.shape_, self._frame_type = n, e.shape, False
+        for name in ("feature_names_in_", "completed_", "baseline_"):
+            if hasattr(self, name):
+                delattr(self, name)
+        self._row_feats = self._aligned("row", self.row_features, range(m))
+        self._col_feats = self._aligned("col", self.col_features, range(n))
+        grids = {"default_depth": DEFAULT_DEPTH, "default_ridge": DEFAULT_RIDGE,
+                 "ridge": RIDGE_GRID, "auto_ridge": AUTO_RIDGE_GRID, "depth": DEPTH_GRID,
+                 "auto_depth": AUTO_DEPTH_GRID}
+        with limited_threads(self._threads()):
+            started = time.perf_counter()
+            self.chosen_, self.cv_results_ = select_on_entries(e, self, self._kernel, grids,
+                                                               self._say)
+            self._say(f"chosen: {describe_choice(self.chosen_)} "
+                      f"(selection {time.perf_counter() - started:.1f} s)")
+            started = time.perf_counter()
+            self._entry_fit = fit_chosen(e, self.chosen_, self, self._kernel)
+            self._say(f"final fit: {time.perf_counter() - started:.1f} s")
+        self._entries = e
+        return self
+
+    def _dense_from_entries(self, X):
+        """transform() after a sparse fit: the dense completion, observed entries kept."""
+        e = self._entries
+        if X is not None and not (sp.issparse(X) and X.shape == e.shape and X.nnz == e.values.size):
+            raise ValueError("after a sparse fit, transform() completes the fitted matrix only; "
+                             "use predict_entries(rows, cols) for other entries")
+        m, n = e.shape
+        check_fits(3 * 8 * m * n, parse_bytes(None), f"the dense {m} x {n} completed matrix",
+                   "Use predict_entries(rows, cols) for the entries you need.")
+        done = self._entry_fit.dense()
+        done[e.rows, e.cols] = e.values
+        return done
 
     # -- helpers ---------------------------------------------------------------------------------
     def _threads(self):
@@ -438,7 +504,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
 
     def _check_fitted(self):
         from sklearn.utils.validation import check_is_fitted
-        check_is_fitted(self, "completed_",
+        check_is_fitted(self, "chosen_",
                         msg="this NTKImputer is not fitted yet; call fit(X) first")
 
     def _positions(self, keys, labels, what):
@@ -559,6 +625,13 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             P = self._prior(specs[0], source, source_mask, axis)
             if not P.any():
                 return np.zeros(resid.shape)
+            name, rank = parse_solver(cfg["solver"])
+            if name == "nystrom":
+                if resid.ndim == 3:
+                    raise ValueError("solver 'nystrom' does not take vector entries yet; use "
+                                     "solver='shared' or 'auto'")
+                return nystrom_dense_prediction(kernel, P, resid, mask, axis, ridge, rank,
+                                                self.device, self.random_state or 0)
             K = _ntk_between_items(kernel, P, self.device)
             R, M = (resid, mask) if axis == 0 else (np.swapaxes(resid, 0, 1), mask.T)
             pred = solve_shared_kernel(K, R, M, ridge)
@@ -596,11 +669,11 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         specs = prior if isinstance(prior, tuple) else (prior,)
         onehot = all(parse_prior(p).base == "onehot" for p in specs)
         if self.solver != "auto":
-            if mode in ("rows", "cols") and self.solver != "shared":
+            if mode in ("rows", "cols") and parse_solver(self.solver)[0] not in ("shared", "nystrom"):
                 raise ValueError(f"solver {self.solver!r} does not apply to mode {mode!r}; "
-                                 "rows/cols mode uses 'shared'")
-            if mode == "joint" and self.solver == "shared":
-                raise ValueError("solver 'shared' is for rows/cols mode")
+                                 "rows/cols mode uses 'shared' or 'nystrom'")
+            if mode == "joint" and parse_solver(self.solver)[0] in ("shared", "nystrom"):
+                raise ValueError(f"solver {self.solver!r} is for rows/cols mode")
             if mode == "joint" and self.solver == "structured" and not onehot:
                 raise ValueError("solver 'structured' needs one-hot row and column priors")
             return self.solver

@@ -173,13 +173,15 @@ def profile_prior(X, mask):
     by its column's mean shifted by the row's mean offset from the column means (the additive
     row + column fit of the observed entries), each profile's own mean removed (rows compare by
     the shape of their profile, not by their level), then every coordinate standardised over
-    the rows."""
+    the rows. A coordinate with no observed entry is 0 (its column would be rounding noise,
+    which standardising blows up to unit variance); :class:`completion.prior_grams.ProfileGram`
+    gives this prior's inner products from the observed entries alone."""
     counts = mask.sum(0)
     col_mean = np.where(counts > 0, np.where(mask, X, 0.0).sum(0) / np.maximum(counts, 1), 0.0)
     rcounts = mask.sum(1)
     offset = np.where(mask, X - col_mean, 0.0).sum(1) / np.maximum(rcounts, 1)
     F = np.where(mask, X, col_mean + offset[:, None])
-    return _standardise(F - F.mean(1, keepdims=True))
+    return np.where(counts > 0, _standardise(F - F.mean(1, keepdims=True)), 0.0)
 
 
 def lowrank_prior(X, mask, rank, n_rounds=5):
