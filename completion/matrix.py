@@ -178,7 +178,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
 
     Attributes after ``fit``: ``chosen_`` (dict: mode, prior, depth, ridge, solver; or, for a
     combination, mode="stack" and ``components``: a list of {"weight", "fit"}), ``cv_results_``
-    (list of dicts: candidate and its CV RMSE), ``completed_`` ((m, n) array), ``baseline_``,
+    (list of dicts: candidate and its CV RMSE), ``completed_`` ((m, n) array, or (m, n, d) for
+    vector entries), ``baseline_``,
     ``n_features_in_``, ``feature_names_in_`` (when fitted on a DataFrame with string column
     labels).
 
