@@ -19,6 +19,7 @@ import time
 import numpy as np
 import torch
 
+from models.cntk import Architecture
 from models.device import resolve_device, resolve_dtype
 
 from .image_adaptive import KernelMix, Regression
@@ -27,7 +28,6 @@ from .image_selection import (MIN_HELD_OUT, SELECTION_BAND, band_for, held_out_m
                               select_mix)
 from .inpaint_solver import relative_ridge, solve_observed
 from .kernel_cache import KernelCache
-from .kernel_ops import build_kernel, kernel_is_averaged, levels_of
 
 METHODS = ("cntk", "dip", "biharmonic", "telea")
 PAD_MODES = ("reflect", "wrap", "missing")
@@ -136,12 +136,13 @@ class CNTKInpainter:
         if pad not in PAD_MODES:
             raise ValueError(f"pad must be one of {', '.join(PAD_MODES)}, got {pad!r}")
         self.arch, self.prior, self.ridge = arch, prior, float(ridge)
+        self.architecture = Architecture.of(arch)
         self.adaptive = isinstance(prior, str) and (prior == "auto" or is_image_prior(prior))
         self.image_prior = parse_image_prior(prior) if is_image_prior(prior) else None
         self.kernel_prior = "noise" if self.adaptive else prior  # of the stationary kernel
         self.mix = mix
         self.device = resolve_device(device)
-        if dtype is None and kernel_is_averaged(arch):
+        if dtype is None and self.architecture.averaged:
             dtype = torch.float32  # accumulated in float64 anyway (see the class docstring)
         self.dtype = resolve_dtype(dtype, self.device)
         self.memory_budget = memory_budget
@@ -158,16 +159,17 @@ class CNTKInpainter:
         shape = tuple(int(s) for s in shape)
         if shape not in self._kernels:
             self._kernels[shape] = self._cache.get_or_compute(
-                self.arch, shape, self.kernel_prior, self.dtype,
-                lambda: build_kernel(self.arch, shape, prior=self.kernel_prior, device=self.device,
-                                     dtype=self.dtype, memory_budget=self.memory_budget,
-                                     progress=self.progress),
+                self.architecture, shape, self.kernel_prior, self.dtype,
+                lambda: self.architecture.ntk(shape, prior=self.kernel_prior, device=self.device,
+                                              dtype=self.dtype, memory_budget=self.memory_budget,
+                                              progress=self.progress),
                 device=self.device)
         return self._kernels[shape]
 
     @property
     def multiple(self) -> int:
-        return 2 ** levels_of(self.arch)
+        """Padded sides are multiples of this (the architecture's ``size_multiple``)."""
+        return self.architecture.size_multiple
 
     def inpaint(self, image, mask):
         """Return the completed image, same shape as ``image`` (values not clipped)."""

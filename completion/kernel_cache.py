@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from .files import atomic_output
-from .kernel_ops import arch_key
 
 
 def _prior_key(prior) -> str:
@@ -25,13 +24,14 @@ def _prior_key(prior) -> str:
 
 class KernelCache:
     """``get_or_compute(arch, shape, prior, dtype, compute)``: load the kernel from ``cache_dir``
-    or call ``compute()`` and store its table there (no-op when ``cache_dir`` is None)."""
+    or call ``compute()`` and store its table there (no-op when ``cache_dir`` is None);
+    ``arch`` is a :class:`models.cntk.Architecture`."""
 
     def __init__(self, cache_dir=None):
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
 
     def key(self, arch, shape, prior, dtype) -> str:
-        return f"{arch_key(arch)} | {shape[0]}x{shape[1]} | {_prior_key(prior)} | {dtype}"
+        return f"{arch.key()} | {shape[0]}x{shape[1]} | {_prior_key(prior)} | {dtype}"
 
     def path(self, key) -> Path:
         return self.cache_dir / f"cntk-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"

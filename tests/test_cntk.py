@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.cntk import (PRESETS, Concat, Conv, Downsample, Gaussian, LeakyReLU, ReLU, Sequential,
+from models.cntk import (DEFAULT_ARCHITECTURE, PRESETS, Architecture, Concat, Conv, Downsample, Gaussian, LeakyReLU, ReLU, Sequential,
                          StructuredKernel, Upsample, meshgrid_features)
 from models.device import MemoryBudgetError
 from models.finite import FiniteCNN, jacobian_ntk
@@ -385,6 +385,44 @@ def test_spec_round_trip_and_grammar():
                      ("C3,G0,C3", "sigma must be positive"), ("C3,G-1,C3", "sigma")]:
         with pytest.raises(ValueError, match=msg):
             Sequential.from_spec(bad)
+
+
+@pytest.mark.parametrize("spec, multiple", [("C3,R,C3", 1), ("ed2", 4), ("sym5", 32),
+                                            ("skip3", 8), ("C3,L,D,C3,L,U,C3,L,D,C3,L,U,C3", 2),
+                                            ("C3,R,[0.5|C1,R|D,C3,R,D,C3,R,U,U],C3", 4)])
+def test_size_multiple_is_what_the_engine_accepts(spec, multiple):
+    net = Sequential.from_spec(spec)
+    assert net.size_multiple == multiple
+    if multiple <= 8:   # the engine itself: the multiple works, half of it (times 3) does not
+        assert net.ntk((multiple, 3 * multiple)).shape == (multiple, 3 * multiple)
+        if multiple > 1:
+            with pytest.raises(ValueError, match="even"):
+                net.ntk((3 * multiple // 2, multiple))
+
+
+def test_architecture_spellings():
+    default = Architecture.of("default")
+    assert default.averaged and default.key() == Architecture.of(DEFAULT_ARCHITECTURE).key()
+    assert default.networks == (Sequential.from_spec(DEFAULT_ARCHITECTURE[:-len("+avg")]),)
+    assert default.size_multiple == 32
+    pair = Architecture.of(["ed2", Sequential.from_spec("sym1")])
+    assert not pair.averaged and pair.size_multiple == 4
+    assert pair.key() == " || ".join(Sequential.from_spec(s).spec() for s in ("ed2", "sym1"))
+    assert Architecture.of(pair) is pair
+    for bad, msg in [("nonsense", "neither a preset"), (3, "preset name"), ([], "at least one")]:
+        with pytest.raises(ValueError, match=msg):
+            Architecture.of(bad)
+
+
+def test_architecture_list_kernel_is_the_sum_of_its_networks_kernels():
+    nets = [Sequential.from_spec("ed2"), Sequential.from_spec("sym1")]   # periods 4 and 2
+    summed = Architecture.of(nets).ntk((8, 8))
+    assert summed.period == (4, 4)
+    np.testing.assert_allclose(summed.dense(), sum(n.ntk((8, 8), engine="dense").dense()
+                                                   for n in nets), rtol=1e-10, atol=1e-12)
+    averaged = Architecture.of("ed2+avg").ntk((8, 8))
+    assert averaged.period == (1, 1)
+    np.testing.assert_allclose(averaged.dense(), nets[0].ntk((8, 8), average_phases=True).dense())
 
 
 def test_input_validation():

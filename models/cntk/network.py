@@ -1,4 +1,6 @@
-"""``Sequential``: a validated layer list that computes its CNTK."""
+"""``Sequential``: a validated layer list that computes its CNTK; ``Architecture``: one or more
+of them as an inpainter names them (``"default"``, ``"NAME+avg"``, lists; see
+:mod:`models.cntk.spec`)."""
 from __future__ import annotations
 
 import torch
@@ -7,10 +9,10 @@ from ..device import parse_bytes, resolve_device, resolve_dtype
 from .banded import BandedPropagator
 from .banded_kernel import BandedKernel
 from .engine import Propagator
-from .kernel import CNTKKernel
+from .kernel import CNTKKernel, sum_kernels
 from .layers import Conv, Layer, check_chain, trace_geometry
 from .priors import make_prior
-from .spec import PRESETS, parse_spec
+from .spec import PRESETS, parse_spec, split_architecture
 
 ENGINES = ("auto", "structured", "dense")
 
@@ -42,7 +44,15 @@ class Sequential:
     @classmethod
     def from_spec(cls, text: str) -> "Sequential":
         """From a preset name (see ``PRESETS``) or a spec string (see :mod:`models.cntk.spec`)."""
-        return cls(*parse_spec(PRESETS.get(text, text)))
+        if not isinstance(text, str):
+            raise ValueError(f"architecture must be a preset name, a spec string or a "
+                             f"Sequential, got {text!r}")
+        try:
+            return cls(*parse_spec(PRESETS.get(text, text)))
+        except ValueError as err:
+            raise ValueError(f"architecture {text!r} is neither a preset (default, "
+                             f"{', '.join(sorted(PRESETS))}, NAME+avg) nor a valid layer spec: "
+                             f"{err}") from err
 
     def spec(self) -> str:
         """Canonical spec string (stable; usable as a cache key)."""
@@ -67,6 +77,18 @@ class Sequential:
 
     def output_size(self, size):
         return trace_geometry(self.layers, tuple(size), (1, 1))[-1][0]
+
+    @property
+    def size_multiple(self) -> int:
+        """Input sides must be multiples of this: the smallest power of two whose square grid
+        the layers' geometry accepts (every Downsample, in every branch, halves an even side)."""
+        for k in range(len(self.spec()) + 1):  # a spec spends a character at least per layer
+            try:
+                trace_geometry(self.layers, (2**k, 2**k), (1, 1))
+                return 2**k
+            except ValueError:
+                continue
+        raise AssertionError(f"no power-of-two grid fits {self.spec()}")
 
     def ntk(self, size, prior="noise", device="auto", dtype=None, memory_budget=None,
             engine="auto", progress=False, average_phases=False) -> CNTKKernel:
@@ -131,6 +153,55 @@ class Sequential:
         with torch.no_grad():
             planes = prop.compute(budget)
         return BandedKernel.from_planes(planes, budget)
+
+
+class Architecture:
+    """What an inpainter's ``arch`` names (see :mod:`models.cntk.spec`): ``networks`` (a tuple of
+    ``Sequential``, run in parallel: their CNTKs are summed) and ``averaged`` (the kernel is the
+    stationary phase average, ``"NAME+avg"``).
+
+    >>> arch = Architecture.of("default")
+    >>> len(arch.networks), arch.averaged, arch.size_multiple
+    (1, True, 32)
+    """
+
+    def __init__(self, networks, averaged: bool = False):
+        self.networks = tuple(networks)
+        if not self.networks or not all(isinstance(n, Sequential) for n in self.networks):
+            raise ValueError(f"an Architecture needs Sequential networks, got {networks!r}")
+        self.averaged = bool(averaged)
+
+    @classmethod
+    def of(cls, arch) -> "Architecture":
+        """From any spelling: ``Architecture``, ``Sequential``, preset name, spec string,
+        ``"default"``, ``"NAME+avg"`` or a list of networks."""
+        if isinstance(arch, Architecture):
+            return arch
+        parts, averaged = split_architecture(arch)
+        return cls([p if isinstance(p, Sequential) else Sequential.from_spec(p) for p in parts],
+                   averaged)
+
+    def key(self) -> str:
+        """A stable string naming the architecture (cache key): canonical specs."""
+        return " || ".join(n.spec() for n in self.networks) + (" +avg" if self.averaged else "")
+
+    def __repr__(self):
+        return f"Architecture({self.key()!r})"
+
+    @property
+    def size_multiple(self) -> int:
+        """Grid sides must be multiples of this (that of the deepest network)."""
+        return max(n.size_multiple for n in self.networks)
+
+    def ntk(self, size, prior="noise", device="auto", dtype=None, memory_budget=None,
+            progress=False) -> CNTKKernel:
+        """The kernel over an (H, W) grid: the network's CNTK, the sum of the networks' CNTKs
+        (tables tiled to the lcm of their periods), or its phase average (see
+        :meth:`Sequential.ntk`, ``average_phases``)."""
+        kernels = [n.ntk(tuple(size), prior=prior, device=device, dtype=dtype,
+                         memory_budget=memory_budget, progress=progress,
+                         average_phases=self.averaged) for n in self.networks]
+        return kernels[0] if len(kernels) == 1 else sum_kernels(kernels)
 
 
 def _check_size(size):
