@@ -10,7 +10,8 @@ similarities; :mod:`completion.image_adaptive`).  ``inpaint(image, mask, method=
 network and the classical biharmonic / Telea fills for comparison.
 
 Shapes: images are float (H, W) or (H, W, C) in [0, 1]; masks are bool (H, W) (shared by every
-channel) or (H, W, C), ``True`` = missing.
+channel) or (H, W, C), ``True`` = missing; what is accepted and how images are padded onto the
+network's grid: :mod:`completion.image_grid`.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from models.cntk import Architecture
 from models.device import resolve_device, resolve_dtype
 
 from .image_adaptive import KernelMix, Regression
+from .image_grid import PAD_MODES, pad_to_multiple, validate_image_and_mask
 from .image_priors import is_image_prior, parse_image_prior
 from .image_selection import (MIN_HELD_OUT, SELECTION_BAND, band_for, held_out_mask,
                               select_mix)
@@ -30,57 +32,10 @@ from .inpaint_solver import relative_ridge, solve_observed
 from .kernel_cache import KernelCache
 
 METHODS = ("cntk", "dip", "biharmonic", "telea")
-PAD_MODES = ("reflect", "wrap", "missing")
 
 DEFAULT_ARCH = "default"
 DEFAULT_PRIOR = "auto"  # chosen by benchmarks/bench_adaptive.py (RESULTS.md)
 DEFAULT_RIDGE = 1e-3
-
-
-def validate_image_and_mask(image, mask):
-    """Return (image as float64 (H, W, C), mask as bool (H, W, C), was_grey) after checking
-    shapes and ranges; raises ``ValueError`` with what is wrong."""
-    img = np.asarray(image, dtype=np.float64)
-    if img.ndim not in (2, 3) or img.shape[0] < 1 or img.shape[1] < 1:
-        raise ValueError(f"image must be (H, W) or (H, W, C), got shape {img.shape}")
-    if not np.all(np.isfinite(img)):
-        raise ValueError("image contains NaN or infinite values; mark such pixels in the mask and "
-                         "set them to any finite value")
-    grey = img.ndim == 2
-    if grey:
-        img = img[:, :, None]
-    m = np.asarray(mask)
-    if m.dtype != bool:
-        raise ValueError(f"mask must be a bool array (True = missing), got dtype {m.dtype}")
-    if m.shape == img.shape[:2]:
-        m = np.repeat(m[:, :, None], img.shape[2], axis=2)
-    elif m.shape != img.shape:
-        raise ValueError(f"mask shape {m.shape} must be the image's (H, W) {img.shape[:2]} or its "
-                         f"full shape {img.shape}")
-    if m.reshape(-1, m.shape[2]).all(axis=0).any():
-        raise ValueError("every pixel of a channel is missing; nothing to regress on")
-    return img, m, grey
-
-
-def pad_to_multiple(img, mask, multiple, margin=0, mode="reflect"):
-    """Pad (H, W, C) ``img`` and ``mask`` at the bottom/right so both sides become multiples of
-    ``multiple`` (after adding at least ``margin`` pixels).  ``reflect``/``wrap`` extend image and
-    mask together (mirrored observations count as observed); ``missing`` marks the padding as
-    missing.  Returns the padded pair; crop with ``[:H, :W]``."""
-    if mode not in PAD_MODES:
-        raise ValueError(f"pad mode must be one of {', '.join(PAD_MODES)}, got {mode!r}")
-    h, w = img.shape[:2]
-    ph = -(-(h + margin) // multiple) * multiple - h
-    pw = -(-(w + margin) // multiple) * multiple - w
-    if ph == 0 and pw == 0:
-        return img, mask
-    widths = ((0, ph), (0, pw), (0, 0))
-    if mode == "missing":
-        return (np.pad(img, widths), np.pad(mask, widths, constant_values=True))
-    np_mode = "symmetric" if mode == "reflect" else "wrap"
-    if mode == "reflect" and (ph > h or pw > w):
-        np_mode = "wrap"  # mirror padding longer than the image itself is not defined
-    return np.pad(img, widths, mode=np_mode), np.pad(mask, widths, mode=np_mode)
 
 
 class CNTKInpainter:
@@ -264,13 +219,10 @@ def _inpaint(image, mask, method="cntk", **options):
     """
     if method == "cntk":
         return CNTKInpainter(**options).inpaint(image, mask)
-    img, m, grey = validate_image_and_mask(image, mask)
     if method == "dip":
         from .dip import dip_inpaint
-        if not (m == m[:, :, :1]).all():
-            raise ValueError("method='dip' needs one mask shared by all channels (H, W)")
-        result = dip_inpaint(img[:, :, 0] if grey else img, m[:, :, 0], **options)
-        return np.asarray(result.image)
+        return np.asarray(dip_inpaint(image, mask, **options).image)
+    img, m, grey = validate_image_and_mask(image, mask)
     if method == "biharmonic":
         _reject_options(method, options)
         try:

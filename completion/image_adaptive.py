@@ -100,7 +100,8 @@ class Regression:
         if start is not None:
             obs = self.observed.to(torch.float64)
             rhs = self.targets - (kern.matvec(start) * obs + lam * start)
-            scale = float(torch.linalg.vector_norm(rhs) / torch.linalg.vector_norm(self.targets))
+            size = torch.linalg.vector_norm(self.targets).clamp(min=torch.finfo(torch.float64).tiny)
+            scale = float(torch.linalg.vector_norm(rhs) / size)  # 0 for a constant image
             tol = min(self.tol / max(scale, 1e-12), 0.5)
         alpha, info = solve_observed(kern, rhs, self.observed, lam, solver="cg", tol=tol,
                                      maxiter=self.maxiter, memory_budget=self.memory_budget)

@@ -187,7 +187,7 @@ class Method:
         header) means the job computes its own."""
         if self.name != "cntk" or not isinstance(self.prior, str) or self.prior not in GRID_PRIORS:
             return dict.fromkeys(jobs)
-        from .image import pad_to_multiple
+        from .image_grid import padded_size
         probe = self.inpainter()
         groups = {}
         for job in jobs:
@@ -195,9 +195,7 @@ class Method:
             if size is None:
                 groups[job] = None
                 continue
-            blank = np.zeros((*size, 1))
-            padded = pad_to_multiple(blank, blank > 0, probe.multiple, probe.margin, probe.pad)[0]
-            groups[job] = (self.arch, padded.shape[:2], self.prior)
+            groups[job] = (self.arch, padded_size(size, probe.multiple, probe.margin), self.prior)
         return groups
 
     def prepared(self, key):
