@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from completion.image_grid import pad_to_multiple, validate_image_and_mask
 from completion.metrics import psnr
-from models.device import DEFAULT_MEMORY_BUDGET, check_fits, parse_bytes, resolve_device
+from models.device import DEFAULT_MEMORY_BUDGET, Compute, check_fits
 from models.dip import DIPConfig, DIPNetwork
 
 # Peak training memory per (padded) pixel of the published configuration, measured on CPU
@@ -109,7 +109,7 @@ def dip_inpaint(image, mask, iterations: int = 3000, lr: float = 0.01,
                 device="auto", seed: int = 0, reference=None, paste_observed: bool = True,
                 backtrack: bool = True, backtrack_db: float = 5.0, log_every: int = 10,
                 progress: bool = True, callback: Callable[[HistoryPoint], None] | None = None,
-                memory_budget=None) -> DIPResult:
+                memory_budget=None, threads=None) -> DIPResult:
     """Fill the pixels where ``mask`` is True by training a DIP network on the others.
 
     Parameters
@@ -128,7 +128,11 @@ def dip_inpaint(image, mask, iterations: int = 3000, lr: float = 0.01,
     log_every : record a :class:`HistoryPoint` every this many steps (and at the last).
     progress : show a tqdm bar with the iteration, loss and (with a reference) PSNR.
     callback : called with each recorded :class:`HistoryPoint` (e.g. to stream a CSV).
-    memory_budget : bytes or '2GB'; training that would exceed it is refused up front.
+    device, memory_budget, threads : where, within how much memory (bytes or '2GB'; default twice
+        ``models.device.DEFAULT_MEMORY_BUDGET``; training that would exceed it is refused up
+        front) and on how many CPU threads (None: ``$NTK_THREADS``, else
+        ``models.device.DEFAULT_CPU_THREADS``) the network trains (a
+        :class:`models.device.Compute`; always float32).
     """
     img, masks, grey = validate_image_and_mask(image, mask, unit_range=True, shared_mask=True)
     image, mask = (img[:, :, 0] if grey else img), masks[:, :, 0]
@@ -139,18 +143,20 @@ def dip_inpaint(image, mask, iterations: int = 3000, lr: float = 0.01,
         raise ValueError("lr must be > 0, reg_noise_std >= 0 and log_every >= 1")
     config = config or DIPConfig()
     config.validate()
-    device = resolve_device(device)
+    compute = Compute(device, None, 2 * DEFAULT_MEMORY_BUDGET if memory_budget is None
+                      else memory_budget, threads).resolve()
+    device = compute.device
     multiple = config.size_multiple
     padded, padded_mask = pad_to_multiple(img.astype(np.float32), mask, multiple,
                                           minimum=2 * multiple)  # batch norm: 2 x 2 at the bottom
     padded = np.moveaxis(padded, 2, 0)
     c, hp, wp = padded.shape
-    budget = DEFAULT_MEMORY_BUDGET * 2 if memory_budget is None else parse_bytes(memory_budget)
-    check_fits(estimate_training_bytes(hp, wp, config), budget,
+    check_fits(estimate_training_bytes(hp, wp, config), compute.memory_budget,
                f"training the DIP network on a {hp} x {wp} (padded) image",
                "Use a smaller image or configuration, or raise memory_budget.")
 
-    with _deterministic(device), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with _deterministic(device), compute.limited_threads(), \
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         net = DIPNetwork(c, config).to(device=device, dtype=torch.float32)  # whatever torch's default dtype
         z = net.noise_input(hp, wp, device=device)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from models.cntk import Architecture
-from models.device import resolve_device, resolve_dtype
+from models.device import Compute
 
 from .image_adaptive import KernelMix, Regression
 from .image_grid import PAD_MODES, pad_to_multiple, validate_image_and_mask
@@ -66,11 +66,13 @@ class CNTKInpainter:
         r -> P (K + mu I)^-1 P r, a division in Fourier space for the stationary default kernel:
         as fast as plain CG on scattered missing pixels and 6-19x faster on text and box masks
         (649 -> 50 iterations; benchmarks/RESULTS.md).
-    device, dtype : where and in what precision the kernel is computed. ``dtype=None``: float32
-        for phase-averaged architectures (``NAME+avg``, the default; the average is accumulated
-        in float64 and the solve runs in float64: same PSNR to 0.001 dB on the dev images, half
-        the time), else float64 on a CPU and float32 on a GPU. The solve runs in the kernel's
-        dtype.
+    device, dtype, memory_budget, threads : where, in what precision, within how much memory
+        and on how many CPU threads the kernel is computed and the system solved (one
+        :class:`models.device.Compute`, ``self.compute``; ``threads=None``: ``$NTK_THREADS``, else
+        :data:`models.device.DEFAULT_CPU_THREADS`). ``dtype=None``: float32 for phase-averaged
+        architectures (``NAME+avg``, the default; the average is accumulated in float64 and the
+        solve runs in float64: same PSNR to 0.001 dB on the dev images, half the time), else
+        float64 on a CPU and float32 on a GPU. The solve runs in the kernel's dtype.
     keep_observed : observed pixels keep their input values (else the smoothed fit is returned).
     cache_dir : folder where computed kernels are stored for reuse (keyed by architecture, size,
         prior and dtype); kernels are also kept in memory for images of the same size.
@@ -83,7 +85,7 @@ class CNTKInpainter:
     """
 
     def __init__(self, arch=DEFAULT_ARCH, prior=DEFAULT_PRIOR, ridge=DEFAULT_RIDGE, *, device="auto",
-                 dtype=None, memory_budget=None, center=True, pad="missing", margin=16,
+                 dtype=None, memory_budget=None, threads=None, center=True, pad="missing", margin=16,
                  solver="auto", tol=1e-3, maxiter=500, precondition=True, keep_observed=True, cache_dir=None,
                  progress=False, mix=None):
         if not ridge > 0:
@@ -96,11 +98,9 @@ class CNTKInpainter:
         self.image_prior = parse_image_prior(prior) if is_image_prior(prior) else None
         self.kernel_prior = "noise" if self.adaptive else prior  # of the stationary kernel
         self.mix = mix
-        self.device = resolve_device(device)
         if dtype is None and self.architecture.averaged:
             dtype = torch.float32  # accumulated in float64 anyway (see the class docstring)
-        self.dtype = resolve_dtype(dtype, self.device)
-        self.memory_budget = memory_budget
+        self.compute = Compute(device, dtype, memory_budget, threads).resolve()
         self.center, self.pad, self.margin = center, pad, int(margin)
         self.solver, self.tol, self.maxiter = solver, tol, maxiter
         self.precondition = precondition
@@ -114,11 +114,9 @@ class CNTKInpainter:
         shape = tuple(int(s) for s in shape)
         if shape not in self._kernels:
             self._kernels[shape] = self._cache.get_or_compute(
-                self.architecture, shape, self.kernel_prior, self.dtype,
-                lambda: self.architecture.ntk(shape, prior=self.kernel_prior, device=self.device,
-                                              dtype=self.dtype, memory_budget=self.memory_budget,
-                                              progress=self.progress),
-                device=self.device)
+                self.architecture, shape, self.kernel_prior, self.compute,
+                lambda: self.architecture.ntk(shape, prior=self.kernel_prior, compute=self.compute,
+                                              progress=self.progress))
         return self._kernels[shape]
 
     @property
@@ -127,7 +125,12 @@ class CNTKInpainter:
         return self.architecture.size_multiple
 
     def inpaint(self, image, mask):
-        """Return the completed image, same shape as ``image`` (values not clipped)."""
+        """Return the completed image, same shape as ``image`` (values not clipped); the work
+        runs on ``self.compute``'s CPU threads (the previous setting restored after)."""
+        with self.compute.limited_threads():
+            return self._fill(image, mask)
+
+    def _fill(self, image, mask):
         img, m, grey = validate_image_and_mask(image, mask)
         h, w = img.shape[:2]
         img_p, m_p = pad_to_multiple(img, m, self.multiple, self.margin, self.pad)
@@ -136,7 +139,7 @@ class CNTKInpainter:
         t_kernel = time.perf_counter() - t0
 
         to_t = lambda a: torch.as_tensor(np.ascontiguousarray(np.moveaxis(a, 2, 0)),
-                                         device=self.device)
+                                         device=self.compute.device)
         if self.adaptive:
             return self._inpaint_adaptive(img, m, grey, img_p, m_p, kern, to_t, t_kernel)
         dtype = kern.dtype  # phase-averaged kernels are float64 whatever they were computed in
@@ -146,12 +149,12 @@ class CNTKInpainter:
         if self.center:
             mean = (y * obs_f).sum((1, 2)) / obs_f.sum((1, 2))
         else:
-            mean = torch.zeros(y.shape[0], dtype=dtype, device=self.device)
+            mean = torch.zeros(y.shape[0], dtype=dtype, device=self.compute.device)
         targets = (y - mean[:, None, None]) * obs_f
         lam = relative_ridge(kern, self.ridge)
         t1 = time.perf_counter()
         alpha, info = solve_observed(kern, targets, observed, lam, solver=self.solver,
-                                     memory_budget=self.memory_budget, tol=self.tol,
+                                     compute=self.compute, tol=self.tol,
                                      maxiter=self.maxiter, precondition=self.precondition,
                                      progress=self.progress)
         fit = kern.matvec(alpha) + mean[:, None, None]
@@ -171,7 +174,7 @@ class CNTKInpainter:
         h, w = img.shape[:2]
         problem = Regression(to_t(img_p), to_t(~m_p), kern, center=self.center,
                              stationary_ridge=self.ridge, tol=self.tol, maxiter=self.maxiter,
-                             memory_budget=self.memory_budget)
+                             compute=self.compute)
         band = band_for(img_p.shape[2])
         t0 = time.perf_counter()
         selection = None
@@ -213,8 +216,9 @@ def _inpaint(image, mask, method="cntk", **options):
     """Fill the pixels where ``mask`` is True.
 
     ``method``: ``'cntk'`` (kernel regression, options of :class:`CNTKInpainter`), ``'dip'``
-    (a trained Deep Image Prior network; options ``iterations``, ``device``, ``seed``,
-    ``progress``), ``'biharmonic'`` (scikit-image) or ``'telea'`` (OpenCV; option ``radius``).
+    (a trained Deep Image Prior network; options of :func:`completion.dip.dip_inpaint`:
+    ``iterations``, ``device``, ``memory_budget``, ``threads``, ``seed``, ``progress`` ...),
+    ``'biharmonic'`` (scikit-image) or ``'telea'`` (OpenCV; option ``radius``).
     Returns a float array of the image's shape.
     """
     if method == "cntk":

@@ -12,6 +12,7 @@ import torch
 from models.cntk import (DEFAULT_ARCHITECTURE, PRESETS, Architecture, Concat, Conv, Downsample, Gaussian, LeakyReLU, ReLU, Sequential,
                          StructuredKernel, Upsample, meshgrid_features)
 from models.device import MemoryBudgetError
+from models.device import Compute
 from models.finite import FiniteCNN, jacobian_ntk
 
 
@@ -163,7 +164,7 @@ def test_structured_dense_and_brute_force_agree_8x8(spec):
     net = Sequential.from_spec(spec)
     oracle = brute_force_ntk(net.layers, noise_prior(8, 8), 8, 8)
     for engine in ("structured", "dense"):
-        K = as_matrix(net.ntk((8, 8), engine=engine, dtype=torch.float64, device="cpu"))
+        K = as_matrix(net.ntk((8, 8), engine=engine, compute=Compute("cpu", torch.float64)))
         np.testing.assert_allclose(K, oracle, rtol=1e-10, atol=1e-13 * np.abs(oracle).max())
 
 
@@ -221,8 +222,8 @@ def test_bilinear_aligned_dense_only_against_brute_force():
 def test_tiled_dense_equals_untiled():
     net = Sequential.from_spec("2*(C3,L,D),C3,R,Ub,C3,L,U,C3")
     Z = np.random.default_rng(2).uniform(0, 0.1, size=(4, 16, 16))
-    whole = net.ntk((16, 16), prior=Z, memory_budget="1GB").dense()
-    tiled = net.ntk((16, 16), prior=Z, memory_budget="1.5MB").dense()
+    whole = net.ntk((16, 16), prior=Z, compute=Compute(memory_budget="1GB")).dense()
+    tiled = net.ntk((16, 16), prior=Z, compute=Compute(memory_budget="1.5MB")).dense()
     np.testing.assert_allclose(tiled, whole, rtol=1e-12)
 
 
@@ -237,11 +238,11 @@ def test_phase_averaged_kernel_is_mean_over_joint_shifts(spec):
     avg = net.ntk((16, 16), average_phases=True)
     assert avg.period == (1, 1) and avg.dtype == torch.float64
     np.testing.assert_allclose(avg.dense(), oracle, rtol=1e-10)
-    single = net.ntk((16, 16), average_phases=True, dtype=torch.float32)
+    single = net.ntk((16, 16), average_phases=True, compute=Compute(dtype=torch.float32))
     assert single.dtype == torch.float64  # accumulated in float64
     np.testing.assert_allclose(single.dense(), oracle, rtol=1e-5)
     if "[" not in spec:  # Concat networks are computed in one piece
-        tiled = net.ntk((16, 16), average_phases=True, memory_budget="40KB")
+        tiled = net.ntk((16, 16), average_phases=True, compute=Compute(memory_budget="40KB"))
         np.testing.assert_allclose(tiled.table.numpy(), avg.table.numpy(), rtol=1e-12)
     with pytest.raises(ValueError, match="structured"):
         net.ntk((16, 16), average_phases=True, engine="dense")
@@ -442,10 +443,10 @@ def test_input_validation():
 def test_memory_refusals_state_the_size():
     net = Sequential.from_spec("ed2")
     with pytest.raises(MemoryBudgetError, match=r"would need 128\.0 MB.*memory_budget"):
-        net.ntk((64, 64), engine="dense", memory_budget="16MB")
+        net.ntk((64, 64), engine="dense", compute=Compute(memory_budget="16MB"))
     with pytest.raises(MemoryBudgetError, match=r"would need 8\.0 MB.*average_phases=True"):
-        net.ntk((256, 256), memory_budget="4MB")     # periodic table, 4 x 4 phases
-    assert net.ntk((256, 256), memory_budget="4MB", average_phases=True).period == (1, 1)
-    kern = net.ntk((256, 256), dtype=torch.float32)
+        net.ntk((256, 256), compute=Compute(memory_budget="4MB"))     # periodic table, 4 x 4 phases
+    assert net.ntk((256, 256), compute=Compute(memory_budget="4MB"), average_phases=True).period == (1, 1)
+    kern = net.ntk((256, 256), compute=Compute(dtype=torch.float32))
     with pytest.raises(MemoryBudgetError, match="would need .* GB"):
         kern.dense()

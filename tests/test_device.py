@@ -1,10 +1,13 @@
-"""models.device: the CPU thread setting (parameter, else $NTK_THREADS, else the default)."""
+"""models.device: the CPU thread setting (parameter, else $NTK_THREADS, else the default) and
+the Compute options object."""
+import dataclasses
 import os
 
 import pytest
 import torch
 
-from models.device import DEFAULT_CPU_THREADS, THREADS_ENV, limited_threads, resolve_threads
+from models.device import (DEFAULT_CPU_THREADS, DEFAULT_MEMORY_BUDGET, THREADS_ENV, Compute,
+                           limited_threads, resolve_threads)
 
 CORES = os.cpu_count() or 1
 
@@ -38,3 +41,24 @@ def test_limited_threads_sets_and_restores(monkeypatch):
     with limited_threads(CORES):
         assert torch.get_num_threads() == CORES
     assert torch.get_num_threads() == previous
+
+
+def test_compute_resolves_to_concrete_values():
+    c = Compute(device="cpu", dtype="float32", memory_budget="1GB", threads=1).resolve()
+    assert (c.device, c.dtype, c.memory_budget, c.threads) == (torch.device("cpu"), torch.float32,
+                                                              2**30, 1)
+    assert c.resolve() == c                                        # idempotent
+    plain = Compute("cpu").resolve()
+    assert plain.dtype == torch.float64 and plain.budget == DEFAULT_MEMORY_BUDGET
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.threads = 2
+    assert dataclasses.replace(c, dtype=None).resolve().dtype == torch.float64
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("device", "gpu", "device must be"), ("dtype", "int8", "dtype must be"),
+    ("memory_budget", "lots", "cannot read memory size"), ("memory_budget", -1, "positive"),
+    ("threads", 0, "threads must be a whole number")])
+def test_compute_refuses_bad_values_naming_them(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        Compute(**{field: value})
