@@ -83,7 +83,7 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--only", nargs="*", help="substrings of the method names to run")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # see models.device.DEFAULT_CPU_THREADS
+    torch.set_num_threads(1)  # as measured on the shared machine: see models.device.default_threads
     os.environ["NTK_THREADS"] = str(torch.get_num_threads())  # the package's setting too
     ic50, genomic = load()
     X = ic50.to_numpy()

@@ -131,7 +131,7 @@ def dip_inpaint(image, mask, iterations: int = 3000, lr: float = 0.01,
     device, memory_budget, threads : where, within how much memory (bytes or '2GB'; default twice
         ``models.device.DEFAULT_MEMORY_BUDGET``; training that would exceed it is refused up
         front) and on how many CPU threads (None: ``$NTK_THREADS``, else
-        ``models.device.DEFAULT_CPU_THREADS``) the network trains (a
+        ``models.device.default_threads()``) the network trains (a
         :class:`models.device.Compute`; always float32).
     """
     img, masks, grey = validate_image_and_mask(image, mask, unit_range=True, shared_mask=True)

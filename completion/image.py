@@ -69,7 +69,7 @@ class CNTKInpainter:
     device, dtype, memory_budget, threads : where, in what precision, within how much memory
         and on how many CPU threads the kernel is computed and the system solved (one
         :class:`models.device.Compute`, ``self.compute``; ``threads=None``: ``$NTK_THREADS``, else
-        :data:`models.device.DEFAULT_CPU_THREADS`). ``dtype=None``: float32 for phase-averaged
+        :func:`models.device.default_threads`). ``dtype=None``: float32 for phase-averaged
         architectures (``NAME+avg``, the default; the average is accumulated in float64 and the
         solve runs in float64: same PSNR to 0.001 dB on the dev images, half the time), else
         float64 on a CPU and float32 on a GPU. The solve runs in the kernel's dtype.

@@ -134,7 +134,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     solver : {"auto", "shared", "structured", "exact", "cg"}
     device : torch device for kernel evaluation ("auto" = CUDA when present).
     threads : torch CPU threads for the fit (None: $NTK_THREADS, else
-        ``models.device.DEFAULT_CPU_THREADS``).
+        ``models.device.default_threads()``).
     random_state : int or None, seeds the cross-validation folds.
     cv_folds : int >= 2, K of the K-fold split of the observed entries used by the "auto" choices.
     cv_max_folds : int, how many of the K folds are evaluated (1 = a single validation split,

@@ -6,7 +6,7 @@ many CPU threads.
 ``memory_budget``: bytes or a string such as ``'2GB'``; ``threads``: torch CPU threads) and
 travels through the image / CNTK call chain as one object; :meth:`Compute.resolve` gives the
 concrete values (:func:`resolve_device`, :func:`resolve_dtype`, :func:`parse_bytes`,
-:func:`resolve_threads`: a parameter, else ``$NTK_THREADS``, else the measured default).
+:func:`resolve_threads`: a parameter, else ``$NTK_THREADS``, else :func:`default_threads`).
 :func:`check_fits` refuses work that would exceed the budget; :func:`limited_threads` runs a
 block on the resolved thread count.
 
@@ -91,18 +91,32 @@ def check_fits(needed_bytes: float, budget_bytes: int, what: str, advice: str) -
 
 
 THREADS_ENV = "NTK_THREADS"
-DEFAULT_CPU_THREADS = 1  # measured: benchmarks/bench_threads.py (RESULTS.md, "CPU threads")
+
+
+def default_threads() -> int:
+    """The cores this process may use that the 1-minute load average leaves idle, at least 1.
+
+    Measured (benchmarks/RESULTS.md, "CPU threads"): on the shared 2-core machine at load 7-9,
+    two threads ran 5.8-6.9x slower than one (OpenMP threads spin while they wait for a core);
+    so a busy machine gets 1 thread and an idle one all its cores. Not measured on a quiet
+    many-core machine; ``threads=`` / ``$NTK_THREADS`` / ``--threads`` override it."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this platform
+        busy = 0.0
+    return max(1, min(cores, int(cores - busy + 0.5)))
 
 
 def resolve_threads(threads=None) -> int:
     """Torch CPU threads for kernel and solver work: ``threads`` when given (an int >= 1), else
-    the environment variable ``NTK_THREADS`` when set, else :data:`DEFAULT_CPU_THREADS`; never
+    the environment variable ``NTK_THREADS`` when set, else :func:`default_threads`; never
     more than the machine's cores. Bad values are refused naming where they came from."""
     source = "threads"
     if threads is None:
         value = os.environ.get(THREADS_ENV, "").strip()
         if not value:
-            return max(1, min(DEFAULT_CPU_THREADS, os.cpu_count() or 1))
+            return default_threads()
         source, threads = f"${THREADS_ENV}", value
     try:
         if isinstance(threads, (bool, float)):
@@ -118,10 +132,7 @@ def resolve_threads(threads=None) -> int:
 @contextlib.contextmanager
 def limited_threads(n=None):
     """Run the block with ``resolve_threads(n)`` torch CPU threads (the default, or
-    ``$NTK_THREADS``, when ``n`` is None), restoring the previous count after.
-
-    Many small factorisations on a shared 2-core machine ran faster on one thread: each parallel
-    region costs more than it saves (benchmarks/RESULTS.md, "CPU threads")."""
+    ``$NTK_THREADS``, when ``n`` is None), restoring the previous count after."""
     previous = torch.get_num_threads()
     torch.set_num_threads(resolve_threads(n))
     try:
@@ -134,7 +145,7 @@ def limited_threads(n=None):
 class Compute:
     """Where and how kernels and solves run (see the module docstring): ``device``, ``dtype``,
     ``memory_budget`` (None = :data:`DEFAULT_MEMORY_BUDGET`), ``threads`` (None = the
-    environment's or :data:`DEFAULT_CPU_THREADS`). Checked when made (a bad value is refused
+    environment's or :func:`default_threads`). Checked when made (a bad value is refused
     naming it); vary with ``dataclasses.replace``; :meth:`resolve` gives concrete values."""
 
     device: object = "auto"

@@ -6,22 +6,32 @@ import os
 import pytest
 import torch
 
-from models.device import (DEFAULT_CPU_THREADS, DEFAULT_MEMORY_BUDGET, THREADS_ENV, Compute,
+from models.device import (DEFAULT_MEMORY_BUDGET, THREADS_ENV, Compute, default_threads,
                            limited_threads, resolve_threads)
 
 CORES = os.cpu_count() or 1
+USABLE = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else CORES
+
+
+@pytest.mark.parametrize("load, expected", [(0.0, USABLE), (0.4, USABLE),
+                                            (0.6, max(1, USABLE - 1)), (USABLE - 1.0, 1),
+                                            (USABLE + 3.0, 1)])
+def test_default_is_the_idle_cores(monkeypatch, load, expected):
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    assert default_threads() == expected
 
 
 def test_parameter_then_environment_then_default(monkeypatch):
     monkeypatch.delenv(THREADS_ENV, raising=False)
-    assert resolve_threads() == min(DEFAULT_CPU_THREADS, CORES)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert resolve_threads() == USABLE
     monkeypatch.setenv(THREADS_ENV, " 1 ")
     assert resolve_threads() == 1
     monkeypatch.setenv(THREADS_ENV, "1000")
     assert resolve_threads() == CORES  # never more than the cores
     assert resolve_threads(1) == 1  # the parameter wins over the environment
     monkeypatch.setenv(THREADS_ENV, "")
-    assert resolve_threads() == min(DEFAULT_CPU_THREADS, CORES)
+    assert resolve_threads() == USABLE
 
 
 @pytest.mark.parametrize("value", [0, -2, 1.5, True, "two", "2.0"])

@@ -1,15 +1,19 @@
 """The CPU thread setting reaches the work and is restored after: ``threads=`` of inpaint(),
-CNTKInpainter, dip_inpaint and NTKImputer, and ``$NTK_THREADS``. Each probe reads torch.get_num_threads() inside the work
+CNTKInpainter, dip_inpaint and NTKImputer, ``$NTK_THREADS``, and ``--threads`` of the
+inpaint / compare / matrix commands. Each probe reads torch.get_num_threads() inside the work
 (a wrapped solver or kernel call) with a setting that differs from the one outside."""
 import os
 
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
+from PIL import Image
 
 import completion.image
 import completion.image_adaptive
 import models.ntk
+from cli import main
 from completion.dip import dip_inpaint
 from completion.image import CNTKInpainter, inpaint
 from completion.matrix import NTKImputer
@@ -66,6 +70,18 @@ def test_inpaint_threads_parameter_and_environment(outside, seen, monkeypatch):
     assert set(seen) == {2}
 
 
+def test_default_follows_the_idle_cores(outside, seen, monkeypatch):
+    img, mask = image_and_mask()
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (CORES + 5.0, 0.0, 0.0))   # a busy machine
+    inpaint(img, mask, arch=SMALL_ARCH, prior="noise")
+    assert set(seen) == {1}
+    seen.clear()
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))           # an idle one
+    inpaint(img, mask, arch=SMALL_ARCH, prior="noise")
+    assert set(seen) == {CORES}
+
+
 def test_dip_trains_on_its_threads(outside):
     img, mask = image_and_mask()
     counts = []
@@ -80,3 +96,24 @@ def test_imputer_threads_parameter(outside, seen):
     observed, _, _ = synthetic_screen(n_cells=20, n_drugs=8, seed=1)
     NTKImputer(mode="rows", prior="profile", depth=1, ridge=0.05, threads=1).fit(observed)
     assert seen and set(seen) == {1} and torch.get_num_threads() == outside
+
+
+@pytest.mark.parametrize("command", ["inpaint", "compare", "matrix"])
+def test_cli_threads_option(tmp_path, outside, seen, command):
+    if command == "matrix":
+        observed, _, _ = synthetic_screen(n_cells=20, n_drugs=8, seed=1)
+        observed.to_csv(tmp_path / "m.csv")
+        args = ["matrix", str(tmp_path / "m.csv"), "-o", str(tmp_path / "out.csv"), "--prior",
+                "profile", "--depth", "1", "--ridge", "0.05", "--mode", "rows"]
+    else:
+        img, _ = image_and_mask()
+        Image.fromarray(np.round(img * 255).astype(np.uint8)).save(tmp_path / "img.png")
+        args = [command, str(tmp_path / "img.png"), "--missing-fraction", "0.4", "-q"]
+        args += (["-o", str(tmp_path / "out.png"), "--arch", SMALL_ARCH, "--prior", "noise"]
+                 if command == "inpaint" else ["-o", str(tmp_path / "cmp"), "--methods", "cntk",
+                                               "--no-figures"])
+    res = CliRunner().invoke(main, args + ["--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert seen and set(seen) == {1} and torch.get_num_threads() == outside
+    res = CliRunner().invoke(main, args[:2] + ["--threads", "0"] + args[2:])
+    assert res.exit_code == 2 and "--threads" in res.output
