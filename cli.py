@@ -64,6 +64,12 @@ def main(ctx):
     ctx.with_resource(_warnings_as_lines())
 
 
+_threads_option = click.option(
+    "--threads", type=click.IntRange(1), default=None,
+    help="Torch CPU threads [default: $NTK_THREADS, else the cores the load average leaves "
+         "idle: 1 on a busy machine].")
+
+
 # --- matrix commands (issue 2) ---------------------------------------------------------------
 
 def _auto_or(kind):
@@ -119,6 +125,7 @@ def _separator(ctx, param, value):
 @click.option("--ridge", default="auto", show_default=True, callback=_auto_or(float),
               help="Ridge relative to the mean kernel diagonal, or auto (CV).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@_threads_option
 @click.option("--seed", default=0, show_default=True, help="Seed of the CV folds and --holdout.")
 @click.option("--holdout", type=float, default=None,
               help="Hide this fraction of the observed entries, fit on the rest and print RMSE, "
@@ -139,7 +146,7 @@ def _separator(ctx, param, value):
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors, warnings and --holdout "
               "scores (not the choices made).")
 def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_features,
-                   col_features, prior, prior_matrix, depth, ridge, device, seed, holdout,
+                   col_features, prior, prior_matrix, depth, ridge, device, threads, seed, holdout,
                    na_values, long_columns, pairs_csv, verbose, quiet):
     """Fill the missing entries of the matrix in IN.csv (row labels in the first column, column
     labels in the header; blank cells and NA tokens are missing; '-' reads standard input) and
@@ -168,7 +175,7 @@ def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_fe
     if long_columns is not None or pairs_csv is not None:
         _check_long_options(long_columns, pairs_csv, holdout, no_row_labels, prior_matrix)
         imputer_options = dict(mode=mode, prior=prior, depth=depth, ridge=ridge, device=device,
-                               random_state=seed, verbose=int(verbose))
+                               threads=threads, random_state=seed, verbose=int(verbose))
         try:
             _complete_long(input_csv, output, long_columns, pairs_csv, row_features,
                            col_features, tokens, csv_options, imputer_options, quiet)
@@ -185,6 +192,7 @@ def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_fe
         rf = read_features_csv(row_features, tokens, **csv_options) if row_features else None
         cf = read_features_csv(col_features, tokens, **csv_options) if col_features else None
         imputer = NTKImputer(mode=mode, prior=prior, depth=depth, ridge=ridge, device=device,
+                             threads=threads,
                              row_features=rf, col_features=cf, prior_matrix=given,
                              random_state=seed, verbose=int(verbose))
         if holdout is not None:
@@ -363,6 +371,7 @@ def _check_mask_source(ctx, mask, missing_fraction, invert_mask, require_one=Fal
               help="cntk: CG iteration cap; dip: training iterations (default 3000, the "
                    "published recipe: hours on a CPU, a warning gives the estimate).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@_threads_option
 @click.option("--save-mask", type=click.Path(path_type=Path),
               help="Write the mask used (folder in batch mode).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
@@ -374,8 +383,8 @@ def _check_mask_source(ctx, mask, missing_fraction, invert_mask, require_one=Fal
 @_batch_options("output")
 @click.pass_context
 def inpaint_command(ctx, image, output, mask, invert_mask, missing_fraction, seed, mask_type,
-                    reference, method, arch, prior, verbose, ridge, iterations, device, save_mask,
-                    cache_dir, dtype, scheduler, overwrite, quiet):
+                    reference, method, arch, prior, verbose, ridge, iterations, device, threads,
+                    save_mask, cache_dir, dtype, scheduler, overwrite, quiet):
     """Fill the missing pixels of IMAGE (or of every image in the folder IMAGE).
 
     The output keeps the input's bit depth (8 or 16) and its alpha channel (carried through
@@ -429,7 +438,7 @@ def inpaint_command(ctx, image, output, mask, invert_mask, missing_fraction, see
             click.echo(f"skipping {len(skipped)} of {len(jobs)} images whose output exists "
                        "(--overwrite redoes them)", err=True)
         single = len(todo) == 1 and scheduler is None
-        how = Method(method, arch, prior, ridge, iterations, device, cache_dir, dtype,
+        how = Method(method, arch, prior, ridge, iterations, device, cache_dir, dtype, threads,
                      progress=progress and single)
         outcomes = run_batch(todo, how, scheduler=scheduler, on_done=report,
                              progress=progress and not single,
@@ -462,11 +471,12 @@ def inpaint_command(ctx, image, output, mask, invert_mask, missing_fraction, see
               help="DIP training iterations.")
 @click.option("--dip-lr", type=float, default=0.01, show_default=True, help="DIP Adam learning rate.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@_threads_option
 @click.option("--no-figures", is_flag=True, help="Skip the matplotlib figures (tables only).")
 @_batch_options("table.csv")
 @click.pass_context
 def compare_command(ctx, image, output_dir, mask, invert_mask, missing_fraction, seed, mask_type,
-                    reference, methods, iterations, dip_lr, device, no_figures, scheduler,
+                    reference, methods, iterations, dip_lr, device, threads, no_figures, scheduler,
                     overwrite, quiet):
     """Run several inpainting methods on IMAGE with the same mask and compare them.
 
@@ -496,7 +506,7 @@ def compare_command(ctx, image, output_dir, mask, invert_mask, missing_fraction,
 
     if image.is_dir():
         return _compare_folder(ctx, image, output_dir, mask, missing_fraction, invert_mask, seed,
-                               mask_type, reference, methods, iterations, dip_lr, device,
+                               mask_type, reference, methods, iterations, dip_lr, device, threads,
                                no_figures, scheduler, overwrite, quiet)
     _check_mask_source(ctx, mask, missing_fraction, invert_mask, require_one=True)
     try:
@@ -511,9 +521,7 @@ def compare_command(ctx, image, output_dir, mask, invert_mask, missing_fraction,
                                     mask_type)
         runs = compare_methods(found.pixels, m, names, reference=ref,
                                progress=_show_progress(quiet), bits=found.bits,
-                               dip_options={"iterations": iterations, "lr": dip_lr,
-                                            "device": device, "seed": seed},
-                               cntk_options={"device": device})
+                               **_compare_options(iterations, dip_lr, device, threads, seed))
         write_comparison(output_dir, found.pixels, m, runs, reference=ref, figures=not no_figures,
                          bits=found.bits, alpha=found.alpha)
     except (ValueError, ImportError, MemoryError, OSError) as err:
@@ -523,8 +531,15 @@ def compare_command(ctx, image, output_dir, mask, invert_mask, missing_fraction,
     click.echo(f"outputs written to {output_dir}")
 
 
+def _compare_options(iterations, dip_lr, device, threads, seed):
+    """``compare_methods``' ``dip_options`` and ``cntk_options`` from the command's options."""
+    compute = {"device": device, "threads": threads}
+    return {"dip_options": {"iterations": iterations, "lr": dip_lr, "seed": seed, **compute},
+            "cntk_options": compute}
+
+
 def _compare_folder(ctx, folder, output_dir, mask, missing_fraction, invert_mask, seed, mask_type,
-                    reference, methods, iterations, dip_lr, device, no_figures, scheduler,
+                    reference, methods, iterations, dip_lr, device, threads, no_figures, scheduler,
                     overwrite, quiet):
     """``compare`` over every image of ``folder``: OUTPUT_DIR/NAME/ each, the means printed."""
     import dataclasses
@@ -563,8 +578,7 @@ def _compare_folder(ctx, folder, output_dir, mask, missing_fraction, invert_mask
         outcomes = run_comparisons(
             todo, names, scheduler=scheduler, figures=not no_figures, on_done=report,
             progress=_show_progress(quiet),
-            options={"dip_options": {"iterations": iterations, "lr": dip_lr, "device": device,
-                                     "seed": seed}, "cntk_options": {"device": device}},
+            options=_compare_options(iterations, dip_lr, device, threads, seed),
             mask_options={"invert_mask": invert_mask, "missing_fraction": missing_fraction,
                           "seed": seed, "mask_type": mask_type})
     except (ValueError, ImportError, MemoryError, OSError) as err:

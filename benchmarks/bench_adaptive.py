@@ -96,6 +96,7 @@ def main():
                         help="skip the old default (prior='noise'; its code is unchanged)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    os.environ["NTK_THREADS"] = str(torch.get_num_threads())  # the package's setting too
     print(f"torch threads {args.threads}; PSNR dB (wall s / CPU s per image)")
     print("| image | mask | biharmonic | cntk noise (old default) | cntk auto (new default) | "
           "auto - biharmonic | auto chose |")

@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from models.cntk import Sequential  # noqa: E402
-from models.device import MemoryBudgetError  # noqa: E402
+from models.device import Compute, MemoryBudgetError  # noqa: E402
 
 ARCHS = {"shallow": "C5,G8,C1", "two-layer": "C5,G8,C3,L,C1", "ed2": "ed2"}
 # (size, kernel, band, dtype): every band in float32 at 256 x 256, float64 where it is cheap
@@ -46,13 +46,14 @@ def peak_rss_bytes() -> int:
 def one_row(spec: str, size: int, band: int, dtype: str, threads: int) -> dict:
     """Kernel time, extra peak memory and matvec times of one configuration (this process)."""
     torch.set_num_threads(threads)
+    os.environ["NTK_THREADS"] = str(torch.get_num_threads())  # the package's setting too
     image = np.random.default_rng(0).random((1, size, size))
     net = Sequential.from_spec(spec)
-    net.ntk_banded((32, 32), image[:, :32, :32], 2, dtype=dtype)         # warm up the code paths
+    net.ntk_banded((32, 32), image[:, :32, :32], 2, compute=Compute(dtype=dtype))         # warm up the code paths
     before = peak_rss_bytes()
     t = time.perf_counter()
     try:
-        kern = net.ntk_banded((size, size), image, band, dtype=dtype)
+        kern = net.ntk_banded((size, size), image, band, compute=Compute(dtype=dtype))
     except MemoryBudgetError as err:
         return {"refused": str(err).split(" but ")[0]}
     seconds = time.perf_counter() - t

@@ -8,6 +8,7 @@ default kernel. The solve alone (kernel excluded) is timed with both settings in
 from __future__ import annotations
 
 import argparse
+import os
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    os.environ["NTK_THREADS"] = str(torch.get_num_threads())  # the package's setting too
     print("| image | mask | CG | PSNR (dB) | solve (s) | iterations |")
     print("|---|---|---|---|---|---|")
     for name, img, kind, fraction in cases():

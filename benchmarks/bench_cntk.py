@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.cntk import Conv, Downsample, Sequential, Upsample  # noqa: E402
+from models.device import Compute  # noqa: E402
 
 
 def best_time(fn, repeat=3):
@@ -116,6 +117,7 @@ def main():
                     help="torch threads for the large kernels")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    os.environ["NTK_THREADS"] = str(torch.get_num_threads())  # the package's setting too
     rows = []
 
     def row(what, size, engine, dtype, seconds, note=""):
@@ -134,7 +136,7 @@ def main():
             net = Sequential.from_spec(f"ed{s}")
             budget = "3GB"
             try:
-                t, kern = best_time(lambda: net.ntk((n, n), dtype=dt, memory_budget=budget),
+                t, kern = best_time(lambda: net.ntk((n, n), compute=Compute(dtype=dt, memory_budget=budget)),
                                     repeat=1 if n == 512 else 2)
             except MemoryError as e:
                 print(f"ed{s} {n}: refused ({e})")
@@ -145,7 +147,7 @@ def main():
     default = Sequential.from_spec("sym5")
     for n in (256, 512) if args.quick else (256, 512, 1024):
         for dt in (torch.float32, torch.float64):
-            t, kern = best_time(lambda: default.ntk((n, n), dtype=dt, average_phases=True),
+            t, kern = best_time(lambda: default.ntk((n, n), compute=Compute(dtype=dt), average_phases=True),
                                 repeat=2 if n == 256 else 1)
             row("default (sym5+avg)", f"{n}x{n}", "structured", str(dt)[6:], t,
                 "phase-averaged, tiled")
@@ -153,6 +155,7 @@ def main():
     # small kernels: one thread, like the pair loop (and immune to thread contention on a
     # shared machine, which slows many small parallel ops by 10x)
     torch.set_num_threads(1)
+    os.environ["NTK_THREADS"] = str(torch.get_num_threads())  # the package's setting too
     ref = Sequential.from_spec("reference")
     fast = {}
     for n in (16, 32, 64):
@@ -162,7 +165,7 @@ def main():
     for n in (32, 64):
         if args.quick and n == 64:
             continue
-        t, _ = best_time(lambda: ref.ntk((n, n), engine="dense", memory_budget="3GB"), repeat=3)
+        t, _ = best_time(lambda: ref.ntk((n, n), engine="dense", compute=Compute(memory_budget="3GB")), repeat=3)
         row("reference net (1 thread)", f"{n}x{n}", "dense", "float64", t)
     # per-pixel-pair loop, same run
     t16, K16 = best_time(lambda: pair_loop_ntk(ref, 16), repeat=1)

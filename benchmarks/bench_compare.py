@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 from pathlib import Path
 
@@ -44,6 +45,7 @@ PUBLISHED_DIP_PSNR = {"cameraman": 29.8, "house": 39.16, "peppers": 33.05, "mont
 
 def run_curve(args) -> None:
     torch.set_num_threads(args.threads)
+    os.environ["NTK_THREADS"] = str(torch.get_num_threads())  # the package's setting too
     image = read_image(IMAGES / f"{args.image}.png")
     mask = generate_mask(image.shape, 0.5, seed=args.seed, mask_type="pixels")
     OUT.mkdir(parents=True, exist_ok=True)
@@ -83,6 +85,7 @@ def cases(seeds, astronaut_masks):
 
 def run_table(args) -> None:
     torch.set_num_threads(args.threads)
+    os.environ["NTK_THREADS"] = str(torch.get_num_threads())  # the package's setting too
     methods = parse_methods(args.methods)
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / args.csv

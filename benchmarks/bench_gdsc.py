@@ -16,6 +16,7 @@ Run (from the repository root; ~10 min on 2 cores for 5 seeds):
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -82,7 +83,8 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--only", nargs="*", help="substrings of the method names to run")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # see models.device.DEFAULT_CPU_THREADS
+    torch.set_num_threads(1)  # as measured on the shared machine: see models.device.default_threads
+    os.environ["NTK_THREADS"] = str(torch.get_num_threads())  # the package's setting too
     ic50, genomic = load()
     X = ic50.to_numpy()
     observed = ~np.isnan(X)

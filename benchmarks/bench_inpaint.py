@@ -11,6 +11,7 @@ the time to inpaint larger images (scikit-image's astronaut, grey, 512 x 512 and
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -49,6 +50,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    os.environ["NTK_THREADS"] = str(torch.get_num_threads())  # the package's setting too
     images = dev_image_paths()
     methods = {"biharmonic": lambda img, m: inpaint(img, m, method="biharmonic")}
     for arch in args.arch or ["default"]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -39,6 +40,7 @@ def run_variant(variant, n_observed, out):
     from models.ntk import FullyConnectedNTK
 
     torch.set_num_threads(1)
+    os.environ["NTK_THREADS"] = str(torch.get_num_threads())  # the package's setting too
     rng = np.random.default_rng(0)
     m, n = 200, 100
     lin = np.sort(rng.choice(m * n, size=n_observed, replace=False))

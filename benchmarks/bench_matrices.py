@@ -199,6 +199,7 @@ def main(argv=None):
     parser.add_argument("--only", nargs="*", help="substrings of the method names to run")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    os.environ["NTK_THREADS"] = str(torch.get_num_threads())  # the package's setting too
     pool = {**DATASETS, **SANITY}
     names = list(SANITY) if args.sanity else args.datasets
     methods = {k: v for k, v in METHODS.items()

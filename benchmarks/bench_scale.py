@@ -217,6 +217,7 @@ def main():
         args.train_rows = args.train_rows[0]
         import torch
         torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+        os.environ["NTK_THREADS"] = str(torch.get_num_threads())  # the package's setting too
         print(json.dumps(CASES[args.child](args)))
         return
     results = []

@@ -28,6 +28,7 @@ of the whole images.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -114,6 +115,7 @@ def main():
     parser.add_argument("--crop", type=int, default=0, help="score two N x N crops per image")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    os.environ["NTK_THREADS"] = str(torch.get_num_threads())  # the package's setting too
     images = {p.stem: read_image(p) for p in dev_image_paths()}
     if args.crop:
         n = args.crop

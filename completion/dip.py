@@ -11,9 +11,9 @@ Returned images are float arrays in [0, 1] with the input's shape (H x W or H x 
 ``DIPResult.image`` has the observed pixels pasted back (as every other method compared here
 keeps them; pass ``paste_observed=False`` to get the raw network output there), and
 ``DIPResult.output`` is always the raw network output. Both PSNRs are reported when a reference
-is given. Sizes that are not multiples of ``2 ** scales`` (or smaller than twice that) are
-reflect-padded (the padding counts as missing, so it never enters the loss) and the output is
-cropped back.
+is given. Which images are accepted and how they are padded to multiples of ``2 ** scales``
+(at least twice that: missing pixels, which never enter the loss) is
+:mod:`completion.image_grid`; the output is cropped back.
 """
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from completion.image_grid import pad_to_multiple, validate_image_and_mask
 from completion.metrics import psnr
-from models.device import DEFAULT_MEMORY_BUDGET, check_fits, parse_bytes, resolve_device
+from models.device import DEFAULT_MEMORY_BUDGET, Compute, check_fits
 from models.dip import DIPConfig, DIPNetwork
 
 # Peak training memory per (padded) pixel of the published configuration, measured on CPU
@@ -74,41 +75,14 @@ class DIPResult:
         return np.asarray(self.image, dtype=dtype)
 
 
-def _validate(image, mask, reference):
-    image = np.asarray(image)
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] < 1):
-        raise ValueError(f"image must be H x W or H x W x C, got shape {image.shape}")
-    if not np.issubdtype(image.dtype, np.floating):
-        raise ValueError(f"image must be float in [0, 1], got dtype {image.dtype}")
-    if not np.all(np.isfinite(image)) or image.min() < 0 or image.max() > 1:
-        raise ValueError("image values must be finite and in [0, 1]")
-    mask = np.asarray(mask)
-    if mask.dtype != bool:
-        raise ValueError(f"mask must be a bool array (True = missing), got dtype {mask.dtype}")
-    if mask.shape != image.shape[:2]:
-        raise ValueError(f"mask shape {mask.shape} does not match image shape {image.shape[:2]}")
-    if mask.all():
-        raise ValueError("mask marks every pixel missing; nothing to fit")
-    if reference is not None:
-        reference = np.asarray(reference, dtype=np.float64)
-        if reference.shape != image.shape:
-            raise ValueError(f"reference shape {reference.shape} does not match image shape "
-                             f"{image.shape}")
-    return image, mask, reference
-
-
-def _pad_to_multiple(image_chw: np.ndarray, mask: np.ndarray, multiple: int):
-    """Reflect-pad bottom/right to multiples of ``multiple``, at least ``2 * multiple`` (so the
-    deepest level keeps 2 x 2 pixels, which batch norm needs); padded pixels are marked missing."""
-    h, w = mask.shape
-    ph = max(-(-h // multiple) * multiple, 2 * multiple) - h
-    pw = max(-(-w // multiple) * multiple, 2 * multiple) - w
-    if ph == 0 and pw == 0:
-        return image_chw, mask
-    mode = "reflect" if min(h, w) > 1 else "edge"
-    image_chw = np.pad(image_chw, ((0, 0), (0, ph), (0, pw)), mode=mode)
-    mask = np.pad(mask, ((0, ph), (0, pw)), constant_values=True)
-    return image_chw, mask
+def _check_reference(reference, shape):
+    """``reference`` as float64 of the image's ``shape``, or None."""
+    if reference is None:
+        return None
+    reference = np.asarray(reference, dtype=np.float64)
+    if reference.shape != shape:
+        raise ValueError(f"reference shape {reference.shape} does not match image shape {shape}")
+    return reference
 
 
 @contextlib.contextmanager
@@ -135,13 +109,14 @@ def dip_inpaint(image, mask, iterations: int = 3000, lr: float = 0.01,
                 device="auto", seed: int = 0, reference=None, paste_observed: bool = True,
                 backtrack: bool = True, backtrack_db: float = 5.0, log_every: int = 10,
                 progress: bool = True, callback: Callable[[HistoryPoint], None] | None = None,
-                memory_budget=None) -> DIPResult:
+                memory_budget=None, threads=None) -> DIPResult:
     """Fill the pixels where ``mask`` is True by training a DIP network on the others.
 
     Parameters
     ----------
     image : float array H x W or H x W x C in [0, 1] (values under the mask are ignored).
-    mask : bool array H x W, True = missing.
+    mask : bool array H x W, True = missing (or H x W x C, the same for every channel); the
+        rules: :mod:`completion.image_grid`.
     iterations : Adam steps (the published inpainting table used thousands).
     lr : Adam learning rate (0.01 published; 0.001 for the restoration setting).
     reg_noise_std : standard deviation of the per-step perturbation of the input code.
@@ -153,31 +128,40 @@ def dip_inpaint(image, mask, iterations: int = 3000, lr: float = 0.01,
     log_every : record a :class:`HistoryPoint` every this many steps (and at the last).
     progress : show a tqdm bar with the iteration, loss and (with a reference) PSNR.
     callback : called with each recorded :class:`HistoryPoint` (e.g. to stream a CSV).
-    memory_budget : bytes or '2GB'; training that would exceed it is refused up front.
+    device, memory_budget, threads : where, within how much memory (bytes or '2GB'; default twice
+        ``models.device.DEFAULT_MEMORY_BUDGET``; training that would exceed it is refused up
+        front) and on how many CPU threads (None: ``$NTK_THREADS``, else
+        ``models.device.default_threads()``) the network trains (a
+        :class:`models.device.Compute`; always float32).
     """
-    image, mask, reference = _validate(image, mask, reference)
+    img, masks, grey = validate_image_and_mask(image, mask, unit_range=True, shared_mask=True)
+    image, mask = (img[:, :, 0] if grey else img), masks[:, :, 0]
+    reference = _check_reference(reference, image.shape)
     if int(iterations) != iterations or iterations < 1:
         raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
     if lr <= 0 or reg_noise_std < 0 or log_every < 1:
         raise ValueError("lr must be > 0, reg_noise_std >= 0 and log_every >= 1")
     config = config or DIPConfig()
     config.validate()
-    device = resolve_device(device)
-    grey = image.ndim == 2
-    chw = (image[None] if grey else np.moveaxis(image, 2, 0)).astype(np.float32)
-    padded, padded_mask = _pad_to_multiple(chw, mask, config.size_multiple)
+    compute = Compute(device, None, 2 * DEFAULT_MEMORY_BUDGET if memory_budget is None
+                      else memory_budget, threads).resolve()
+    device = compute.device
+    multiple = config.size_multiple
+    padded, padded_mask = pad_to_multiple(img.astype(np.float32), mask, multiple,
+                                          minimum=2 * multiple)  # batch norm: 2 x 2 at the bottom
+    padded = np.moveaxis(padded, 2, 0)
     c, hp, wp = padded.shape
-    budget = DEFAULT_MEMORY_BUDGET * 2 if memory_budget is None else parse_bytes(memory_budget)
-    check_fits(estimate_training_bytes(hp, wp, config), budget,
+    check_fits(estimate_training_bytes(hp, wp, config), compute.memory_budget,
                f"training the DIP network on a {hp} x {wp} (padded) image",
                "Use a smaller image or configuration, or raise memory_budget.")
 
-    with _deterministic(device), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with _deterministic(device), compute.limited_threads(), \
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         net = DIPNetwork(c, config).to(device=device, dtype=torch.float32)  # whatever torch's default dtype
         z = net.noise_input(hp, wp, device=device)
         perturb = torch.Generator(device=device).manual_seed(seed + 1)
-        target = torch.from_numpy(padded)[None].to(device)
+        target = torch.from_numpy(np.ascontiguousarray(padded))[None].to(device)
         observed = torch.from_numpy(~padded_mask)[None, None].to(device).expand_as(target)
         n_observed = observed.sum()
         observed_f = observed.to(target.dtype)

@@ -10,7 +10,8 @@ similarities; :mod:`completion.image_adaptive`).  ``inpaint(image, mask, method=
 network and the classical biharmonic / Telea fills for comparison.
 
 Shapes: images are float (H, W) or (H, W, C) in [0, 1]; masks are bool (H, W) (shared by every
-channel) or (H, W, C), ``True`` = missing.
+channel) or (H, W, C), ``True`` = missing; what is accepted and how images are padded onto the
+network's grid: :mod:`completion.image_grid`.
 """
 from __future__ import annotations
 
@@ -19,68 +20,22 @@ import time
 import numpy as np
 import torch
 
-from models.device import resolve_device, resolve_dtype
+from models.cntk import Architecture
+from models.device import Compute
 
 from .image_adaptive import KernelMix, Regression
+from .image_grid import PAD_MODES, pad_to_multiple, validate_image_and_mask
 from .image_priors import is_image_prior, parse_image_prior
 from .image_selection import (MIN_HELD_OUT, SELECTION_BAND, band_for, held_out_mask,
                               select_mix)
 from .inpaint_solver import relative_ridge, solve_observed
 from .kernel_cache import KernelCache
-from .kernel_ops import build_kernel, kernel_is_averaged, levels_of
 
 METHODS = ("cntk", "dip", "biharmonic", "telea")
-PAD_MODES = ("reflect", "wrap", "missing")
 
 DEFAULT_ARCH = "default"
 DEFAULT_PRIOR = "auto"  # chosen by benchmarks/bench_adaptive.py (RESULTS.md)
 DEFAULT_RIDGE = 1e-3
-
-
-def validate_image_and_mask(image, mask):
-    """Return (image as float64 (H, W, C), mask as bool (H, W, C), was_grey) after checking
-    shapes and ranges; raises ``ValueError`` with what is wrong."""
-    img = np.asarray(image, dtype=np.float64)
-    if img.ndim not in (2, 3) or img.shape[0] < 1 or img.shape[1] < 1:
-        raise ValueError(f"image must be (H, W) or (H, W, C), got shape {img.shape}")
-    if not np.all(np.isfinite(img)):
-        raise ValueError("image contains NaN or infinite values; mark such pixels in the mask and "
-                         "set them to any finite value")
-    grey = img.ndim == 2
-    if grey:
-        img = img[:, :, None]
-    m = np.asarray(mask)
-    if m.dtype != bool:
-        raise ValueError(f"mask must be a bool array (True = missing), got dtype {m.dtype}")
-    if m.shape == img.shape[:2]:
-        m = np.repeat(m[:, :, None], img.shape[2], axis=2)
-    elif m.shape != img.shape:
-        raise ValueError(f"mask shape {m.shape} must be the image's (H, W) {img.shape[:2]} or its "
-                         f"full shape {img.shape}")
-    if m.reshape(-1, m.shape[2]).all(axis=0).any():
-        raise ValueError("every pixel of a channel is missing; nothing to regress on")
-    return img, m, grey
-
-
-def pad_to_multiple(img, mask, multiple, margin=0, mode="reflect"):
-    """Pad (H, W, C) ``img`` and ``mask`` at the bottom/right so both sides become multiples of
-    ``multiple`` (after adding at least ``margin`` pixels).  ``reflect``/``wrap`` extend image and
-    mask together (mirrored observations count as observed); ``missing`` marks the padding as
-    missing.  Returns the padded pair; crop with ``[:H, :W]``."""
-    if mode not in PAD_MODES:
-        raise ValueError(f"pad mode must be one of {', '.join(PAD_MODES)}, got {mode!r}")
-    h, w = img.shape[:2]
-    ph = -(-(h + margin) // multiple) * multiple - h
-    pw = -(-(w + margin) // multiple) * multiple - w
-    if ph == 0 and pw == 0:
-        return img, mask
-    widths = ((0, ph), (0, pw), (0, 0))
-    if mode == "missing":
-        return (np.pad(img, widths), np.pad(mask, widths, constant_values=True))
-    np_mode = "symmetric" if mode == "reflect" else "wrap"
-    if mode == "reflect" and (ph > h or pw > w):
-        np_mode = "wrap"  # mirror padding longer than the image itself is not defined
-    return np.pad(img, widths, mode=np_mode), np.pad(mask, widths, mode=np_mode)
 
 
 class CNTKInpainter:
@@ -111,11 +66,13 @@ class CNTKInpainter:
         r -> P (K + mu I)^-1 P r, a division in Fourier space for the stationary default kernel:
         as fast as plain CG on scattered missing pixels and 6-19x faster on text and box masks
         (649 -> 50 iterations; benchmarks/RESULTS.md).
-    device, dtype : where and in what precision the kernel is computed. ``dtype=None``: float32
-        for phase-averaged architectures (``NAME+avg``, the default; the average is accumulated
-        in float64 and the solve runs in float64: same PSNR to 0.001 dB on the dev images, half
-        the time), else float64 on a CPU and float32 on a GPU. The solve runs in the kernel's
-        dtype.
+    device, dtype, memory_budget, threads : where, in what precision, within how much memory
+        and on how many CPU threads the kernel is computed and the system solved (one
+        :class:`models.device.Compute`, ``self.compute``; ``threads=None``: ``$NTK_THREADS``, else
+        :func:`models.device.default_threads`). ``dtype=None``: float32 for phase-averaged
+        architectures (``NAME+avg``, the default; the average is accumulated in float64 and the
+        solve runs in float64: same PSNR to 0.001 dB on the dev images, half the time), else
+        float64 on a CPU and float32 on a GPU. The solve runs in the kernel's dtype.
     keep_observed : observed pixels keep their input values (else the smoothed fit is returned).
     cache_dir : folder where computed kernels are stored for reuse (keyed by architecture, size,
         prior and dtype); kernels are also kept in memory for images of the same size.
@@ -128,7 +85,7 @@ class CNTKInpainter:
     """
 
     def __init__(self, arch=DEFAULT_ARCH, prior=DEFAULT_PRIOR, ridge=DEFAULT_RIDGE, *, device="auto",
-                 dtype=None, memory_budget=None, center=True, pad="missing", margin=16,
+                 dtype=None, memory_budget=None, threads=None, center=True, pad="missing", margin=16,
                  solver="auto", tol=1e-3, maxiter=500, precondition=True, keep_observed=True, cache_dir=None,
                  progress=False, mix=None):
         if not ridge > 0:
@@ -136,15 +93,14 @@ class CNTKInpainter:
         if pad not in PAD_MODES:
             raise ValueError(f"pad must be one of {', '.join(PAD_MODES)}, got {pad!r}")
         self.arch, self.prior, self.ridge = arch, prior, float(ridge)
+        self.architecture = Architecture.of(arch)
         self.adaptive = isinstance(prior, str) and (prior == "auto" or is_image_prior(prior))
         self.image_prior = parse_image_prior(prior) if is_image_prior(prior) else None
         self.kernel_prior = "noise" if self.adaptive else prior  # of the stationary kernel
         self.mix = mix
-        self.device = resolve_device(device)
-        if dtype is None and kernel_is_averaged(arch):
+        if dtype is None and self.architecture.averaged:
             dtype = torch.float32  # accumulated in float64 anyway (see the class docstring)
-        self.dtype = resolve_dtype(dtype, self.device)
-        self.memory_budget = memory_budget
+        self.compute = Compute(device, dtype, memory_budget, threads).resolve()
         self.center, self.pad, self.margin = center, pad, int(margin)
         self.solver, self.tol, self.maxiter = solver, tol, maxiter
         self.precondition = precondition
@@ -158,19 +114,23 @@ class CNTKInpainter:
         shape = tuple(int(s) for s in shape)
         if shape not in self._kernels:
             self._kernels[shape] = self._cache.get_or_compute(
-                self.arch, shape, self.kernel_prior, self.dtype,
-                lambda: build_kernel(self.arch, shape, prior=self.kernel_prior, device=self.device,
-                                     dtype=self.dtype, memory_budget=self.memory_budget,
-                                     progress=self.progress),
-                device=self.device)
+                self.architecture, shape, self.kernel_prior, self.compute,
+                lambda: self.architecture.ntk(shape, prior=self.kernel_prior, compute=self.compute,
+                                              progress=self.progress))
         return self._kernels[shape]
 
     @property
     def multiple(self) -> int:
-        return 2 ** levels_of(self.arch)
+        """Padded sides are multiples of this (the architecture's ``size_multiple``)."""
+        return self.architecture.size_multiple
 
     def inpaint(self, image, mask):
-        """Return the completed image, same shape as ``image`` (values not clipped)."""
+        """Return the completed image, same shape as ``image`` (values not clipped); the work
+        runs on ``self.compute``'s CPU threads (the previous setting restored after)."""
+        with self.compute.limited_threads():
+            return self._fill(image, mask)
+
+    def _fill(self, image, mask):
         img, m, grey = validate_image_and_mask(image, mask)
         h, w = img.shape[:2]
         img_p, m_p = pad_to_multiple(img, m, self.multiple, self.margin, self.pad)
@@ -179,7 +139,7 @@ class CNTKInpainter:
         t_kernel = time.perf_counter() - t0
 
         to_t = lambda a: torch.as_tensor(np.ascontiguousarray(np.moveaxis(a, 2, 0)),
-                                         device=self.device)
+                                         device=self.compute.device)
         if self.adaptive:
             return self._inpaint_adaptive(img, m, grey, img_p, m_p, kern, to_t, t_kernel)
         dtype = kern.dtype  # phase-averaged kernels are float64 whatever they were computed in
@@ -189,12 +149,12 @@ class CNTKInpainter:
         if self.center:
             mean = (y * obs_f).sum((1, 2)) / obs_f.sum((1, 2))
         else:
-            mean = torch.zeros(y.shape[0], dtype=dtype, device=self.device)
+            mean = torch.zeros(y.shape[0], dtype=dtype, device=self.compute.device)
         targets = (y - mean[:, None, None]) * obs_f
         lam = relative_ridge(kern, self.ridge)
         t1 = time.perf_counter()
         alpha, info = solve_observed(kern, targets, observed, lam, solver=self.solver,
-                                     memory_budget=self.memory_budget, tol=self.tol,
+                                     compute=self.compute, tol=self.tol,
                                      maxiter=self.maxiter, precondition=self.precondition,
                                      progress=self.progress)
         fit = kern.matvec(alpha) + mean[:, None, None]
@@ -214,7 +174,7 @@ class CNTKInpainter:
         h, w = img.shape[:2]
         problem = Regression(to_t(img_p), to_t(~m_p), kern, center=self.center,
                              stationary_ridge=self.ridge, tol=self.tol, maxiter=self.maxiter,
-                             memory_budget=self.memory_budget)
+                             compute=self.compute)
         band = band_for(img_p.shape[2])
         t0 = time.perf_counter()
         selection = None
@@ -256,19 +216,17 @@ def _inpaint(image, mask, method="cntk", **options):
     """Fill the pixels where ``mask`` is True.
 
     ``method``: ``'cntk'`` (kernel regression, options of :class:`CNTKInpainter`), ``'dip'``
-    (a trained Deep Image Prior network; options ``iterations``, ``device``, ``seed``,
-    ``progress``), ``'biharmonic'`` (scikit-image) or ``'telea'`` (OpenCV; option ``radius``).
+    (a trained Deep Image Prior network; options of :func:`completion.dip.dip_inpaint`:
+    ``iterations``, ``device``, ``memory_budget``, ``threads``, ``seed``, ``progress`` ...),
+    ``'biharmonic'`` (scikit-image) or ``'telea'`` (OpenCV; option ``radius``).
     Returns a float array of the image's shape.
     """
     if method == "cntk":
         return CNTKInpainter(**options).inpaint(image, mask)
-    img, m, grey = validate_image_and_mask(image, mask)
     if method == "dip":
         from .dip import dip_inpaint
-        if not (m == m[:, :, :1]).all():
-            raise ValueError("method='dip' needs one mask shared by all channels (H, W)")
-        result = dip_inpaint(img[:, :, 0] if grey else img, m[:, :, 0], **options)
-        return np.asarray(result.image)
+        return np.asarray(dip_inpaint(image, mask, **options).image)
+    img, m, grey = validate_image_and_mask(image, mask)
     if method == "biharmonic":
         _reject_options(method, options)
         try:

@@ -21,6 +21,8 @@ import math
 
 import torch
 
+from models.device import Compute
+
 from .image_priors import ImagePrior
 from .inpaint_solver import relative_ridge, solve_observed
 from .mixed_kernel import MixedKernel
@@ -71,7 +73,7 @@ class Regression:
     pixels), ``observed`` (C, H, W) bool; :meth:`fit` regresses them with a ``KernelMix``."""
 
     def __init__(self, y, observed, stationary, *, center=True, stationary_ridge=1e-3,
-                 tol=1e-3, maxiter=500, memory_budget=None):
+                 tol=1e-3, maxiter=500, compute=None):
         self.y = y.to(torch.float64)
         self.observed = observed
         obs = observed.to(torch.float64)
@@ -80,7 +82,7 @@ class Regression:
         self.targets = (self.y - self.mean[:, None, None]) * obs
         self.stationary = normalised(stationary)
         self.stationary_ridge = stationary_ridge
-        self.tol, self.maxiter, self.memory_budget = tol, maxiter, memory_budget
+        self.tol, self.maxiter, self.compute = tol, maxiter, compute or Compute()
         self.iterations = 0
 
     def restricted(self, keep):
@@ -100,10 +102,11 @@ class Regression:
         if start is not None:
             obs = self.observed.to(torch.float64)
             rhs = self.targets - (kern.matvec(start) * obs + lam * start)
-            scale = float(torch.linalg.vector_norm(rhs) / torch.linalg.vector_norm(self.targets))
+            size = torch.linalg.vector_norm(self.targets).clamp(min=torch.finfo(torch.float64).tiny)
+            scale = float(torch.linalg.vector_norm(rhs) / size)  # 0 for a constant image
             tol = min(self.tol / max(scale, 1e-12), 0.5)
         alpha, info = solve_observed(kern, rhs, self.observed, lam, solver="cg", tol=tol,
-                                     maxiter=self.maxiter, memory_budget=self.memory_budget)
+                                     maxiter=self.maxiter, compute=self.compute)
         if start is not None:
             alpha = alpha + start
         self.iterations += info.iterations
@@ -131,8 +134,8 @@ class Regression:
         from models.cntk import Sequential
         guide = torch.where(self.observed, self.y, fit).cpu().numpy()
         net = Sequential.from_spec(f"C{mix.patch},G{math.sqrt(2) / mix.h!r},C1")
+        compute = dataclasses.replace(self.compute, device=self.y.device, dtype=torch.float32)
         kern = net.ntk_banded(tuple(self.y.shape[1:]), mix.prior.features(guide), band=mix.band,
-                              device=self.y.device, dtype=torch.float32,
-                              memory_budget=self.memory_budget).tapered()
+                              compute=compute).tapered()
         kern.planes /= float(kern.diag().to(torch.float64).mean())   # in place: tables are big
         return kern

@@ -159,6 +159,7 @@ class Method:
     device: str = "auto"
     cache_dir: Path | None = None
     dtype: str | None = None
+    threads: int | None = None
     progress: bool = False
 
     def inpainter(self):
@@ -166,8 +167,8 @@ class Method:
         from .image import DEFAULT_RIDGE, CNTKInpainter
         options = {"maxiter": self.iterations} if self.iterations is not None else {}
         return CNTKInpainter(self.arch, self.prior, DEFAULT_RIDGE if self.ridge is None else self.ridge,
-                             device=self.device, dtype=self.dtype, cache_dir=self.cache_dir,
-                             progress=self.progress, **options)
+                             device=self.device, dtype=self.dtype, threads=self.threads,
+                             cache_dir=self.cache_dir, progress=self.progress, **options)
 
     def filler(self):
         """``fill(image, mask) -> image`` for this method (one inpainter, reused across images)."""
@@ -175,7 +176,7 @@ class Method:
         if self.name == "cntk":
             return self.inpainter().inpaint
         if self.name == "dip":
-            options = {"device": self.device, "progress": self.progress}
+            options = {"device": self.device, "threads": self.threads, "progress": self.progress}
             if self.iterations is not None:
                 options["iterations"] = self.iterations
             return lambda img, m: inpaint(img, m, method="dip", **options)
@@ -187,7 +188,7 @@ class Method:
         header) means the job computes its own."""
         if self.name != "cntk" or not isinstance(self.prior, str) or self.prior not in GRID_PRIORS:
             return dict.fromkeys(jobs)
-        from .image import pad_to_multiple
+        from .image_grid import padded_size
         probe = self.inpainter()
         groups = {}
         for job in jobs:
@@ -195,9 +196,7 @@ class Method:
             if size is None:
                 groups[job] = None
                 continue
-            blank = np.zeros((*size, 1))
-            padded = pad_to_multiple(blank, blank > 0, probe.multiple, probe.margin, probe.pad)[0]
-            groups[job] = (self.arch, padded.shape[:2], self.prior)
+            groups[job] = (self.arch, padded_size(size, probe.multiple, probe.margin), self.prior)
         return groups
 
     def prepared(self, key):

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from models.device import check_fits, parse_bytes
+from models.device import Compute, check_fits
 
 from .solvers import solve_cg
 
@@ -39,13 +39,14 @@ class SolveInfo:
     converged: bool = True
 
 
-def exact_solve(kern, targets, observed, ridge, memory_budget=None):
+def exact_solve(kern, targets, observed, ridge, compute=None):
     """Cholesky solve of (K_oo + ridge I) alpha = y_o, one factorisation per distinct channel mask.
 
     ``targets`` and ``observed`` are (C, H, W) (values outside ``observed`` are ignored); returns
-    alpha on the full grid (zero at missing pixels) and a :class:`SolveInfo`.
+    alpha on the full grid (zero at missing pixels) and a :class:`SolveInfo`; refused before work
+    when K_oo does not fit ``compute``'s memory budget.
     """
-    budget = parse_bytes(memory_budget)
+    budget = (compute or Compute()).budget
     c = targets.shape[0]
     alpha = torch.zeros_like(targets)
     flat_obs = observed.reshape(c, -1)
@@ -107,7 +108,7 @@ def cg_solve(kern, targets, observed, ridge, *, tol=1e-6, maxiter=500, precondit
                                         tuple(float(v) for v in result.residual), result.converged)
 
 
-def solve_observed(kern, targets, observed, ridge, *, solver="auto", memory_budget=None,
+def solve_observed(kern, targets, observed, ridge, *, solver="auto", compute=None,
                    tol=1e-6, maxiter=500, precondition=True, mu=None, progress=False):
     """alpha with (K_oo + ridge I) alpha = y_o: exact Cholesky when ``solver='cholesky'`` or when
     ('auto') there are at most ``CHOLESKY_MAX_OBSERVED`` observed pixels and its matrix fits in a
@@ -116,10 +117,10 @@ def solve_observed(kern, targets, observed, ridge, *, solver="auto", memory_budg
         raise ValueError(f"solver must be 'auto', 'cholesky' or 'cg', got {solver!r}")
     if solver == "auto":
         n = int(observed.reshape(observed.shape[0], -1).sum(1).max())
-        fits = 3 * n * n * targets.element_size() <= parse_bytes(memory_budget) / 4
+        fits = 3 * n * n * targets.element_size() <= (compute or Compute()).budget / 4
         solver = "cholesky" if fits and n <= CHOLESKY_MAX_OBSERVED else "cg"
     if solver == "cholesky":
-        return exact_solve(kern, targets, observed, ridge, memory_budget)
+        return exact_solve(kern, targets, observed, ridge, compute)
     return cg_solve(kern, targets, observed, ridge, tol=tol, maxiter=maxiter,
                     precondition=precondition, mu=mu, progress=progress)
 

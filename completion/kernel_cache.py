@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from .files import atomic_output
-from .kernel_ops import arch_key
 
 
 def _prior_key(prior) -> str:
@@ -24,29 +23,31 @@ def _prior_key(prior) -> str:
 
 
 class KernelCache:
-    """``get_or_compute(arch, shape, prior, dtype, compute)``: load the kernel from ``cache_dir``
-    or call ``compute()`` and store its table there (no-op when ``cache_dir`` is None)."""
+    """``get_or_compute(arch, shape, prior, compute, build)``: load the kernel from ``cache_dir``
+    or call ``build()`` and store its table there (no-op when ``cache_dir`` is None); ``arch``
+    is a :class:`models.cntk.Architecture`, ``compute`` a resolved
+    :class:`models.device.Compute` (its dtype is part of the key; loaded onto its device)."""
 
     def __init__(self, cache_dir=None):
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
 
     def key(self, arch, shape, prior, dtype) -> str:
-        return f"{arch_key(arch)} | {shape[0]}x{shape[1]} | {_prior_key(prior)} | {dtype}"
+        return f"{arch.key()} | {shape[0]}x{shape[1]} | {_prior_key(prior)} | {dtype}"
 
     def path(self, key) -> Path:
         return self.cache_dir / f"cntk-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
 
-    def get_or_compute(self, arch, shape, prior, dtype, compute, device="cpu"):
+    def get_or_compute(self, arch, shape, prior, compute, build):
         if self.cache_dir is None:
-            return compute()
-        key = self.key(arch, shape, prior, dtype)
+            return build()
+        key = self.key(arch, shape, prior, compute.dtype)
         path = self.path(key)
         if path.exists():
-            stored = torch.load(path, map_location=device, weights_only=True)
+            stored = torch.load(path, map_location=compute.device, weights_only=True)
             if stored.get("key") == key:
                 from models.cntk import StructuredKernel
                 return StructuredKernel(stored["table"])
-        kern = compute()
+        kern = build()
         if getattr(kern, "table", None) is not None:
             buf = io.BytesIO()
             torch.save({"key": key, "table": kern.table.cpu()}, buf)

@@ -166,6 +166,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         ``solvers.nystrom.DEFAULT_RANK`` unless given; memory O(N R)); "auto" takes "shared"
         while the N x N kernel fits the memory budget, else "nystrom".
     device : torch device for kernel evaluation ("auto" = CUDA when present).
+    threads : torch CPU threads for the fit (None: $NTK_THREADS, else
+        ``models.device.default_threads()``).
     random_state : int or None, seeds the cross-validation folds.
     cv_folds : int >= 2, K of the K-fold split of the observed entries used by the "auto" choices.
     cv_max_folds : int, how many of the K folds are evaluated (1 = a single validation split,
@@ -207,7 +209,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     def __init__(self, *, mode="auto", prior="auto", depth="auto", ridge="auto", activation="relu",
                  row_features=None, col_features=None, prior_matrix=None, solver="auto",
                  device="auto", random_state=None, cv_folds=5, cv_max_folds=1, refine=2, stack=3,
-                 verbose=0):
+                 verbose=0, threads=None):
         self.mode = mode
         self.prior = prior
         self.depth = depth
@@ -224,6 +226,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         self.refine = refine
         self.stack = stack
         self.verbose = verbose
+        self.threads = threads
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -493,8 +496,10 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
 
     # -- helpers ---------------------------------------------------------------------------------
     def _threads(self):
-        """Torch threads for a fit: on a CPU models.device's default (or $NTK_THREADS, see
-        models.device.resolve_threads); on a GPU the current setting."""
+        """Torch threads for a fit: ``threads`` when given, else on a CPU models.device's default
+        (or $NTK_THREADS, see models.device.resolve_threads); on a GPU the current setting."""
+        if self.threads is not None:
+            return self.threads
         return None if str(self.device) in ("auto", "cpu") else torch.get_num_threads()
 
     def _as_output(self, values, rows, frame=None):

@@ -1,15 +1,23 @@
-"""Where and in what precision kernels are evaluated, and how much memory they may take.
+"""Where and in what precision kernels are evaluated, how much memory they may take, and on how
+many CPU threads.
 
-Every kernel routine takes ``device`` (``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:1'``, or a
-``torch.device``), ``dtype`` (``None`` = float64 on CPU, float32 on CUDA) and
-``memory_budget`` (bytes, or a string such as ``'2GB'``); these helpers turn them into concrete
-values, and :func:`check_fits` refuses work that would exceed the budget. CPU threads:
-:func:`resolve_threads` (a parameter, else ``$NTK_THREADS``, else the measured default) and
-:func:`limited_threads`.
+:class:`Compute` holds the four knobs (``device``: ``'auto'``, ``'cpu'``, ``'cuda'``,
+``'cuda:1'`` or a ``torch.device``; ``dtype``: ``None`` = float64 on CPU, float32 on CUDA;
+``memory_budget``: bytes or a string such as ``'2GB'``; ``threads``: torch CPU threads) and
+travels through the image / CNTK call chain as one object; :meth:`Compute.resolve` gives the
+concrete values (:func:`resolve_device`, :func:`resolve_dtype`, :func:`parse_bytes`,
+:func:`resolve_threads`: a parameter, else ``$NTK_THREADS``, else :func:`default_threads`).
+:func:`check_fits` refuses work that would exceed the budget; :func:`limited_threads` runs a
+block on the resolved thread count.
+
+>>> c = Compute(device="cpu", memory_budget="512MB", threads=1).resolve()
+>>> c.device, c.dtype, c.memory_budget, c.threads
+(device(type='cpu'), torch.float64, 536870912, 1)
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 
@@ -42,8 +50,13 @@ def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
         return torch.float64 if device.type == "cpu" else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    return {"float64": torch.float64, "float32": torch.float32, "double": torch.float64,
-            "float": torch.float32}[str(dtype)]
+    if str(dtype) not in _DTYPES:
+        raise ValueError(f"dtype must be None, {', '.join(_DTYPES)} or a torch dtype, got {dtype!r}")
+    return _DTYPES[str(dtype)]
+
+
+_DTYPES = {"float64": torch.float64, "float32": torch.float32, "double": torch.float64,
+           "float": torch.float32}
 
 
 def parse_bytes(value) -> int:
@@ -78,18 +91,32 @@ def check_fits(needed_bytes: float, budget_bytes: int, what: str, advice: str) -
 
 
 THREADS_ENV = "NTK_THREADS"
-DEFAULT_CPU_THREADS = 1  # measured: benchmarks/bench_threads.py (RESULTS.md, "CPU threads")
+
+
+def default_threads() -> int:
+    """The cores this process may use that the 1-minute load average leaves idle, at least 1.
+
+    Measured (benchmarks/RESULTS.md, "CPU threads"): on the shared 2-core machine at load 7-9,
+    two threads ran 5.8-6.9x slower than one (OpenMP threads spin while they wait for a core);
+    so a busy machine gets 1 thread and an idle one all its cores. Not measured on a quiet
+    many-core machine; ``threads=`` / ``$NTK_THREADS`` / ``--threads`` override it."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this platform
+        busy = 0.0
+    return max(1, min(cores, int(cores - busy + 0.5)))
 
 
 def resolve_threads(threads=None) -> int:
     """Torch CPU threads for kernel and solver work: ``threads`` when given (an int >= 1), else
-    the environment variable ``NTK_THREADS`` when set, else :data:`DEFAULT_CPU_THREADS`; never
+    the environment variable ``NTK_THREADS`` when set, else :func:`default_threads`; never
     more than the machine's cores. Bad values are refused naming where they came from."""
     source = "threads"
     if threads is None:
         value = os.environ.get(THREADS_ENV, "").strip()
         if not value:
-            return max(1, min(DEFAULT_CPU_THREADS, os.cpu_count() or 1))
+            return default_threads()
         source, threads = f"${THREADS_ENV}", value
     try:
         if isinstance(threads, (bool, float)):
@@ -105,13 +132,52 @@ def resolve_threads(threads=None) -> int:
 @contextlib.contextmanager
 def limited_threads(n=None):
     """Run the block with ``resolve_threads(n)`` torch CPU threads (the default, or
-    ``$NTK_THREADS``, when ``n`` is None), restoring the previous count after.
-
-    Many small factorisations on a shared 2-core machine ran faster on one thread: each parallel
-    region costs more than it saves (benchmarks/RESULTS.md, "CPU threads")."""
+    ``$NTK_THREADS``, when ``n`` is None), restoring the previous count after."""
     previous = torch.get_num_threads()
     torch.set_num_threads(resolve_threads(n))
     try:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@dataclasses.dataclass(frozen=True)
+class Compute:
+    """Where and how kernels and solves run (see the module docstring): ``device``, ``dtype``,
+    ``memory_budget`` (None = :data:`DEFAULT_MEMORY_BUDGET`), ``threads`` (None = the
+    environment's or :func:`default_threads`). Checked when made (a bad value is refused
+    naming it); vary with ``dataclasses.replace``; :meth:`resolve` gives concrete values."""
+
+    device: object = "auto"
+    dtype: object = None
+    memory_budget: object = None
+    threads: object = None
+
+    def __post_init__(self):
+        if not isinstance(self.device, torch.device) and str(self.device).lower() != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError, ValueError):
+                raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a "
+                                 f"torch.device, got {self.device!r}") from None
+        if self.dtype is not None:
+            resolve_dtype(self.dtype, torch.device("cpu"))
+        parse_bytes(self.memory_budget)
+        if self.threads is not None:
+            resolve_threads(self.threads)
+
+    def resolve(self) -> "Compute":
+        """The same settings as concrete values: a ``torch.device`` (CUDA checked), a
+        ``torch.dtype``, the budget in bytes and the thread count."""
+        device = resolve_device(self.device)
+        return Compute(device, resolve_dtype(self.dtype, device), parse_bytes(self.memory_budget),
+                       resolve_threads(self.threads))
+
+    @property
+    def budget(self) -> int:
+        """The memory budget in bytes."""
+        return parse_bytes(self.memory_budget)
+
+    def limited_threads(self):
+        """Context manager: the block runs on this object's threads (see :func:`limited_threads`)."""
+        return limited_threads(self.threads)

@@ -9,7 +9,7 @@ import torch
 from models.cntk import BandedKernel, Sequential
 from models.cntk.banded import BandedPropagator
 from models.cntk.priors import make_prior
-from models.device import MemoryBudgetError
+from models.device import Compute, MemoryBudgetError
 
 
 def band_of(dense: np.ndarray, band: int) -> np.ndarray:
@@ -59,7 +59,7 @@ def test_pieces_equal_whole_grid(spec):
     # quarter of the rows per piece
     net = Sequential.from_spec(spec)
     Z = random_prior((32, 32), seed=1)
-    whole = net.ntk_banded((32, 32), Z, 6, memory_budget="1GB").table
+    whole = net.ntk_banded((32, 32), Z, 6, compute=Compute(memory_budget="1GB")).table
     prop = BandedPropagator(net.layers, (32, 32), 6, make_prior(Z, (32, 32)),
                             torch.device("cpu"), torch.float64)
     offsets = torch.arange(-6, 7)
@@ -91,9 +91,9 @@ def test_refusals():
     with pytest.raises(ValueError, match="band"):
         net.ntk_banded((16, 16), "noise", -1)
     with pytest.raises(MemoryBudgetError, match=r"would need 24\.5 MB.*memory_budget"):
-        net.ntk_banded((256, 256), "noise", 3, dtype=torch.float64, memory_budget="4MB")
+        net.ntk_banded((256, 256), "noise", 3, compute=Compute(dtype=torch.float64, memory_budget="4MB"))
     with pytest.raises(MemoryBudgetError, match="one row offset of one row"):
-        net.ntk_banded((256, 256), "noise", 3, memory_budget="24.6MB")
+        net.ntk_banded((256, 256), "noise", 3, compute=Compute(memory_budget="24.6MB"))
 
 
 # ---------------------------------------------------------------- the kernel object ----------
@@ -197,7 +197,7 @@ def test_gaussian_layer_gives_patch_similarity_weights():
 def test_float32_kernel_close_to_float64():
     kern, image = _image_kernel((32, 32), band=6, spec="C5,G8,C3,L,C1")
     single = Sequential.from_spec("C5,G8,C3,L,C1").ntk_banded((32, 32), image[None], 6,
-                                                              dtype="float32")
+                                                              compute=Compute(dtype="float32"))
     assert single.dtype == torch.float32
     np.testing.assert_allclose(single.table.numpy(), kern.table.numpy(), rtol=0,
                                atol=1e-5 * kern.table.abs().max().item())

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.cntk import (PRESETS, Concat, Conv, Downsample, Gaussian, LeakyReLU, ReLU, Sequential,
+from models.cntk import (DEFAULT_ARCHITECTURE, PRESETS, Architecture, Concat, Conv, Downsample, Gaussian, LeakyReLU, ReLU, Sequential,
                          StructuredKernel, Upsample, meshgrid_features)
 from models.device import MemoryBudgetError
+from models.device import Compute
 from models.finite import FiniteCNN, jacobian_ntk
 
 
@@ -163,7 +164,7 @@ def test_structured_dense_and_brute_force_agree_8x8(spec):
     net = Sequential.from_spec(spec)
     oracle = brute_force_ntk(net.layers, noise_prior(8, 8), 8, 8)
     for engine in ("structured", "dense"):
-        K = as_matrix(net.ntk((8, 8), engine=engine, dtype=torch.float64, device="cpu"))
+        K = as_matrix(net.ntk((8, 8), engine=engine, compute=Compute("cpu", torch.float64)))
         np.testing.assert_allclose(K, oracle, rtol=1e-10, atol=1e-13 * np.abs(oracle).max())
 
 
@@ -221,8 +222,8 @@ def test_bilinear_aligned_dense_only_against_brute_force():
 def test_tiled_dense_equals_untiled():
     net = Sequential.from_spec("2*(C3,L,D),C3,R,Ub,C3,L,U,C3")
     Z = np.random.default_rng(2).uniform(0, 0.1, size=(4, 16, 16))
-    whole = net.ntk((16, 16), prior=Z, memory_budget="1GB").dense()
-    tiled = net.ntk((16, 16), prior=Z, memory_budget="1.5MB").dense()
+    whole = net.ntk((16, 16), prior=Z, compute=Compute(memory_budget="1GB")).dense()
+    tiled = net.ntk((16, 16), prior=Z, compute=Compute(memory_budget="1.5MB")).dense()
     np.testing.assert_allclose(tiled, whole, rtol=1e-12)
 
 
@@ -237,11 +238,11 @@ def test_phase_averaged_kernel_is_mean_over_joint_shifts(spec):
     avg = net.ntk((16, 16), average_phases=True)
     assert avg.period == (1, 1) and avg.dtype == torch.float64
     np.testing.assert_allclose(avg.dense(), oracle, rtol=1e-10)
-    single = net.ntk((16, 16), average_phases=True, dtype=torch.float32)
+    single = net.ntk((16, 16), average_phases=True, compute=Compute(dtype=torch.float32))
     assert single.dtype == torch.float64  # accumulated in float64
     np.testing.assert_allclose(single.dense(), oracle, rtol=1e-5)
     if "[" not in spec:  # Concat networks are computed in one piece
-        tiled = net.ntk((16, 16), average_phases=True, memory_budget="40KB")
+        tiled = net.ntk((16, 16), average_phases=True, compute=Compute(memory_budget="40KB"))
         np.testing.assert_allclose(tiled.table.numpy(), avg.table.numpy(), rtol=1e-12)
     with pytest.raises(ValueError, match="structured"):
         net.ntk((16, 16), average_phases=True, engine="dense")
@@ -387,6 +388,44 @@ def test_spec_round_trip_and_grammar():
             Sequential.from_spec(bad)
 
 
+@pytest.mark.parametrize("spec, multiple", [("C3,R,C3", 1), ("ed2", 4), ("sym5", 32),
+                                            ("skip3", 8), ("C3,L,D,C3,L,U,C3,L,D,C3,L,U,C3", 2),
+                                            ("C3,R,[0.5|C1,R|D,C3,R,D,C3,R,U,U],C3", 4)])
+def test_size_multiple_is_what_the_engine_accepts(spec, multiple):
+    net = Sequential.from_spec(spec)
+    assert net.size_multiple == multiple
+    if multiple <= 8:   # the engine itself: the multiple works, half of it (times 3) does not
+        assert net.ntk((multiple, 3 * multiple)).shape == (multiple, 3 * multiple)
+        if multiple > 1:
+            with pytest.raises(ValueError, match="even"):
+                net.ntk((3 * multiple // 2, multiple))
+
+
+def test_architecture_spellings():
+    default = Architecture.of("default")
+    assert default.averaged and default.key() == Architecture.of(DEFAULT_ARCHITECTURE).key()
+    assert default.networks == (Sequential.from_spec(DEFAULT_ARCHITECTURE[:-len("+avg")]),)
+    assert default.size_multiple == 32
+    pair = Architecture.of(["ed2", Sequential.from_spec("sym1")])
+    assert not pair.averaged and pair.size_multiple == 4
+    assert pair.key() == " || ".join(Sequential.from_spec(s).spec() for s in ("ed2", "sym1"))
+    assert Architecture.of(pair) is pair
+    for bad, msg in [("nonsense", "neither a preset"), (3, "preset name"), ([], "at least one")]:
+        with pytest.raises(ValueError, match=msg):
+            Architecture.of(bad)
+
+
+def test_architecture_list_kernel_is_the_sum_of_its_networks_kernels():
+    nets = [Sequential.from_spec("ed2"), Sequential.from_spec("sym1")]   # periods 4 and 2
+    summed = Architecture.of(nets).ntk((8, 8))
+    assert summed.period == (4, 4)
+    np.testing.assert_allclose(summed.dense(), sum(n.ntk((8, 8), engine="dense").dense()
+                                                   for n in nets), rtol=1e-10, atol=1e-12)
+    averaged = Architecture.of("ed2+avg").ntk((8, 8))
+    assert averaged.period == (1, 1)
+    np.testing.assert_allclose(averaged.dense(), nets[0].ntk((8, 8), average_phases=True).dense())
+
+
 def test_input_validation():
     net = Sequential.from_spec("C3,R,D,C3,R,U,C3")
     with pytest.raises(ValueError, match="even"):
@@ -404,10 +443,10 @@ def test_input_validation():
 def test_memory_refusals_state_the_size():
     net = Sequential.from_spec("ed2")
     with pytest.raises(MemoryBudgetError, match=r"would need 128\.0 MB.*memory_budget"):
-        net.ntk((64, 64), engine="dense", memory_budget="16MB")
+        net.ntk((64, 64), engine="dense", compute=Compute(memory_budget="16MB"))
     with pytest.raises(MemoryBudgetError, match=r"would need 8\.0 MB.*average_phases=True"):
-        net.ntk((256, 256), memory_budget="4MB")     # periodic table, 4 x 4 phases
-    assert net.ntk((256, 256), memory_budget="4MB", average_phases=True).period == (1, 1)
-    kern = net.ntk((256, 256), dtype=torch.float32)
+        net.ntk((256, 256), compute=Compute(memory_budget="4MB"))     # periodic table, 4 x 4 phases
+    assert net.ntk((256, 256), compute=Compute(memory_budget="4MB"), average_phases=True).period == (1, 1)
+    kern = net.ntk((256, 256), compute=Compute(dtype=torch.float32))
     with pytest.raises(MemoryBudgetError, match="would need .* GB"):
         kern.dense()

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from completion.dip import _pad_to_multiple, dip_inpaint
+from completion.dip import dip_inpaint
+from completion.image_grid import pad_to_multiple
 from models.device import MemoryBudgetError
 from models.cntk import Concat, Conv, Sequential, parse_spec, skip_spec
 from models.dip import DIPConfig, DIPNetwork, dip_spec
@@ -159,20 +160,26 @@ def test_odd_sizes_are_padded_and_cropped_and_observed_pixels_pasted():
     np.testing.assert_array_equal(np.asarray(grey), grey.image)
 
 
-def test_padding_reflects_and_marks_the_padding_missing():
-    chw = np.arange(2 * 5 * 6, dtype=np.float32).reshape(2, 5, 6)
+def test_padding_reaches_twice_the_multiple_and_is_missing():
+    # 5 x 6 with 2 scales (multiple 4): at least 2 x 4 per side so the bottom level keeps 2 x 2
+    img = 0.4 + 0.2 * smooth_image(5, 6)
     mask = np.zeros((5, 6), bool)
-    padded, pmask = _pad_to_multiple(chw, mask, 2)
-    assert padded.shape == (2, 6, 6) and pmask.shape == (6, 6)
-    np.testing.assert_array_equal(padded[:, :5, :6], chw)
-    np.testing.assert_array_equal(padded[:, 5, :6], chw[:, 3])  # reflection about the last row
-    assert not pmask[:5, :6].any() and pmask[5:].all()
-    padded, pmask = _pad_to_multiple(chw, mask, 4)  # at least 2 x 4 so the bottom keeps 2 x 2
-    assert padded.shape == (2, 8, 8) and pmask.shape == (8, 8)
-    np.testing.assert_array_equal(padded[:, :5, :6], chw)
-    np.testing.assert_array_equal(padded[:, 5, :6], chw[:, 3])  # reflection about the last row
-    np.testing.assert_array_equal(padded[:, :5, 6], chw[:, :, 4])
-    assert not pmask[:5, :6].any() and pmask[5:].all() and pmask[:, 6:].all()
+    res = dip_inpaint(img, mask, iterations=1, config=TINY, progress=False, device="cpu")
+    assert res.image.shape == (5, 6)
+    padded, pmask = pad_to_multiple(img, mask, 4, minimum=8)
+    assert padded.shape == (8, 8) and not pmask[:5, :6].any() and pmask[5:].all() and pmask[:, 6:].all()
+
+
+def test_dip_rules_beyond_the_shared_ones():
+    img = np.full((8, 8, 3), 0.5)
+    per_channel = np.zeros((8, 8, 3), bool)
+    per_channel[0, 0, 1] = True
+    with pytest.raises(ValueError, match="one mask shared by all channels"):
+        dip_inpaint(img, per_channel, iterations=1, config=TINY, progress=False)
+    with pytest.raises(ValueError, match=r"\[0, 1\], got -0.5 to -0.5"):
+        dip_inpaint(img - 1, per_channel[:, :, 0], iterations=1, config=TINY, progress=False)
+    with pytest.raises(ValueError, match="at least 2 x 2"):
+        dip_inpaint(img[:1], per_channel[:1, :, 0], iterations=1, config=TINY, progress=False)
 
 
 def test_backtracking_restores_the_last_accepted_weights():

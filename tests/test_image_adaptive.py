@@ -15,6 +15,7 @@ from completion.masks import generate_mask
 from completion.mixed_kernel import MixedKernel
 from completion.smooth_kernel import fourier_correlation, smooth_kernel
 from models.cntk import Sequential
+from models.device import Compute
 from models.ntk import FullyConnectedNTK
 
 F64 = torch.float64
@@ -22,7 +23,7 @@ F64 = torch.float64
 
 def stationary_default(shape):
     return Sequential.from_spec("C3,L,D,C3,L,U,C3,L,C3").ntk(shape, average_phases=True,
-                                                             dtype=F64)
+                                                             compute=Compute(dtype=F64))
 
 
 def test_parse_image_prior():
@@ -68,7 +69,7 @@ def random_banded(shape, band, seed=0):
     """The tapered banded CNTK of the image-prior network on a random prior."""
     rng = np.random.default_rng(seed)
     net = Sequential.from_spec("C3,G3.0,C1")
-    return net.ntk_banded(shape, rng.random((2,) + shape), band=band, dtype=F64).tapered()
+    return net.ntk_banded(shape, rng.random((2,) + shape), band=band, compute=Compute(dtype=F64)).tapered()
 
 
 def test_mixed_kernel_products_and_preconditioner():
@@ -204,7 +205,7 @@ def test_cli_prior_auto_reports_the_choice_and_rejects_bad_priors(tmp_path):
 def test_image_prior_with_a_periodic_architecture_matches_dense_products():
     """A non-averaged architecture (period 2) mixes with the banded kernel too."""
     shape = (8, 8)
-    stat = normalised(Sequential.from_spec("C3,L,D,C3,L,U,C3").ntk(shape, dtype=F64))
+    stat = normalised(Sequential.from_spec("C3,L,D,C3,L,U,C3").ntk(shape, compute=Compute(dtype=F64)))
     band = random_banded(shape, 2, seed=1)
     mixed = MixedKernel([(0.5, stat)], band, 0.5)
     v = torch.randn(1, *shape, dtype=F64)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from completion.image import CNTKInpainter, inpaint, pad_to_multiple, validate_image_and_mask
+from completion.image import CNTKInpainter, inpaint
+from completion.image_grid import MIN_SIDE, pad_to_multiple, padded_size, validate_image_and_mask
 from completion.inpaint_solver import cg_solve, exact_solve, relative_ridge
 from models.cntk import StructuredKernel
 from completion.masks import generate_mask, mask_to_image, read_mask
@@ -102,6 +103,62 @@ def test_pad_to_multiple_then_crop(mode):
         assert mask_p[13:].all() and mask_p[:, 10:].all()
     if mode == "reflect":
         assert np.array_equal(img_p[13, :10], img[12]) and np.array_equal(mask_p[:13, 10], mask[:, 9])
+
+
+@pytest.mark.parametrize("shape", [(13, 10), (7, 9, 3), (2, 2, 1)])
+def test_missing_padding_adds_margin_and_minimum_at_bottom_right(shape):
+    rng = np.random.default_rng(1)
+    img, mask = rng.random(shape), rng.random(shape[:2]) < 0.3
+    img_p, mask_p = pad_to_multiple(img, mask, 4, margin=3, mode="missing", minimum=12)
+    hp, wp = padded_size(shape[:2], 4, 3, 12)
+    smallest = lambda n: next(k for k in range(4, 100, 4) if k >= n + 3 and k >= 12)  # noqa: E731
+    assert (hp, wp) == (smallest(shape[0]), smallest(shape[1]))
+    assert img_p.shape == (hp, wp) + shape[2:] and mask_p.shape == (hp, wp)
+    assert np.array_equal(img_p[:shape[0], :shape[1]], img)
+    assert np.array_equal(mask_p[:shape[0], :shape[1]], mask)
+    assert mask_p[shape[0]:].all() and mask_p[:, shape[1]:].all()
+
+
+def test_reflect_padding_longer_than_the_image_wraps():
+    img = np.arange(6.0).reshape(2, 3)
+    img_p, mask_p = pad_to_multiple(img, np.zeros((2, 3), bool), 8, mode="reflect")
+    assert img_p.shape == (8, 8) and not mask_p.any()
+    np.testing.assert_array_equal(img_p[:, 3], img_p[:, 0])         # wrapped, not mirrored
+
+
+def test_grey_and_colour_images_and_masks():
+    rng = np.random.default_rng(2)
+    grey = rng.random((6, 5))
+    mask = rng.random((6, 5)) < 0.5
+    img, m, was_grey = validate_image_and_mask(grey, mask)
+    assert was_grey and img.shape == m.shape == (6, 5, 1)
+    img, m, was_grey = validate_image_and_mask(grey[:, :, None], mask)
+    assert not was_grey and img.shape == (6, 5, 1)
+    rgb = rng.random((6, 5, 3))
+    img, m, was_grey = validate_image_and_mask(rgb, mask)
+    assert not was_grey and m.shape == (6, 5, 3) and all((m[:, :, c] == mask).all() for c in range(3))
+    assert inpaint(grey, mask, prior="noise").shape == (6, 5)             # odd sizes: kept
+    assert inpaint(rgb, mask, prior="noise").shape == (6, 5, 3)
+    assert inpaint(rgb, mask, method="biharmonic").shape == (6, 5, 3)
+
+
+@pytest.mark.parametrize("method", ["cntk", "biharmonic", "telea", "dip"])
+def test_tiny_images_refused_with_their_size(method):
+    for shape in [(1, 9), (9, 1), (1, 1, 3)]:
+        with pytest.raises(ValueError, match=rf"image is {shape[0]} x {shape[1]} pixels; "
+                                             rf"inpainting needs at least {MIN_SIDE} x {MIN_SIDE}"):
+            inpaint(np.full(shape, 0.5), np.zeros(shape[:2], bool), method=method)
+    two = np.full((2, 2), 0.5)
+    two_mask = np.array([[True, False], [False, False]])
+    options = {"iterations": 1, "progress": False} if method == "dip" else {}
+    assert inpaint(two, two_mask, method=method, **options).shape == (2, 2)
+
+
+def test_constant_image_comes_back_constant():
+    # the adaptive default once divided 0 by 0 here (warm-started refinement of zero targets)
+    img = np.full((16, 12, 3), 0.25)
+    mask = np.random.default_rng(0).random((16, 12)) < 0.5
+    np.testing.assert_allclose(inpaint(img, mask), img, atol=1e-12)
 
 
 def test_validation_errors():

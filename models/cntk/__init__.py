@@ -28,17 +28,19 @@ first conv on an image prior is a non-local-means patch weight:
 Modules: ``layers`` (layer objects and their kernel updates), ``tables`` ((phase, offset)
 tables and operations), ``priors`` (input covariances), ``engine`` (propagation, tiling),
 ``kernel`` (the result: dense / diag / matvec / solve_shifted), ``banded`` (the banded engine),
-``banded_kernel`` (its result: matvec / diag / tapered), ``spec`` (spec strings, presets),
-``network`` (``Sequential``).
+``banded_kernel`` (its result: matvec / diag / tapered), ``spec`` (spec strings, presets,
+architecture spellings: ``"default"``, ``"NAME+avg"``, lists), ``network`` (``Sequential``,
+``Architecture``).
 """
 
 from .banded_kernel import BandedKernel
-from .kernel import CNTKKernel, StructuredKernel
+from .kernel import CNTKKernel, StructuredKernel, sum_kernels
 from .layers import Activation, Concat, Conv, Downsample, Gaussian, LeakyReLU, ReLU, Upsample
-from .network import Sequential
+from .network import Architecture, Sequential
 from .priors import make_prior, meshgrid_features
-from .spec import PRESETS, encoder_decoder_spec, parse_spec, skip_spec, symmetric_spec
+from .spec import (DEFAULT_ARCHITECTURE, PRESETS, encoder_decoder_spec, parse_spec, skip_spec,
+                   split_architecture, symmetric_spec)
 
-__all__ = ["Sequential", "Concat", "Conv", "ReLU", "LeakyReLU", "Gaussian", "Downsample", "Upsample", "Activation",
+__all__ = ["Sequential", "Architecture", "DEFAULT_ARCHITECTURE", "split_architecture", "sum_kernels", "Concat", "Conv", "ReLU", "LeakyReLU", "Gaussian", "Downsample", "Upsample", "Activation",
            "CNTKKernel", "StructuredKernel", "BandedKernel", "PRESETS", "encoder_decoder_spec", "symmetric_spec", "skip_spec", "parse_spec", "make_prior",
            "meshgrid_features"]

@@ -10,6 +10,8 @@ of v and one batched block product / Cholesky solve.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -201,3 +203,13 @@ class CNTKKernel:
 
 StructuredKernel = CNTKKernel
 """Alias: ``StructuredKernel(table)`` wraps a (Ph, Pw, H, W) table (e.g. a cached one)."""
+
+
+def sum_kernels(kernels) -> CNTKKernel:
+    """The sum of structured kernels over one grid (the NTK of the networks run in parallel with
+    their outputs added), as one structured kernel of the lcm of their periods."""
+    if any(k.table is None for k in kernels):
+        raise ValueError("summing kernels needs structured (periodic) kernels")
+    period = tuple(math.lcm(*(k.period[i] for k in kernels)) for i in (0, 1))
+    total = sum(tables.tile_period(k.table, period) for k in kernels)
+    return CNTKKernel(total, memory_budget=kernels[0].memory_budget)

@@ -1,16 +1,18 @@
-"""``Sequential``: a validated layer list that computes its CNTK."""
+"""``Sequential``: a validated layer list that computes its CNTK; ``Architecture``: one or more
+of them as an inpainter names them (``"default"``, ``"NAME+avg"``, lists; see
+:mod:`models.cntk.spec`)."""
 from __future__ import annotations
 
 import torch
 
-from ..device import parse_bytes, resolve_device, resolve_dtype
+from ..device import Compute
 from .banded import BandedPropagator
 from .banded_kernel import BandedKernel
 from .engine import Propagator
-from .kernel import CNTKKernel
+from .kernel import CNTKKernel, sum_kernels
 from .layers import Conv, Layer, check_chain, trace_geometry
 from .priors import make_prior
-from .spec import PRESETS, parse_spec
+from .spec import PRESETS, parse_spec, split_architecture
 
 ENGINES = ("auto", "structured", "dense")
 
@@ -42,7 +44,15 @@ class Sequential:
     @classmethod
     def from_spec(cls, text: str) -> "Sequential":
         """From a preset name (see ``PRESETS``) or a spec string (see :mod:`models.cntk.spec`)."""
-        return cls(*parse_spec(PRESETS.get(text, text)))
+        if not isinstance(text, str):
+            raise ValueError(f"architecture must be a preset name, a spec string or a "
+                             f"Sequential, got {text!r}")
+        try:
+            return cls(*parse_spec(PRESETS.get(text, text)))
+        except ValueError as err:
+            raise ValueError(f"architecture {text!r} is neither a preset (default, "
+                             f"{', '.join(sorted(PRESETS))}, NAME+avg) nor a valid layer spec: "
+                             f"{err}") from err
 
     def spec(self) -> str:
         """Canonical spec string (stable; usable as a cache key)."""
@@ -68,14 +78,28 @@ class Sequential:
     def output_size(self, size):
         return trace_geometry(self.layers, tuple(size), (1, 1))[-1][0]
 
-    def ntk(self, size, prior="noise", device="auto", dtype=None, memory_budget=None,
-            engine="auto", progress=False, average_phases=False) -> CNTKKernel:
+    @property
+    def size_multiple(self) -> int:
+        """Input sides must be multiples of this: the smallest power of two whose square grid
+        the layers' geometry accepts (every Downsample, in every branch, halves an even side)."""
+        for k in range(len(self.spec()) + 1):  # a spec spends a character at least per layer
+            try:
+                trace_geometry(self.layers, (2**k, 2**k), (1, 1))
+                return 2**k
+            except ValueError:
+                continue
+        raise AssertionError(f"no power-of-two grid fits {self.spec()}")
+
+    def ntk(self, size, prior="noise", *, compute: Compute | None = None, engine="auto",
+            progress=False, average_phases=False) -> CNTKKernel:
         """The CNTK between output pixels for a network input of spatial ``size`` (H, W).
 
         ``prior``: 'noise' | 'identity' | 'meshgrid' | array (C0, H, W) (see
-        :mod:`models.cntk.priors`). ``engine``: 'structured' (stationary prior, periodic layers;
-        O(P^2 H W k) time and memory, P = 2**upsamplings), 'dense' (any prior; (HW)^2 memory,
-        tiled over row offsets to fit ``memory_budget``), 'auto' (structured when possible); a
+        :mod:`models.cntk.priors`). ``compute``: device, dtype, memory budget and CPU threads
+        (:class:`models.device.Compute`; None = the defaults). ``engine``: 'structured'
+        (stationary prior, periodic layers; O(P^2 H W k) time and memory, P = 2**upsamplings),
+        'dense' (any prior; (HW)^2 memory,
+        tiled over row offsets to fit the memory budget), 'auto' (structured when possible); a
         band of offsets of any prior is :meth:`ntk_banded` (``engine='banded'`` is refused).
         ``average_phases``: return the stationary kernel mean_s K(p + s, q + s) over the joint
         shifts s by one period (the kernel of the network with a random circular shift of its
@@ -97,23 +121,22 @@ class Sequential:
                              f"{why}; use engine='dense'")
         if engine == "auto":
             engine = "structured" if can_structure else "dense"
-        dev = resolve_device(device)
-        dt = resolve_dtype(dtype, dev)
-        budget = parse_bytes(memory_budget)
+        c = (compute or Compute()).resolve()
+        dev, dt, budget = c.device, c.dtype, c.memory_budget
         period = (1, 1) if engine == "structured" else (H, W)
         if average_phases and engine != "structured":
             raise ValueError("average_phases needs the structured engine (a stationary prior)")
         prop = Propagator(self.layers, (H, W), period, prior_obj, dev, dt, average=average_phases)
-        with torch.no_grad():
+        with torch.no_grad(), c.limited_threads():
             table = prop.compute(budget, progress=progress)
         return CNTKKernel(table, prop.out_size, engine, budget)
 
-    def ntk_banded(self, size, prior, band: int, device="auto", dtype=None,
-                   memory_budget=None) -> BandedKernel:
+    def ntk_banded(self, size, prior, band: int, *,
+                   compute: Compute | None = None) -> BandedKernel:
         """The CNTK between output pixels p and p + d for the offsets |d_r|, |d_c| <= ``band``
         only (circular), for any prior (see :mod:`models.cntk.banded`): exactly the dense
         engine's entries there, in (2 band + 1)^2 H W memory, computed in row blocks to fit
-        ``memory_budget``. Periodic layers only (no Upsample('bilinear_aligned')).
+        ``compute``'s memory budget. Periodic layers only (no Upsample('bilinear_aligned')).
 
         >>> import numpy as np
         >>> net = Sequential.from_spec("C5,G8,C1")
@@ -124,13 +147,59 @@ class Sequential:
         Raises MemoryBudgetError before allocating when the result cannot fit."""
         H, W = _check_size(size)
         prior_obj = make_prior(prior, (H, W))
-        dev = resolve_device(device)
-        prop = BandedPropagator(self.layers, (H, W), band, prior_obj, dev,
-                                resolve_dtype(dtype, dev))
-        budget = parse_bytes(memory_budget)
-        with torch.no_grad():
-            planes = prop.compute(budget)
-        return BandedKernel.from_planes(planes, budget)
+        c = (compute or Compute()).resolve()
+        prop = BandedPropagator(self.layers, (H, W), band, prior_obj, c.device, c.dtype)
+        with torch.no_grad(), c.limited_threads():
+            planes = prop.compute(c.memory_budget)
+        return BandedKernel.from_planes(planes, c.memory_budget)
+
+
+class Architecture:
+    """What an inpainter's ``arch`` names (see :mod:`models.cntk.spec`): ``networks`` (a tuple of
+    ``Sequential``, run in parallel: their CNTKs are summed) and ``averaged`` (the kernel is the
+    stationary phase average, ``"NAME+avg"``).
+
+    >>> arch = Architecture.of("default")
+    >>> len(arch.networks), arch.averaged, arch.size_multiple
+    (1, True, 32)
+    """
+
+    def __init__(self, networks, averaged: bool = False):
+        self.networks = tuple(networks)
+        if not self.networks or not all(isinstance(n, Sequential) for n in self.networks):
+            raise ValueError(f"an Architecture needs Sequential networks, got {networks!r}")
+        self.averaged = bool(averaged)
+
+    @classmethod
+    def of(cls, arch) -> "Architecture":
+        """From any spelling: ``Architecture``, ``Sequential``, preset name, spec string,
+        ``"default"``, ``"NAME+avg"`` or a list of networks."""
+        if isinstance(arch, Architecture):
+            return arch
+        parts, averaged = split_architecture(arch)
+        return cls([p if isinstance(p, Sequential) else Sequential.from_spec(p) for p in parts],
+                   averaged)
+
+    def key(self) -> str:
+        """A stable string naming the architecture (cache key): canonical specs."""
+        return " || ".join(n.spec() for n in self.networks) + (" +avg" if self.averaged else "")
+
+    def __repr__(self):
+        return f"Architecture({self.key()!r})"
+
+    @property
+    def size_multiple(self) -> int:
+        """Grid sides must be multiples of this (that of the deepest network)."""
+        return max(n.size_multiple for n in self.networks)
+
+    def ntk(self, size, prior="noise", *, compute: Compute | None = None,
+            progress=False) -> CNTKKernel:
+        """The kernel over an (H, W) grid: the network's CNTK, the sum of the networks' CNTKs
+        (tables tiled to the lcm of their periods), or its phase average (see
+        :meth:`Sequential.ntk`, ``average_phases``)."""
+        kernels = [n.ntk(tuple(size), prior=prior, compute=compute, progress=progress,
+                         average_phases=self.averaged) for n in self.networks]
+        return kernels[0] if len(kernels) == 1 else sum_kernels(kernels)
 
 
 def _check_size(size):

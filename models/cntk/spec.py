@@ -22,6 +22,11 @@ Grammar (whitespace ignored, letters case-insensitive)::
                                          bilinear with aligned corners (dense engine only)
 
 The canonical spec (``Sequential.spec()``) spells every layer out: ``C3,L0.01,D,...,C3``.
+
+An *architecture* (what ``CNTKInpainter(arch=...)`` takes, :class:`models.cntk.Architecture`)
+is one network (a preset name, a spec string or a ``Sequential``), ``"NAME+avg"`` (its kernel
+phase-averaged), ``"default"`` (:data:`DEFAULT_ARCHITECTURE`), or a list of networks run in
+parallel (their kernels summed); :func:`split_architecture` reads that spelling.
 """
 from __future__ import annotations
 
@@ -146,3 +151,25 @@ PRESETS = {
 s levels in its shape (LeakyReLU 0.01, nearest), ``ed<s>-bilinear``, ``ed<s>-relu``;
 ``sym<s>`` / ``sym<s>-bilinear`` (a conv-act block after every upsampling); ``skip<s>``
 (DIP's skip network shape, see :func:`skip_spec`)."""
+
+
+DEFAULT_ARCHITECTURE = "sym5+avg"  # 5*(C3,L,D),C3,L,5*(U,C3,L),C3, phase-averaged
+"""What ``arch="default"`` means (chosen by benchmarks/bench_inpaint.py; see RESULTS.md)."""
+
+AVERAGED = "+avg"
+"""Suffix of an architecture whose kernel is averaged over the joint phase shifts."""
+
+
+def split_architecture(arch) -> tuple[list, bool]:
+    """(networks as given: names, spec strings or ``Sequential`` s; phase-averaged?) of an
+    architecture spelling (see the module docstring): ``"default"`` ->
+    (``["sym5"]``, True); ``"ed3+avg"`` -> (``["ed3"]``, True); a list -> (the list, False)."""
+    if isinstance(arch, str) and arch == "default":
+        arch = DEFAULT_ARCHITECTURE
+    if isinstance(arch, (list, tuple)):
+        if not arch:
+            raise ValueError("an architecture list needs at least one network")
+        return list(arch), False
+    if isinstance(arch, str) and arch.endswith(AVERAGED):
+        return [arch[:-len(AVERAGED)]], True
+    return [arch], False
