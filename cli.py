@@ -265,14 +265,7 @@ def _complete_long(input_csv, output, long_columns, pairs_csv, row_features, col
                                             labels, what)
     imputer = NTKImputer(**imputer_options, **features)
     X = table.dense() if fits else sparse_observed(table)
-    try:
-        imputer.fit(X)
-    except TypeError as err:
-        if fits:
-            raise
-        raise _Refused(f"the dense matrix would need {need}, over the memory budget of "
-                       f"{format_bytes(budget)}, and NTKImputer did not take the sparse one: "
-                       f"{err}") from None
+    imputer.fit(X)
     if not quiet:
         click.echo(f"chosen: {describe_choice(imputer.chosen_)}", err=True)
     if pairs is None:

@@ -200,3 +200,25 @@ def test_over_budget_pairs_hand_ntkimputer_the_sparse_observed_matrix(tmp_path, 
     assert "stop here" in res.output
     (X,) = seen
     assert isinstance(X, scipy.sparse.csr_array) and X.shape == (12, 8) and X.nnz == len(frame)
+
+
+def test_sparse_path_predicts_what_the_dense_path_predicts(tmp_path, monkeypatch):
+    """A long table whose dense matrix would not fit goes to NTKImputer as the sparse matrix of
+    its observed entries; the predicted pairs equal the dense path's."""
+    from completion import matrix_long
+    frame, _ = _ratings(m=14, n=9)
+    path = tmp_path / "ratings.csv"
+    frame.to_csv(path, index=False)
+    ppath = tmp_path / "pairs.csv"
+    pd.DataFrame({"user": ["u0", "u3", "u7", "u13"], "item": ["i8", "i0", "i4", "i2"]}).to_csv(
+        ppath, index=False)
+    args = ["matrix", str(path), "--long", "user,item,rating", "--predict", str(ppath),
+            "--mode", "cols", "--prior", "profile", "--depth", "1", "--ridge", "0.03", "-q"]
+    dense = CliRunner().invoke(main, args + ["-o", str(tmp_path / "dense.csv")])
+    assert dense.exit_code == 0, dense.output
+    monkeypatch.setattr(matrix_long.LongMatrix, "dense_bytes", lambda self: 10**15)
+    sparse = CliRunner().invoke(main, args + ["-o", str(tmp_path / "sparse.csv")])
+    assert sparse.exit_code == 0, sparse.output
+    a, b = pd.read_csv(tmp_path / "dense.csv"), pd.read_csv(tmp_path / "sparse.csv")
+    assert list(a["user"]) == ["u0", "u3", "u7", "u13"]
+    np.testing.assert_allclose(b["rating"], a["rating"], rtol=1e-9, atol=1e-9)
