@@ -122,12 +122,16 @@ def _separator(ctx, param, value):
               help="Hide this fraction of the observed entries, fit on the rest and print RMSE, "
               "R^2 and Pearson r on them next to the additive row+column-mean baseline.")
 @click.option("--na-values", default="", help="Extra comma-separated tokens that mean missing.")
+@click.option("--scheduler", help="Where the cross-validation fits (candidates x folds) run: "
+              "local:N (a Dask cluster of N worker processes on this machine) or the address of "
+              "a running Dask scheduler, tcp://HOST:8786 [default: in this process]. Same choice "
+              "and completion either way. Needs ntk-completion[dask].")
 @click.option("-v", "--verbose", is_flag=True, help="Report the CV scores and the choices made.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors, warnings and --holdout "
               "scores (not the choices made).")
 def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_features,
                    col_features, prior, prior_matrix, depth, ridge, device, seed, holdout,
-                   na_values, verbose, quiet):
+                   na_values, scheduler, verbose, quiet):
     """Fill the missing entries of the matrix in IN.csv (row labels in the first column, column
     labels in the header; blank cells and NA tokens are missing; '-' reads standard input) and
     write the completed matrix. Observed entries are written unchanged. The input is never
@@ -140,16 +144,19 @@ def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_fe
       ntk-complete matrix ic50.csv -o - --row-features cells.csv --prior features+identity:0.5
       ntk-complete matrix ic50.csv -o completed.csv --holdout 0.1 --seed 0
       ntk-complete matrix ratings.tsv -o completed.tsv --no-row-labels --encoding latin-1
+      ntk-complete matrix ic50.csv -o completed.csv --scheduler local:4
       cat ic50.csv | ntk-complete matrix - -o - -q > completed.csv
     """
     from completion.files import check_writable, refuse_overwrite_input
     from completion.holdout import complete_with_holdout
     from completion.matrix import NTKImputer, describe_choice
     from completion.matrix_csv import read_features_csv, read_matrix_csv, write_matrix_csv
+    from completion.scheduling import check_scheduler
 
     tokens = [t.strip() for t in na_values.split(",") if t.strip()]
     csv_options = {"sep": sep, "encoding": encoding}
     try:
+        check_scheduler(scheduler)
         refuse_overwrite_input(output, input_csv, row_features, col_features, prior_matrix)
         if output != "-":
             check_writable(output)
@@ -160,7 +167,7 @@ def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_fe
         cf = read_features_csv(col_features, tokens, **csv_options) if col_features else None
         imputer = NTKImputer(mode=mode, prior=prior, depth=depth, ridge=ridge, device=device,
                              row_features=rf, col_features=cf, prior_matrix=given,
-                             random_state=seed, verbose=int(verbose))
+                             random_state=seed, verbose=int(verbose), scheduler=scheduler)
         if holdout is not None:
             completed, report = complete_with_holdout(imputer, frame, holdout, seed)
             click.echo(f"holdout: {report['hidden']} of {report['observed']} observed entries",
@@ -175,7 +182,7 @@ def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_fe
         if not quiet:
             click.echo(f"chosen: {describe_choice(imputer.chosen_)}", err=True)
         write_matrix_csv(completed, output, sep=frame.attrs["sep"], row_labels=not no_row_labels)
-    except (ValueError, MemoryError, OSError) as err:
+    except (ValueError, ImportError, MemoryError, OSError) as err:
         raise _error(err) from err
 
 

@@ -19,6 +19,7 @@ before any work.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 
@@ -95,14 +96,17 @@ def _worker_environment() -> dict:
     return environ
 
 
-def map_tasks(fn, items, *, scheduler=None, prepare=None, group=None, on_done=None,
-              return_exceptions=False, progress=False, desc="tasks"):
+def map_tasks(fn, items, *, scheduler=None, shared=None, prepare=None, group=None,
+              on_done=None, return_exceptions=False, progress=False, desc="tasks"):
     """``[fn(item) for item in items]`` run where ``scheduler`` says, in submission order.
 
-    With ``prepare``, each task is ``fn(item, prepare(group(item)))``: ``prepare`` runs once per
-    distinct key (on a worker; Dask hands its result to the workers whose tasks need it, so a
-    group's object is computed once and shared), a key of ``None`` gives ``fn(item, None)``
-    (nothing shared: the task computes its own). ``group`` defaults to one group for all items.
+    With ``shared``, each task is ``fn(item, shared)``: on Dask the object is scattered to every
+    worker once per call; give the ``Future`` of an earlier ``client.scatter`` to reuse it across
+    calls (only with that client). With ``prepare``, each task is
+    ``fn(item, prepare(group(item)))``: ``prepare`` runs once per distinct key (on a worker; Dask
+    hands its result to the workers whose tasks need it, so a group's object is computed once and
+    shared), a key of ``None`` gives ``fn(item, None)`` (nothing shared: the task computes its
+    own). ``group`` defaults to one group for all items.
 
     ``on_done(index, item, outcome)`` is called in this process as each task finishes (in
     submission order in-process, in completion order on Dask); ``outcome`` is the result or the
@@ -123,6 +127,8 @@ def map_tasks(fn, items, *, scheduler=None, prepare=None, group=None, on_done=No
     from tqdm.auto import tqdm
 
     items = list(items)
+    if shared is not None and prepare is not None:
+        raise ValueError("map_tasks takes shared or prepare, not both")
     if prepare is not None and group is None:
         group = lambda item: 0  # noqa: E731 - one object shared by every task
     with tqdm(total=len(items), desc=desc, unit="task", disable=not progress) as bar:
@@ -133,7 +139,25 @@ def map_tasks(fn, items, *, scheduler=None, prepare=None, group=None, on_done=No
 
         with connect(scheduler) as client:
             run = _run_here if client is None else _run_on_dask
-            return run(client, fn, items, prepare, group, finish, return_exceptions)
+            tasks = items
+            if shared is not None:
+                fn = functools.partial(_with_shared, fn)
+                tasks = [(item, shared) for item in items] if client is None else \
+                    _paired(client, items, shared)
+            return run(client, fn, tasks, prepare, group, finish, return_exceptions)
+
+
+def _with_shared(fn, pair):
+    """``fn(item, shared)`` for ``pair = (item, shared)``."""
+    return fn(*pair)
+
+
+def _paired(client, items, shared):
+    """(item, the scattered ``shared``) pairs: Dask resolves a Future inside a task's tuple."""
+    from distributed import Future
+
+    ref = shared if isinstance(shared, Future) else client.scatter(shared, broadcast=True)
+    return [(item, ref) for item in items]
 
 
 def _run_here(client, fn, items, prepare, group, finish, return_exceptions):

@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -20,6 +21,7 @@ from completion.files import atomic_output
 from completion.image_io import read_image
 from completion.inpaint_jobs import Method, plan_jobs, run_batch
 from completion.masks import generate_mask
+from completion.matrix import NTKImputer
 from completion.scheduling import check_scheduler, map_tasks
 
 SMALL_ARCH = "C3,L,D,C3,L,U,C3"  # one level: 32 x 32 images pad to 48 x 48
@@ -292,3 +294,66 @@ def test_compare_over_a_folder_on_workers_scores_as_in_process(tmp_path, client)
         outputs[name] = [line.split("| ")[2] for line in res.output.splitlines()
                          if line.startswith("| biharmonic")]                # mean PSNR column
     assert outputs["here"] == outputs["dask"] and float(outputs["here"][0]) > 20
+
+
+# --- the matrix CV grid on workers --------------------------------------------------------------
+
+def low_rank_with_gaps(m=30, n=12, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((m, 3)) @ rng.standard_normal((3, n)) + 0.1 * rng.standard_normal((m, n))
+    X[rng.random(X.shape) < 0.3] = np.nan
+    return X
+
+
+def test_matrix_auto_on_workers_chooses_and_completes_as_in_process(client):
+    X = low_rank_with_gaps()
+    here = NTKImputer(random_state=0, cv_max_folds=2).fit(X)
+    there = NTKImputer(random_state=0, cv_max_folds=2, scheduler=client).fit(X)
+    assert len(here.cv_results_) >= 8 and here.chosen_["mode"] == "stack"   # a real grid
+    assert there.chosen_.keys() == here.chosen_.keys()
+    for a, b in zip(there.chosen_["components"], here.chosen_["components"]):
+        assert a["fit"] == b["fit"] and abs(a["weight"] - b["weight"]) < 1e-12
+    assert [{k: v for k, v in r.items() if k != "cv_rmse"} for r in there.cv_results_] == \
+        [{k: v for k, v in r.items() if k != "cv_rmse"} for r in here.cv_results_]
+    np.testing.assert_allclose([r["cv_rmse"] for r in there.cv_results_],
+                               [r["cv_rmse"] for r in here.cv_results_], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(there.completed_, here.completed_, rtol=0, atol=1e-12)
+
+
+class FailsAtRidge001(NTKImputer):
+    """An NTKImputer whose CV fits at ridge 0.01 raise ``ValueError(message)`` (the final fit
+    does not): the candidate fails on a worker as it would here."""
+    message = "the kernel plus ridge is not positive definite; increase ridge"
+
+    def _complete(self, values, mask, cfg, targets=None):
+        if targets is not None and cfg.get("ridge") == 0.01:
+            raise ValueError(self.message)
+        return super()._complete(values, mask, cfg, targets)
+
+
+class BrokenAtRidge001(FailsAtRidge001):
+    message = "something else went wrong"
+
+
+def test_matrix_candidate_failing_on_a_worker_is_handled_as_in_process(client):
+    X = low_rank_with_gaps(seed=1)
+    kw = dict(mode="cols", prior="profile", random_state=0, stack=1)
+    here = FailsAtRidge001(**kw).fit(X)
+    there = FailsAtRidge001(**kw, scheduler=client).fit(X)
+    ridges = [r["ridge"] for r in here.cv_results_]
+    assert 0.01 not in ridges and 0.1 in ridges                      # skipped, the rest scored
+    assert there.cv_results_ == here.cv_results_ and there.chosen_ == here.chosen_
+    for scheduler in (None, client):                                 # other errors propagate
+        with pytest.raises(ValueError, match="^something else went wrong$"):
+            BrokenAtRidge001(**kw, scheduler=scheduler).fit(X)
+
+
+def test_cli_matrix_on_a_scheduler_address_writes_the_in_process_completion(tmp_path, client):
+    X = low_rank_with_gaps(20, 8, seed=2)
+    path = tmp_path / "m.csv"
+    pd.DataFrame(X, index=[f"r{i}" for i in range(20)]).to_csv(path)
+    for name, extra in (("here", []), ("dask", ["--scheduler", client.scheduler.address])):
+        res = CliRunner().invoke(main, ["matrix", str(path), "-o", str(tmp_path / f"{name}.csv"),
+                                        "--mode", "rows", *extra])
+        assert res.exit_code == 0, res.output
+    assert (tmp_path / "dask.csv").read_text() == (tmp_path / "here.csv").read_text()
