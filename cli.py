@@ -123,7 +123,8 @@ def _separator(ctx, param, value):
               "R^2 and Pearson r on them next to the additive row+column-mean baseline.")
 @click.option("--na-values", default="", help="Extra comma-separated tokens that mean missing.")
 @click.option("--scheduler", help="Where the cross-validation fits (candidates x folds) run: "
-              "local:N (a Dask cluster of N worker processes on this machine) or the address of "
+              "local:N (a Dask cluster of N worker processes on this machine; local:1 is one worker "
+              "thread in this process) or the address of "
               "a running Dask scheduler, tcp://HOST:8786 [default: in this process]. Same choice "
               "and completion either way. Needs ntk-completion[dask].")
 @click.option("-v", "--verbose", is_flag=True, help="Report the CV scores and the choices made.")
@@ -221,7 +222,8 @@ def _batch_options(done_file):
     (``--scheduler``), whether finished ones (their ``done_file`` exists) are redone, ``-q``."""
     options = [
         click.option("--scheduler", help="Where the images are solved: local:N (a Dask cluster "
-                     "of N worker processes on this machine) or the address of a running Dask "
+                     "of N worker processes on this machine; local:1 is one worker thread in this "
+                     "process) or the address of a running Dask "
                      "scheduler, tcp://HOST:8786 [default: in this process]. Needs "
                      "ntk-completion[dask]."),
         click.option("--overwrite", is_flag=True, help=f"Folder mode: redo images whose "

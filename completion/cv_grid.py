@@ -88,7 +88,8 @@ class CVGrid:
                 train = data.mask & ~data.folds[0]
                 data.imputer._softimpute(np.where(train, data.values, np.nan), train)
             shipped = copy.copy(data.imputer)
-            shipped.scheduler = None  # a worker fits in its own process
+            shipped.scheduler = None  # a worker fits where it is
+            shipped._softimpute_cache = dict(data.imputer._softimpute_cache)  # its own (threads)
             self._scattered = self.client.scatter(dataclasses.replace(data, imputer=shipped),
                                                   broadcast=True)
         return self._scattered

@@ -4,7 +4,8 @@
 
 * ``None``: in this process, one task after another, exactly as without Dask (never imported);
 * ``"local:N"``: a ``distributed.LocalCluster`` of N worker processes with one thread each,
-  started for the run and closed after it (a laptop or one big machine);
+  started for the run and closed after it (a laptop or one big machine); ``"local:1"`` is one
+  worker *thread* in this process (:data:`LOCAL_ONE_IN_PROCESS`);
 * an address such as ``"tcp://host:8786"``: an existing Dask scheduler (``dask scheduler`` plus
   ``dask worker``, dask-jobqueue on an HPC queue, dask-kubernetes, ...); its workers must see the
   files the tasks read and write;
@@ -27,6 +28,12 @@ INSTALL_HINT = "pip install 'ntk-completion[dask]'"
 CONNECT_TIMEOUT_S = 10
 _ADDRESS = re.compile(r"^(tcp|tls|ucx)://[^\s/:]+(:\d+)?$")
 _LOCAL = re.compile(r"^local:(\d+)$")
+# local:1 runs its one worker as a thread of this process: a worker process would run the same
+# tasks one at a time but add its start (2.1 s), its own import of torch (8 s) and its close
+# (4.2 s: the nanny waits for a process holding torch to exit), measured at load average 7.6 on
+# 2 cores (benchmarks/RESULTS.md, "Overhead"); what it gives up is a crash isolated from the
+# client (a task that kills its process is not retried). Two or more workers are processes.
+LOCAL_ONE_IN_PROCESS = True
 
 
 def check_scheduler(scheduler):
@@ -54,7 +61,7 @@ def check_scheduler(scheduler):
 @contextlib.contextmanager
 def connect(scheduler):
     """Yield a ``distributed.Client`` for ``scheduler`` (``None`` for in-process): a LocalCluster
-    for ``local:N``, a connection for an address (``ConnectionError`` in one line when it cannot
+    for ``local:N`` (one worker thread here for ``local:1``), a connection for an address (``ConnectionError`` in one line when it cannot
     be reached within ``CONNECT_TIMEOUT_S``), a given Client as is. What is opened here is
     closed on exit."""
     scheduler = check_scheduler(scheduler)
@@ -69,8 +76,10 @@ def connect(scheduler):
     spec = scheduler.strip()
     local = _LOCAL.match(spec)
     if local:
+        workers = int(local.group(1))
         with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environment()}), \
-                LocalCluster(n_workers=int(local.group(1)), threads_per_worker=1, processes=True,
+                LocalCluster(n_workers=workers, threads_per_worker=1,
+                             processes=workers > 1 or not LOCAL_ONE_IN_PROCESS,
                              dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
                 Client(cluster) as client:
             yield client

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -23,6 +24,8 @@ from completion.inpaint_jobs import Method, plan_jobs, run_batch
 from completion.masks import generate_mask
 from completion.matrix import NTKImputer
 from completion.scheduling import check_scheduler, map_tasks
+from models.cntk import Sequential, banded
+from models.cntk.priors import make_prior
 
 SMALL_ARCH = "C3,L,D,C3,L,U,C3"  # one level: 32 x 32 images pad to 48 x 48
 NEEDS_DASK = "needs the [dask] extra: pip install 'ntk-completion[dask]'"
@@ -357,3 +360,25 @@ def test_cli_matrix_on_a_scheduler_address_writes_the_in_process_completion(tmp_
                                         "--mode", "rows", *extra])
         assert res.exit_code == 0, res.output
     assert (tmp_path / "dask.csv").read_text() == (tmp_path / "here.csv").read_text()
+
+
+# --- a large kernel's pieces on workers ---------------------------------------------------------
+
+def test_banded_kernel_pieces_on_workers_match_in_process(client, monkeypatch):
+    net = Sequential.from_spec("C3,G2,C3,L,C1")
+    prior = np.random.default_rng(0).random((1, 24, 28))
+    monkeypatch.setattr(banded, "PIECE_WORK_BYTES", 1 << 16)          # many small pieces
+    on_workers = functools.partial(map_tasks, scheduler=client)
+    here = net.ntk_banded((24, 28), prior, band=3, device="cpu")
+    there = net.ntk_banded((24, 28), prior, band=3, device="cpu", map_pieces=on_workers)
+    prop = banded.BandedPropagator(net.layers, (24, 28), 3, make_prior(prior, (24, 28)),
+                                   torch.device("cpu"), torch.float64)
+    prop.compute(1 << 30)
+    assert prop.pieces[0] * prop.pieces[1] >= 4                      # really split
+    np.testing.assert_allclose(there.table, here.table, rtol=0, atol=1e-12)
+
+
+def test_local_one_is_a_worker_thread_in_this_process():
+    pytest.importorskip("distributed", reason=NEEDS_DASK)
+    assert map_tasks(lambda x: (x, os.getpid()), [1, 2], scheduler="local:1") == \
+        [(1, os.getpid()), (2, os.getpid())]

@@ -109,11 +109,14 @@ class Sequential:
         return CNTKKernel(table, prop.out_size, engine, budget)
 
     def ntk_banded(self, size, prior, band: int, device="auto", dtype=None,
-                   memory_budget=None) -> BandedKernel:
+                   memory_budget=None, map_pieces=None) -> BandedKernel:
         """The CNTK between output pixels p and p + d for the offsets |d_r|, |d_c| <= ``band``
         only (circular), for any prior (see :mod:`models.cntk.banded`): exactly the dense
         engine's entries there, in (2 band + 1)^2 H W memory, computed in row blocks to fit
         ``memory_budget``. Periodic layers only (no Upsample('bilinear_aligned')).
+        ``map_pieces``: where the pieces run, e.g. on Dask workers with
+        ``functools.partial(completion.scheduling.map_tasks, scheduler=client)`` (see
+        :meth:`BandedPropagator.compute <models.cntk.banded.BandedPropagator.compute>`).
 
         >>> import numpy as np
         >>> net = Sequential.from_spec("C5,G8,C1")
@@ -129,7 +132,7 @@ class Sequential:
                                 resolve_dtype(dtype, dev))
         budget = parse_bytes(memory_budget)
         with torch.no_grad():
-            planes = prop.compute(budget)
+            planes = prop.compute(budget, map_pieces)
         return BandedKernel.from_planes(planes, budget)
 
 
