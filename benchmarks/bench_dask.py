@@ -246,7 +246,8 @@ def gdsc_run(workers):
         name = "in-process" if count is None else f"local:{count}"
         load_before = os.getloadavg()[0]
         t0 = time.perf_counter()
-        imp = NTKImputer(mode="auto", row_features=genomic, random_state=0,
+        print(f"# {name}", file=sys.stderr)  # verbose: selection and final-fit times on stderr
+        imp = NTKImputer(mode="auto", row_features=genomic, random_state=0, verbose=1,
                          scheduler=None if count is None else f"local:{count}").fit(frame)
         wall = time.perf_counter() - t0
         fits[name] = imp

@@ -61,9 +61,9 @@ def check_scheduler(scheduler):
 @contextlib.contextmanager
 def connect(scheduler):
     """Yield a ``distributed.Client`` for ``scheduler`` (``None`` for in-process): a LocalCluster
-    for ``local:N`` (one worker thread here for ``local:1``), a connection for an address (``ConnectionError`` in one line when it cannot
-    be reached within ``CONNECT_TIMEOUT_S``), a given Client as is. What is opened here is
-    closed on exit."""
+    for ``local:N`` (one worker thread here for ``local:1``; :func:`_local_config`), a connection
+    for an address (``ConnectionError`` in one line when it cannot be reached within
+    ``CONNECT_TIMEOUT_S``), a given Client as is. What is opened here is closed on exit."""
     scheduler = check_scheduler(scheduler)
     if scheduler is None:
         yield None
@@ -77,7 +77,7 @@ def connect(scheduler):
     local = _LOCAL.match(spec)
     if local:
         workers = int(local.group(1))
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environment()}), \
+        with dask.config.set(_local_config(workers)), \
                 LocalCluster(n_workers=workers, threads_per_worker=1,
                              processes=workers > 1 or not LOCAL_ONE_IN_PROCESS,
                              dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
@@ -92,6 +92,19 @@ def connect(scheduler):
                               f"({type(err).__name__})") from None
     with client:
         yield client
+
+
+def _local_config(workers) -> dict:
+    """Dask settings for a LocalCluster of ``workers`` workers. It has no dashboard, so nothing
+    reads its statistical profiler (every 10 ms) or its system monitor (500 ms); with the event
+    loop's 20 ms blocking check they cost an idle cluster 0.06 CPU s per second (measured on the
+    loaded 2-core machine: 0.70 CPU s in 10 s, 0.07 without them and work stealing). One worker
+    has nobody to steal from. Worker processes start with :func:`_worker_environment`."""
+    return {"distributed.nanny.pre-spawn-environ": _worker_environment(),
+            "distributed.worker.profile.enabled": False,
+            "distributed.admin.system-monitor.interval": "5s",
+            "distributed.admin.tick.interval": "1s",
+            "distributed.scheduler.work-stealing": workers > 1}
 
 
 def _worker_environment() -> dict:
