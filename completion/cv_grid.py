@@ -17,7 +17,7 @@ import dataclasses
 import numpy as np
 
 from .priors import parse_prior
-from .scheduling import map_tasks
+from .scheduling import map_tasks, scatter
 
 KERNEL_MODES = ("rows", "cols", "joint")
 
@@ -88,10 +88,9 @@ class CVGrid:
                 train = data.mask & ~data.folds[0]
                 data.imputer._softimpute(np.where(train, data.values, np.nan), train)
             shipped = copy.copy(data.imputer)
-            shipped.scheduler = None  # a worker fits where it is
+            shipped.scheduler = shipped._map_tiles = None  # a worker fits where it is
             shipped._softimpute_cache = dict(data.imputer._softimpute_cache)  # its own (threads)
-            self._scattered = self.client.scatter(dataclasses.replace(data, imputer=shipped),
-                                                  broadcast=True)
+            self._scattered = scatter(self.client, dataclasses.replace(data, imputer=shipped))
         return self._scattered
 
 

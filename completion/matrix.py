@@ -35,6 +35,7 @@ import logging
 import math
 import time
 import warnings
+from functools import partial
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ from models.ntk import ACTIVATIONS, FullyConnectedNTK
 from .chained import chained_fit, chained_flops
 from .cv_grid import CVGrid
 from .priors import build_prior, parse_prior
-from .scheduling import check_scheduler, connect
+from .scheduling import check_scheduler, connect, map_tasks
 from .softimpute import FRACTIONS, soft_impute_cv, soft_impute_path
 from .solvers import (SOLVERS, JointKernelOperator, choose_solver, predict_onehot_joint,
                       solve_onehot_joint, solve_shared_kernel)
@@ -347,7 +348,11 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             self._say(f"chosen: {describe_choice(self.chosen_)} "
                       f"(selection {time.perf_counter() - started:.1f} s)")
             started = time.perf_counter()
-            self.completed_ = self._complete_chosen(values, mask, self.chosen_)
+            try:  # a large rows/cols kernel of the final fit in tiles on the workers
+                self._map_tiles = None if client is None else partial(map_tasks, scheduler=client)
+                self.completed_ = self._complete_chosen(values, mask, self.chosen_)
+            finally:
+                self._map_tiles = None
             self._say(f"final fit: {time.perf_counter() - started:.1f} s")
         self.baseline_ = additive_baseline(values, mask)
         return self
@@ -524,7 +529,9 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             P = self._prior(specs[0], source, source_mask, axis)
             if not P.any():
                 return np.zeros(mask.shape)
-            K = np.asarray(kernel.ntk(P, device=self.device), dtype=np.float64)
+            K = np.asarray(kernel.ntk(P, device=self.device,
+                                      map_tiles=getattr(self, "_map_tiles", None)),
+                           dtype=np.float64)
             R, M = (resid, mask) if axis == 0 else (resid.T, mask.T)
             pred = solve_shared_kernel(K, R, M, ridge)
             return pred if axis == 0 else pred.T

@@ -178,8 +178,15 @@ def _paired(client, items, shared):
     """(item, the scattered ``shared``) pairs: Dask resolves a Future inside a task's tuple."""
     from distributed import Future
 
-    ref = shared if isinstance(shared, Future) else client.scatter(shared, broadcast=True)
+    ref = shared if isinstance(shared, Future) else scatter(client, shared)
     return [(item, ref) for item in items]
+
+
+def scatter(client, obj):
+    """``obj`` sent to every worker of ``client`` as one object (a tuple or dict too, which
+    ``client.scatter`` would split) under a key of its own (not its content's hash, which two
+    calls with equal data would share, the first release then losing the second's data)."""
+    return client.scatter([obj], broadcast=True, hash=False)[0]
 
 
 def _run_here(client, fn, items, prepare, group, finish, return_exceptions):

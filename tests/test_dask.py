@@ -24,7 +24,9 @@ from completion.inpaint_jobs import Method, plan_jobs, run_batch
 from completion.masks import generate_mask
 from completion.matrix import NTKImputer
 from completion.scheduling import check_scheduler, map_tasks
+from models import ntk
 from models.cntk import Sequential, banded
+from models.device import MemoryBudgetError
 from models.cntk.priors import make_prior
 
 SMALL_ARCH = "C3,L,D,C3,L,U,C3"  # one level: 32 x 32 images pad to 48 x 48
@@ -308,8 +310,9 @@ def low_rank_with_gaps(m=30, n=12, seed=0):
     return X
 
 
-def test_matrix_auto_on_workers_chooses_and_completes_as_in_process(client):
+def test_matrix_auto_on_workers_chooses_and_completes_as_in_process(client, monkeypatch):
     X = low_rank_with_gaps()
+    monkeypatch.setattr(ntk, "MAP_TILES_MIN_ENTRIES", 0)      # the final fit's kernels in tiles too
     here = NTKImputer(random_state=0, cv_max_folds=2).fit(X)
     there = NTKImputer(random_state=0, cv_max_folds=2, scheduler=client).fit(X)
     assert len(here.cv_results_) >= 8 and here.chosen_["mode"] == "stack"   # a real grid
@@ -363,6 +366,33 @@ def test_cli_matrix_on_a_scheduler_address_writes_the_in_process_completion(tmp_
 
 
 # --- a large kernel's pieces on workers ---------------------------------------------------------
+
+def test_ntk_tiles_on_workers_match_in_process(client, monkeypatch):
+    monkeypatch.setattr(ntk, "MAP_TILES_MIN_ENTRIES", 0)
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((96, 6)), 2 * rng.standard_normal((70, 6))
+    tiles = []
+
+    def on_workers(fn, items, shared):
+        tiles.append(len(items))
+        return map_tasks(fn, items, scheduler=client, shared=shared)
+
+    net = ntk.FullyConnectedNTK(depth=2)
+    for args in ((X,), (X, Y)):
+        here = net.ntk(*args, device="cpu")
+        there = net.ntk(*args, device="cpu", map_tiles=on_workers)
+        np.testing.assert_allclose(there, here, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(net.nngp(X, device="cpu", map_tiles=on_workers),
+                               net.nngp(X, device="cpu"), rtol=0, atol=1e-12)
+    assert tiles == [ntk.MAP_TILES_COUNT] * 3                       # really in tiles
+
+
+def test_ntk_tile_too_large_for_a_worker_is_refused_before_work(monkeypatch):
+    monkeypatch.setattr(ntk, "MAP_TILES_MIN_ENTRIES", 0)
+    X = np.ones((50, 10000))                                        # 8 MB of inputs per worker
+    never = lambda *a, **k: pytest.fail("mapped despite the budget")  # noqa: E731
+    with pytest.raises(MemoryBudgetError, match="a one-row tile of the 50 x 50 NTK on a worker"):
+        ntk.FullyConnectedNTK().ntk(X, device="cpu", memory_budget=2 ** 20, map_tiles=never)
 
 def test_banded_kernel_pieces_on_workers_match_in_process(client, monkeypatch):
     net = Sequential.from_spec("C3,G2,C3,L,C1")
