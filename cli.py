@@ -123,10 +123,10 @@ def _separator(ctx, param, value):
               "R^2 and Pearson r on them next to the additive row+column-mean baseline.")
 @click.option("--na-values", default="", help="Extra comma-separated tokens that mean missing.")
 @click.option("--scheduler", help="Where the cross-validation fits (candidates x folds) run: "
-              "local:N (a Dask cluster of N worker processes on this machine; local:1 is one worker "
-              "thread in this process) or the address of "
-              "a running Dask scheduler, tcp://HOST:8786 [default: in this process]. Same choice "
-              "and completion either way. Needs ntk-completion[dask].")
+              "local:N (a Dask cluster of N worker processes on this machine; local:1 is one "
+              "worker thread in this process) or the address of a running Dask scheduler, "
+              "tcp://HOST:8786 [default: in this process]. Same choice and completion either "
+              "way. Needs ntk-completion[dask].")
 @click.option("-v", "--verbose", is_flag=True, help="Report the CV scores and the choices made.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors, warnings and --holdout "
               "scores (not the choices made).")

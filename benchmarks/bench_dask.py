@@ -16,6 +16,9 @@ Three measurements on generated images (smooth random fields with sharp discs) w
    imports): starting it (a worker process, or the worker thread in
    this process that ``local:1`` is), the first task (the worker imports torch and the solver),
    closing.
+5. ``tiles``: one large kernel in this process and in tiles on ``local:W``: the NTK of
+   ``--rows`` points (100 features, depth 2) and the banded CNTK table of a ``--size`` image
+   (``C5,G8,C1`` on an image prior, band 9); wall times and the largest difference.
 4. ``gdsc``: ``NTKImputer`` "auto" (with the genomic row features, as bench_gdsc.py) on GDSC
    with 10 % of the observed entries hidden (seed 0), in this process and with
    ``scheduler="local:W"``: the choice, the held-out RMSE, the largest difference of the
@@ -25,6 +28,7 @@ Three measurements on generated images (smooth random fields with sharp discs) w
     PYTHONPATH=$PWD python benchmarks/bench_dask.py --part overhead --rounds 3
     PYTHONPATH=$PWD python benchmarks/bench_dask.py --part startup --rounds 2
     PYTHONPATH=$PWD python benchmarks/bench_dask.py --part gdsc --workers 2
+    PYTHONPATH=$PWD python benchmarks/bench_dask.py --part tiles --workers 2
 """
 from __future__ import annotations
 
@@ -228,6 +232,45 @@ def startup_run(rounds):
         print(f"| {step} | {cells[0]} | {cells[1]} |")
 
 
+def tiles_run(workers, rows, size):
+    import functools
+
+    from completion.scheduling import map_tasks
+    from models.cntk import Sequential
+    from models.ntk import FullyConnectedNTK
+
+    X = np.random.default_rng(0).standard_normal((rows, 100)) / 10
+    net, cnet = FullyConnectedNTK(depth=2), Sequential.from_spec("C5,G8,C1")
+    prior = np.random.default_rng(1).random((1, size, size))
+    cases = {f"NTK {rows} x {rows} (100 features, depth 2)":
+             lambda tiles: net.ntk(X, device="cpu", map_tiles=tiles),
+             f"banded CNTK table, {size} x {size} image, band 9":
+             lambda tiles: cnet.ntk_banded((size, size), prior, band=9, device="cpu",
+                                           map_pieces=tiles).table}
+    print(f"\n## one large kernel: in this process, then in tiles on local:W (load average "
+          f"{os.getloadavg()[0]:.1f} before)\n")
+    print("| kernel | run | wall s | in-process wall / wall | CPU s (here + workers) | largest "
+          "difference |\n|---|---|---:|---:|---:|---:|")
+    for name, compute in cases.items():
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        here = compute(None)
+        base = time.perf_counter() - t0
+        print(f"| {name} | in-process | {base:.1f} | 1.00 | {cpu_seconds() - c0:.1f} | 0 |",
+              flush=True)
+        for count in workers:
+            with connect(f"local:{count}") as client:
+                client.submit(_import_solver_seconds, pure=False).result()  # torch loaded
+                before = client.run(cpu_seconds)
+                t0, c0 = time.perf_counter(), cpu_seconds()
+                there = compute(functools.partial(map_tasks, scheduler=client))
+                wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+                cpu += sum(client.run(cpu_seconds)[w] - before[w] for w in before)
+            print(f"| {name} | local:{count} (started, torch imported) | {wall:.1f} | "
+                  f"{base / wall:.2f} | {cpu:.1f} | {float(np.abs(there - here).max()):.2g} |",
+                  flush=True)
+    print(f"\nload average after: {os.getloadavg()[0]:.1f}")
+
+
 def gdsc_run(workers):
     import pandas as pd
 
@@ -254,7 +297,8 @@ def gdsc_run(workers):
         rmse = scores(imp.completed_[hidden], X[hidden])["rmse"]
         rows.append((name, wall, rmse, load_before, os.getloadavg()[0]))
     here = fits["in-process"]
-    print(f"\n## GDSC {X.shape[0]} x {X.shape[1]}, auto, 10 % hidden (seed 0); {os.cpu_count()} cores\n")
+    print(f"\n## GDSC {X.shape[0]} x {X.shape[1]}, auto, 10 % hidden (seed 0); "
+          f"{os.cpu_count()} cores\n")
     print("| run | wall s | in-process wall / wall | held-out RMSE | same choice | largest "
           "completion difference | load before, after |\n|---|---:|---:|---:|---|---:|---|")
     for name, wall, rmse, before, after in rows:
@@ -270,7 +314,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--startup-child", choices=["process", "thread"],
                         help=argparse.SUPPRESS)  # startup_run's fresh interpreter
-    parser.add_argument("--part", choices=["all", "folder", "mixed", "overhead", "startup", "gdsc"],
+    parser.add_argument("--part", choices=["all", "folder", "mixed", "overhead", "startup", "gdsc",
+                                           "tiles"],
                         default="all", help="all = the three image parts")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--size", type=int, default=256)
@@ -280,6 +325,7 @@ def main():
                         help="folder run: Dask workers without their statistical profiler")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--arch", default="default")
+    parser.add_argument("--rows", type=int, default=4096, help="tiles: points of the NTK")
     args = parser.parse_args()
     method = Method(arch=args.arch, prior="noise")
     if args.startup_child:
@@ -288,6 +334,8 @@ def main():
         return gdsc_run(args.workers)
     if args.part == "startup":
         return startup_run(args.rounds)
+    if args.part == "tiles":
+        return tiles_run(args.workers, args.rows, args.size)
     with tempfile.TemporaryDirectory(prefix="bench_dask_") as tmp:
         tmp = Path(tmp)
         if args.part in ("all", "folder"):

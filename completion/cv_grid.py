@@ -88,7 +88,7 @@ class CVGrid:
                 train = data.mask & ~data.folds[0]
                 data.imputer._softimpute(np.where(train, data.values, np.nan), train)
             shipped = copy.copy(data.imputer)
-            shipped.scheduler = shipped._map_tiles = None  # a worker fits where it is
+            shipped.scheduler = None  # a worker fits where it is
             shipped._softimpute_cache = dict(data.imputer._softimpute_cache)  # its own (threads)
             self._scattered = scatter(self.client, dataclasses.replace(data, imputer=shipped))
         return self._scattered

@@ -35,7 +35,6 @@ import logging
 import math
 import time
 import warnings
-from functools import partial
 
 import numpy as np
 import torch
@@ -47,7 +46,7 @@ from models.ntk import ACTIVATIONS, FullyConnectedNTK
 from .chained import chained_fit, chained_flops
 from .cv_grid import CVGrid
 from .priors import build_prior, parse_prior
-from .scheduling import check_scheduler, connect, map_tasks
+from .scheduling import check_scheduler, connect
 from .softimpute import FRACTIONS, soft_impute_cv, soft_impute_path
 from .solvers import (SOLVERS, JointKernelOperator, choose_solver, predict_onehot_joint,
                       solve_onehot_joint, solve_shared_kernel)
@@ -342,17 +341,14 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         self._col_feats = self._aligned("col", self.col_features, cols)
         self._prior_values = self._validated_prior_matrix(values.shape, rows, cols)
         self._softimpute_cache, self._softimpute_fraction = {}, None
-        with limited_threads(self._threads()), connect(self.scheduler) as client:
+        with limited_threads(self._threads()):
             started = time.perf_counter()
-            self.chosen_, self.cv_results_ = self._choose(values, mask, client)
+            with connect(self.scheduler) as client:  # the workers are released before the final fit
+                self.chosen_, self.cv_results_ = self._choose(values, mask, client)
             self._say(f"chosen: {describe_choice(self.chosen_)} "
                       f"(selection {time.perf_counter() - started:.1f} s)")
             started = time.perf_counter()
-            try:  # a large rows/cols kernel of the final fit in tiles on the workers
-                self._map_tiles = None if client is None else partial(map_tasks, scheduler=client)
-                self.completed_ = self._complete_chosen(values, mask, self.chosen_)
-            finally:
-                self._map_tiles = None
+            self.completed_ = self._complete_chosen(values, mask, self.chosen_)
             self._say(f"final fit: {time.perf_counter() - started:.1f} s")
         self.baseline_ = additive_baseline(values, mask)
         return self
@@ -529,9 +525,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             P = self._prior(specs[0], source, source_mask, axis)
             if not P.any():
                 return np.zeros(mask.shape)
-            K = np.asarray(kernel.ntk(P, device=self.device,
-                                      map_tiles=getattr(self, "_map_tiles", None)),
-                           dtype=np.float64)
+            K = np.asarray(kernel.ntk(P, device=self.device), dtype=np.float64)
             R, M = (resid, mask) if axis == 0 else (resid.T, mask.T)
             pred = solve_shared_kernel(K, R, M, ridge)
             return pred if axis == 0 else pred.T

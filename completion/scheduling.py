@@ -23,16 +23,18 @@ import contextlib
 import functools
 import logging
 import re
+import warnings
 
 INSTALL_HINT = "pip install 'ntk-completion[dask]'"
 CONNECT_TIMEOUT_S = 10
 _ADDRESS = re.compile(r"^(tcp|tls|ucx)://[^\s/:]+(:\d+)?$")
 _LOCAL = re.compile(r"^local:(\d+)$")
 # local:1 runs its one worker as a thread of this process: a worker process would run the same
-# tasks one at a time but add its start (2.1 s), its own import of torch (8 s) and its close
-# (4.2 s: the nanny waits for a process holding torch to exit), measured at load average 7.6 on
-# 2 cores (benchmarks/RESULTS.md, "Overhead"); what it gives up is a crash isolated from the
-# client (a task that kills its process is not retried). Two or more workers are processes.
+# tasks one at a time but add its start (2-12 s), its own import of torch (8-23 s) and its
+# close (4.2-4.5 s: the nanny waits for a process holding torch to exit), measured at load
+# averages 7.6-8.5 on 2 cores (benchmarks/RESULTS.md, "`local:1` as one worker thread"); what it
+# gives up is a crash isolated from the client (a task that kills its process is not retried).
+# Two or more workers are processes.
 LOCAL_ONE_IN_PROCESS = True
 
 
@@ -77,11 +79,13 @@ def connect(scheduler):
     local = _LOCAL.match(spec)
     if local:
         workers = int(local.group(1))
-        with dask.config.set(_local_config(workers)), \
-                LocalCluster(n_workers=workers, threads_per_worker=1,
-                             processes=workers > 1 or not LOCAL_ONE_IN_PROCESS,
-                             dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
-                Client(cluster) as client:
+        with dask.config.set(_local_config(workers)), warnings.catch_warnings():
+            # the scheduler's HTTP server (no dashboard here) moves off a busy port 8787 by itself
+            warnings.filterwarnings("ignore", message="Port 8787 is already in use")
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1,
+                                   processes=workers > 1 or not LOCAL_ONE_IN_PROCESS,
+                                   dashboard_address=None, silence_logs=logging.ERROR)
+        with cluster, Client(cluster) as client:
             yield client
         return
     try:
@@ -97,9 +101,9 @@ def connect(scheduler):
 def _local_config(workers) -> dict:
     """Dask settings for a LocalCluster of ``workers`` workers. It has no dashboard, so nothing
     reads its statistical profiler (every 10 ms) or its system monitor (500 ms); with the event
-    loop's 20 ms blocking check they cost an idle cluster 0.06 CPU s per second (measured on the
-    loaded 2-core machine: 0.70 CPU s in 10 s, 0.07 without them and work stealing). One worker
-    has nobody to steal from. Worker processes start with :func:`_worker_environment`."""
+    loop's 20 ms blocking check and work stealing they cost an idle ``local:1`` cluster 0.70 CPU
+    s in 10 s, 0.14 with these settings (benchmarks/RESULTS.md). One worker has nobody to steal
+    from. Worker processes start with :func:`_worker_environment`."""
     return {"distributed.nanny.pre-spawn-environ": _worker_environment(),
             "distributed.worker.profile.enabled": False,
             "distributed.admin.system-monitor.interval": "5s",

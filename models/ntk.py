@@ -38,9 +38,7 @@ __all__ = ["Dense", "LeakyReLU", "Erf", "KernelState", "FullyConnectedNTK", "ACT
 # Number of (tile rows x m) arrays alive at once while a tile goes through the layers (gram,
 # nngp, ntk and the temporaries of an activation update), used to size tiles; kept generous.
 _TILE_WORK_ARRAYS = 8
-# a kernel is computed by ``map_tiles`` (on Dask workers) only from this many entries on
-# (smaller ones take less time than sending them back), in this many tiles
-MAP_TILES_MIN_ENTRIES = 2 ** 22
+# a kernel computed by ``map_tiles`` (on Dask workers) comes in this many row tiles
 MAP_TILES_COUNT = 16
 
 
@@ -256,12 +254,13 @@ class FullyConnectedNTK:
         ``models.device.DEFAULT_MEMORY_BUDGET``) bounds output + inputs + tile work arrays, and the
         call is refused before allocating if even a one-row tile does not fit. Returns an ndarray.
 
-        ``map_tiles`` computes the row tiles elsewhere when the output has at least
-        :data:`MAP_TILES_MIN_ENTRIES` entries: ``map_tiles(fn, items, shared=obj)`` returns
-        ``[fn(item, obj) for item in items]`` (``completion.scheduling.map_tasks`` with a
+        ``map_tiles`` computes the row tiles elsewhere: ``map_tiles(fn, items, shared=obj)``
+        returns ``[fn(item, obj) for item in items]`` (``completion.scheduling.map_tasks`` with a
         scheduler: one task per tile on the Dask workers' CPUs, the same numbers). The budget then
         bounds each tile's work on its worker, and here the output plus the tiles that come back
-        (twice the output).
+        (twice the output). It pays only when an entry costs more to compute than to send (8
+        bytes): at 4096 x 4096, 100 features, depth 2, the tiles took 2.2x the CPU seconds of
+        the in-process evaluation (benchmarks/RESULTS.md), so nothing uses it by default.
         """
         return self._evaluate(X, Y, True, device, dtype, memory_budget, progress, map_tiles)
 
@@ -275,7 +274,7 @@ class FullyConnectedNTK:
         budget = parse_bytes(memory_budget)
         (n, d), m = X.shape, Y.shape[0]
         which = "NTK" if with_ntk else "NNGP"
-        if map_tiles is not None and n * m >= MAP_TILES_MIN_ENTRIES:
+        if map_tiles is not None:
             return self._evaluate_mapped(X, Y, with_ntk, dev, dt, budget, map_tiles)
         item = torch.empty((), dtype=dt).element_size()
         fixed = (n * m + (n + m) * (d + 1)) * item  # output + inputs + squared norms

@@ -310,9 +310,8 @@ def low_rank_with_gaps(m=30, n=12, seed=0):
     return X
 
 
-def test_matrix_auto_on_workers_chooses_and_completes_as_in_process(client, monkeypatch):
+def test_matrix_auto_on_workers_chooses_and_completes_as_in_process(client):
     X = low_rank_with_gaps()
-    monkeypatch.setattr(ntk, "MAP_TILES_MIN_ENTRIES", 0)      # the final fit's kernels in tiles too
     here = NTKImputer(random_state=0, cv_max_folds=2).fit(X)
     there = NTKImputer(random_state=0, cv_max_folds=2, scheduler=client).fit(X)
     assert len(here.cv_results_) >= 8 and here.chosen_["mode"] == "stack"   # a real grid
@@ -367,8 +366,7 @@ def test_cli_matrix_on_a_scheduler_address_writes_the_in_process_completion(tmp_
 
 # --- a large kernel's pieces on workers ---------------------------------------------------------
 
-def test_ntk_tiles_on_workers_match_in_process(client, monkeypatch):
-    monkeypatch.setattr(ntk, "MAP_TILES_MIN_ENTRIES", 0)
+def test_ntk_tiles_on_workers_match_in_process(client):
     rng = np.random.default_rng(0)
     X, Y = rng.standard_normal((96, 6)), 2 * rng.standard_normal((70, 6))
     tiles = []
@@ -387,8 +385,7 @@ def test_ntk_tiles_on_workers_match_in_process(client, monkeypatch):
     assert tiles == [ntk.MAP_TILES_COUNT] * 3                       # really in tiles
 
 
-def test_ntk_tile_too_large_for_a_worker_is_refused_before_work(monkeypatch):
-    monkeypatch.setattr(ntk, "MAP_TILES_MIN_ENTRIES", 0)
+def test_ntk_tile_too_large_for_a_worker_is_refused_before_work():
     X = np.ones((50, 10000))                                        # 8 MB of inputs per worker
     never = lambda *a, **k: pytest.fail("mapped despite the budget")  # noqa: E731
     with pytest.raises(MemoryBudgetError, match="a one-row tile of the 50 x 50 NTK on a worker"):
