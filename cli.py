@@ -142,12 +142,17 @@ def _separator(ctx, param, value):
               "as in --long; the output lists them with the value column(s) (observed values "
               "where the pair was observed). Without it the output is the wide completed matrix "
               "(one value column, when it fits in memory).")
+@click.option("--scheduler", help="Where the cross-validation fits (candidates x folds) run: "
+              "local:N (a Dask cluster of N worker processes on this machine; local:1 is one "
+              "worker thread in this process) or the address of a running Dask scheduler, "
+              "tcp://HOST:8786 [default: in this process]. Same choice and completion either "
+              "way. Needs ntk-completion[dask].")
 @click.option("-v", "--verbose", is_flag=True, help="Report the CV scores and the choices made.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors, warnings and --holdout "
               "scores (not the choices made).")
 def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_features,
                    col_features, prior, prior_matrix, depth, ridge, device, threads, seed, holdout,
-                   na_values, long_columns, pairs_csv, verbose, quiet):
+                   na_values, long_columns, pairs_csv, scheduler, verbose, quiet):
     """Fill the missing entries of the matrix in IN.csv (row labels in the first column, column
     labels in the header; blank cells and NA tokens are missing; '-' reads standard input) and
     write the completed matrix. Observed entries are written unchanged. The input is never
@@ -160,6 +165,7 @@ def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_fe
       ntk-complete matrix ic50.csv -o - --row-features cells.csv --prior features+identity:0.5
       ntk-complete matrix ic50.csv -o completed.csv --holdout 0.1 --seed 0
       ntk-complete matrix ratings.tsv -o completed.tsv --no-row-labels --encoding latin-1
+      ntk-complete matrix ic50.csv -o completed.csv --scheduler local:4
       cat ic50.csv | ntk-complete matrix - -o - -q > completed.csv
       ntk-complete matrix ratings.csv --long user,item,rating -o wide.csv
       ntk-complete matrix ratings.csv --long user,item,rating --predict pairs.csv -o predicted.csv
@@ -169,20 +175,24 @@ def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_fe
     from completion.holdout import complete_with_holdout
     from completion.matrix import NTKImputer, describe_choice
     from completion.matrix_csv import read_features_csv, read_matrix_csv, write_matrix_csv
+    from completion.scheduling import check_scheduler
 
     tokens = [t.strip() for t in na_values.split(",") if t.strip()]
     csv_options = {"sep": sep, "encoding": encoding}
     if long_columns is not None or pairs_csv is not None:
         _check_long_options(long_columns, pairs_csv, holdout, no_row_labels, prior_matrix)
         imputer_options = dict(mode=mode, prior=prior, depth=depth, ridge=ridge, device=device,
-                               threads=threads, random_state=seed, verbose=int(verbose))
+                               threads=threads, random_state=seed, verbose=int(verbose),
+                               scheduler=scheduler)
         try:
+            check_scheduler(scheduler)
             _complete_long(input_csv, output, long_columns, pairs_csv, row_features,
                            col_features, tokens, csv_options, imputer_options, quiet)
         except (ValueError, MemoryError, OSError) as err:
             raise _error(err) from err
         return
     try:
+        check_scheduler(scheduler)
         refuse_overwrite_input(output, input_csv, row_features, col_features, prior_matrix)
         if output != "-":
             check_writable(output)
@@ -194,7 +204,7 @@ def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_fe
         imputer = NTKImputer(mode=mode, prior=prior, depth=depth, ridge=ridge, device=device,
                              threads=threads,
                              row_features=rf, col_features=cf, prior_matrix=given,
-                             random_state=seed, verbose=int(verbose))
+                             random_state=seed, verbose=int(verbose), scheduler=scheduler)
         if holdout is not None:
             completed, report = complete_with_holdout(imputer, frame, holdout, seed)
             click.echo(f"holdout: {report['hidden']} of {report['observed']} observed entries",
@@ -209,7 +219,7 @@ def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_fe
         if not quiet:
             click.echo(f"chosen: {describe_choice(imputer.chosen_)}", err=True)
         write_matrix_csv(completed, output, sep=frame.attrs["sep"], row_labels=not no_row_labels)
-    except (ValueError, MemoryError, OSError) as err:
+    except (ValueError, ImportError, MemoryError, OSError) as err:
         raise _error(err) from err
 
 
@@ -315,7 +325,8 @@ def _batch_options(done_file):
     (``--scheduler``), whether finished ones (their ``done_file`` exists) are redone, ``-q``."""
     options = [
         click.option("--scheduler", help="Where the images are solved: local:N (a Dask cluster "
-                     "of N worker processes on this machine) or the address of a running Dask "
+                     "of N worker processes on this machine; local:1 is one worker thread in this "
+                     "process) or the address of a running Dask "
                      "scheduler, tcp://HOST:8786 [default: in this process]. Needs "
                      "ntk-completion[dask]."),
         click.option("--overwrite", is_flag=True, help=f"Folder mode: redo images whose "

@@ -36,6 +36,7 @@ as ``ridge`` -> 0), and the observed value in the chained modes.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -50,13 +51,15 @@ from models.device import check_fits, limited_threads, parse_bytes
 from models.ntk import ACTIVATIONS, FullyConnectedNTK
 
 from .chained import chained_fit, chained_flops
+from .cv_grid import CVGrid
 from .fibres import fibre_mask, fold, observed_fibres, unfold
 from .priors import build_prior, parse_prior
-from .sparse_matrix import nystrom_dense_prediction, observed_entries
-from .sparse_selection import fit_chosen, select_on_entries
+from .scheduling import check_scheduler, connect
 from .softimpute import FRACTIONS, soft_impute_cv, soft_impute_path
 from .solvers import (JointKernelOperator, choose_solver, parse_solver, predict_onehot_joint,
                       solve_onehot_joint, solve_shared_kernel)
+from .sparse_matrix import nystrom_dense_prediction, observed_entries
+from .sparse_selection import fit_chosen, select_on_entries
 from .stacking import convex_weights
 
 __all__ = ["NTKImputer", "additive_baseline", "describe_choice", "MODES"]
@@ -177,6 +180,10 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     stack : int >= 1, most fits ``mode="auto"`` combines (1 = the single best).
     verbose : int, 0 silent, 1 logs the choices and CV scores (logger ``completion.matrix``,
         also printed to stderr when no handler is configured).
+    scheduler : None, "local:N", a Dask scheduler address or a ``distributed.Client``
+        Where the CV grid's (candidate, fold) fits run (:mod:`completion.scheduling`; needs the
+        ``[dask]`` extra): None in this process; else one task per pair on the Dask workers,
+        with the same choice and completion as in this process. The final fit runs here.
 
     Attributes after ``fit``: ``chosen_`` (dict: mode, prior, depth, ridge, solver; or, for a
     combination, mode="stack" and ``components``: a list of {"weight", "fit"}), ``cv_results_``
@@ -209,7 +216,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     def __init__(self, *, mode="auto", prior="auto", depth="auto", ridge="auto", activation="relu",
                  row_features=None, col_features=None, prior_matrix=None, solver="auto",
                  device="auto", random_state=None, cv_folds=5, cv_max_folds=1, refine=2, stack=3,
-                 verbose=0, threads=None):
+                 verbose=0, threads=None, scheduler=None):
         self.mode = mode
         self.prior = prior
         self.depth = depth
@@ -227,6 +234,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         self.stack = stack
         self.verbose = verbose
         self.threads = threads
+        self.scheduler = scheduler
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -255,6 +263,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             for p in (self.prior if isinstance(self.prior, tuple) else (self.prior,)):
                 if parse_prior(p).source == "matrix" and self.prior_matrix is None:
                     raise ValueError(f"prior {p!r} needs prior_matrix (a completed matrix)")
+        check_scheduler(self.scheduler)
 
     @staticmethod
     def _validate_matrix(X):
@@ -394,7 +403,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         self._softimpute_cache, self._softimpute_fraction = {}, None
         with limited_threads(self._threads()):
             started = time.perf_counter()
-            self.chosen_, self.cv_results_ = self._choose(values, mask)
+            with connect(self.scheduler) as client:  # the workers are released before the final fit
+                self.chosen_, self.cv_results_ = self._choose(values, mask, client)
             self._say(f"chosen: {describe_choice(self.chosen_)} "
                       f"(selection {time.perf_counter() - started:.1f} s)")
             started = time.perf_counter()
@@ -570,7 +580,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     def _softimpute(self, values, mask):
         """SoftImpute completion of ``values[mask]``, cached per mask. Its shrinkage is chosen
         on the first mask seen (a CV training split when ``auto`` runs) and reused after."""
-        key = hash(mask.tobytes())
+        key = hashlib.sha1(mask.tobytes()).hexdigest()  # the same in every process
         if key not in self._softimpute_cache:
             flat, flat_mask = unfold(values, mask)  # vector entries: the (m, n * d) matrix
             if self._softimpute_fraction is None:
@@ -752,12 +762,13 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             out.append({"mode": "softimpute"})  # a component for the combination only
         return out
 
-    def _choose(self, values, mask):
+    def _choose(self, values, mask, client=None):
         """Selection on held-out observed entries: every candidate at the default depth/ridge,
         then the ridge and the depth of the best kernel-mode (rows, cols, joint) candidate
         (on the smaller AUTO_ grids when the mode is 'auto' too);
         with ``stack`` > 1 the best fits of different families (mode, prior) are combined.
-        Nothing is cross-validated when there is a single fixed candidate."""
+        Nothing is cross-validated when there is a single fixed candidate. ``client``: the
+        Dask client whose workers fit the (candidate, fold) pairs, or None (here)."""
         candidates = self._candidates(mask)
         results = []
         fixed_ridge = self.ridge != "auto" or candidates[0]["mode"] in CHAINED_AXIS
@@ -765,19 +776,19 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         if len(candidates) == 1 and fixed_ridge and fixed_depth:
             return self._normalised(candidates[0]), results
         folds = self._folds(mask)
+        grid = CVGrid(self, values, mask, folds, client)
         scored = {}  # repr(cfg) -> (cfg, rmse, held-out predictions)
-        for cfg in candidates:
-            self._score(cfg, values, mask, folds, scored, results)
+        self._score(candidates, grid, scored, results)
         kernel_modes = ("rows", "cols", "joint")
         auto = self.mode == "auto"
         if self.ridge == "auto":
             for best in self._ranking(scored, kernel_modes)[:1]:
-                for r in AUTO_RIDGE_GRID if auto else RIDGE_GRID:
-                    self._score(dict(best, ridge=r), values, mask, folds, scored, results)
+                ridges = AUTO_RIDGE_GRID if auto else RIDGE_GRID
+                self._score([dict(best, ridge=r) for r in ridges], grid, scored, results)
         if self.depth == "auto":
             for best in self._ranking(scored, kernel_modes)[:1]:
-                for d in AUTO_DEPTH_GRID if auto else DEPTH_GRID:
-                    self._score(dict(best, depth=d), values, mask, folds, scored, results)
+                depths = AUTO_DEPTH_GRID if auto else DEPTH_GRID
+                self._score([dict(best, depth=d) for d in depths], grid, scored, results)
         ranking = self._ranking(scored)
         if not ranking:
             raise ValueError("every candidate configuration failed (the kernel plus ridge was "
@@ -841,30 +852,28 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             out.append(val)
         return out
 
-    def _score(self, cfg, values, mask, folds, scored, results):
-        """Held-out RMSE of ``cfg`` over ``folds``, cached in ``scored``. A candidate that a
-        too small ridge makes numerically impossible scores inf; other errors propagate."""
-        key = repr(cfg)
-        if key in scored:
-            return
-        started = time.perf_counter()
-        preds = []
-        try:
-            for val in folds:
-                train = mask & ~val
-                preds.append(self._complete(np.where(fibre_mask(train, values), values, np.nan),
-                                            train, cfg,
-                                            np.nonzero(val)))
-        except ValueError as err:
-            if not _numerical_failure(err):
-                raise
-            self._say(f"  skipped {describe_choice(cfg)}: {err}")
-            scored[key] = (cfg, np.inf, None)
-            return
-        pred = np.concatenate(preds)
-        truth = np.concatenate([values[np.nonzero(val)] for val in folds])
-        rmse = float(np.sqrt(np.mean((pred - truth) ** 2)))
-        scored[key] = (cfg, rmse, pred)
-        results.append(dict(self._normalised(cfg), cv_rmse=rmse))
-        self._say(f"  CV RMSE {rmse:.4f}  {describe_choice(self._normalised(cfg))} "
-                  f"({time.perf_counter() - started:.1f} s)")
+    def _score(self, cfgs, grid, scored, results):
+        """Held-out RMSE of each configuration of ``cfgs`` not yet in ``scored`` over the folds
+        of ``grid`` (a :class:`~completion.cv_grid.CVGrid`), cached in ``scored``, in order. A
+        candidate that a too small ridge makes numerically impossible scores inf; other errors
+        propagate."""
+        new = {}
+        for cfg in cfgs:
+            if repr(cfg) not in scored:
+                new.setdefault(repr(cfg), cfg)
+        truth = np.concatenate([grid.data.values[np.nonzero(val)] for val in grid.data.folds])
+        for cfg, fold_preds in grid.predictions(list(new.values())):
+            key, started = repr(cfg), time.perf_counter()
+            try:
+                pred = np.concatenate(list(fold_preds))
+            except ValueError as err:
+                if not _numerical_failure(err):
+                    raise
+                self._say(f"  skipped {describe_choice(cfg)}: {err}")
+                scored[key] = (cfg, np.inf, None)
+                continue
+            rmse = float(np.sqrt(np.mean((pred - truth) ** 2)))
+            scored[key] = (cfg, rmse, pred)
+            results.append(dict(self._normalised(cfg), cv_rmse=rmse))
+            took = f"{time.perf_counter() - started:.1f} s" if grid.client is None else "workers"
+            self._say(f"  CV RMSE {rmse:.4f}  {describe_choice(self._normalised(cfg))} ({took})")

@@ -4,7 +4,8 @@
 
 * ``None``: in this process, one task after another, exactly as without Dask (never imported);
 * ``"local:N"``: a ``distributed.LocalCluster`` of N worker processes with one thread each,
-  started for the run and closed after it (a laptop or one big machine);
+  started for the run and closed after it (a laptop or one big machine); ``"local:1"`` is one
+  worker *thread* in this process (:data:`LOCAL_ONE_IN_PROCESS`);
 * an address such as ``"tcp://host:8786"``: an existing Dask scheduler (``dask scheduler`` plus
   ``dask worker``, dask-jobqueue on an HPC queue, dask-kubernetes, ...); its workers must see the
   files the tasks read and write;
@@ -19,13 +20,22 @@ before any work.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
+import warnings
 
 INSTALL_HINT = "pip install 'ntk-completion[dask]'"
 CONNECT_TIMEOUT_S = 10
 _ADDRESS = re.compile(r"^(tcp|tls|ucx)://[^\s/:]+(:\d+)?$")
 _LOCAL = re.compile(r"^local:(\d+)$")
+# local:1 runs its one worker as a thread of this process: a worker process would run the same
+# tasks one at a time but add its start (2-12 s), its own import of torch (8-23 s) and its
+# close (4.2-4.5 s: the nanny waits for a process holding torch to exit), measured at load
+# averages 7.6-8.5 on 2 cores (benchmarks/RESULTS.md, "`local:1` as one worker thread"); what it
+# gives up is a crash isolated from the client (a task that kills its process is not retried).
+# Two or more workers are processes.
+LOCAL_ONE_IN_PROCESS = True
 
 
 def check_scheduler(scheduler):
@@ -53,9 +63,9 @@ def check_scheduler(scheduler):
 @contextlib.contextmanager
 def connect(scheduler):
     """Yield a ``distributed.Client`` for ``scheduler`` (``None`` for in-process): a LocalCluster
-    for ``local:N``, a connection for an address (``ConnectionError`` in one line when it cannot
-    be reached within ``CONNECT_TIMEOUT_S``), a given Client as is. What is opened here is
-    closed on exit."""
+    for ``local:N`` (one worker thread here for ``local:1``; :func:`_local_config`), a connection
+    for an address (``ConnectionError`` in one line when it cannot be reached within
+    ``CONNECT_TIMEOUT_S``), a given Client as is. What is opened here is closed on exit."""
     scheduler = check_scheduler(scheduler)
     if scheduler is None:
         yield None
@@ -68,10 +78,14 @@ def connect(scheduler):
     spec = scheduler.strip()
     local = _LOCAL.match(spec)
     if local:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environment()}), \
-                LocalCluster(n_workers=int(local.group(1)), threads_per_worker=1, processes=True,
-                             dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
-                Client(cluster) as client:
+        workers = int(local.group(1))
+        with dask.config.set(_local_config(workers)), warnings.catch_warnings():
+            # the scheduler's HTTP server (no dashboard here) moves off a busy port 8787 by itself
+            warnings.filterwarnings("ignore", message="Port 8787 is already in use")
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1,
+                                   processes=workers > 1 or not LOCAL_ONE_IN_PROCESS,
+                                   dashboard_address=None, silence_logs=logging.ERROR)
+        with cluster, Client(cluster) as client:
             yield client
         return
     try:
@@ -82,6 +96,19 @@ def connect(scheduler):
                               f"({type(err).__name__})") from None
     with client:
         yield client
+
+
+def _local_config(workers) -> dict:
+    """Dask settings for a LocalCluster of ``workers`` workers. It has no dashboard, so nothing
+    reads its statistical profiler (every 10 ms) or its system monitor (500 ms); with the event
+    loop's 20 ms blocking check and work stealing they cost an idle ``local:1`` cluster 0.70 CPU
+    s in 10 s, 0.14 with these settings (benchmarks/RESULTS.md). One worker has nobody to steal
+    from. Worker processes start with :func:`_worker_environment`."""
+    return {"distributed.nanny.pre-spawn-environ": _worker_environment(),
+            "distributed.worker.profile.enabled": False,
+            "distributed.admin.system-monitor.interval": "5s",
+            "distributed.admin.tick.interval": "1s",
+            "distributed.scheduler.work-stealing": workers > 1}
 
 
 def _worker_environment() -> dict:
@@ -95,14 +122,17 @@ def _worker_environment() -> dict:
     return environ
 
 
-def map_tasks(fn, items, *, scheduler=None, prepare=None, group=None, on_done=None,
-              return_exceptions=False, progress=False, desc="tasks"):
+def map_tasks(fn, items, *, scheduler=None, shared=None, prepare=None, group=None,
+              on_done=None, return_exceptions=False, progress=False, desc="tasks"):
     """``[fn(item) for item in items]`` run where ``scheduler`` says, in submission order.
 
-    With ``prepare``, each task is ``fn(item, prepare(group(item)))``: ``prepare`` runs once per
-    distinct key (on a worker; Dask hands its result to the workers whose tasks need it, so a
-    group's object is computed once and shared), a key of ``None`` gives ``fn(item, None)``
-    (nothing shared: the task computes its own). ``group`` defaults to one group for all items.
+    With ``shared``, each task is ``fn(item, shared)``: on Dask the object is scattered to every
+    worker once per call; give the ``Future`` of an earlier ``client.scatter`` to reuse it across
+    calls (only with that client). With ``prepare``, each task is
+    ``fn(item, prepare(group(item)))``: ``prepare`` runs once per distinct key (on a worker; Dask
+    hands its result to the workers whose tasks need it, so a group's object is computed once and
+    shared), a key of ``None`` gives ``fn(item, None)`` (nothing shared: the task computes its
+    own). ``group`` defaults to one group for all items.
 
     ``on_done(index, item, outcome)`` is called in this process as each task finishes (in
     submission order in-process, in completion order on Dask); ``outcome`` is the result or the
@@ -123,6 +153,8 @@ def map_tasks(fn, items, *, scheduler=None, prepare=None, group=None, on_done=No
     from tqdm.auto import tqdm
 
     items = list(items)
+    if shared is not None and prepare is not None:
+        raise ValueError("map_tasks takes shared or prepare, not both")
     if prepare is not None and group is None:
         group = lambda item: 0  # noqa: E731 - one object shared by every task
     with tqdm(total=len(items), desc=desc, unit="task", disable=not progress) as bar:
@@ -133,7 +165,32 @@ def map_tasks(fn, items, *, scheduler=None, prepare=None, group=None, on_done=No
 
         with connect(scheduler) as client:
             run = _run_here if client is None else _run_on_dask
-            return run(client, fn, items, prepare, group, finish, return_exceptions)
+            tasks = items
+            if shared is not None:
+                fn = functools.partial(_with_shared, fn)
+                tasks = [(item, shared) for item in items] if client is None else \
+                    _paired(client, items, shared)
+            return run(client, fn, tasks, prepare, group, finish, return_exceptions)
+
+
+def _with_shared(fn, pair):
+    """``fn(item, shared)`` for ``pair = (item, shared)``."""
+    return fn(*pair)
+
+
+def _paired(client, items, shared):
+    """(item, the scattered ``shared``) pairs: Dask resolves a Future inside a task's tuple."""
+    from distributed import Future
+
+    ref = shared if isinstance(shared, Future) else scatter(client, shared)
+    return [(item, ref) for item in items]
+
+
+def scatter(client, obj):
+    """``obj`` sent to every worker of ``client`` as one object (a tuple or dict too, which
+    ``client.scatter`` would split) under a key of its own (not its content's hash, which two
+    calls with equal data would share, the first release then losing the second's data)."""
+    return client.scatter([obj], broadcast=True, hash=False)[0]
 
 
 def _run_here(client, fn, items, prepare, group, finish, return_exceptions):

@@ -10,7 +10,9 @@ import types
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -20,7 +22,12 @@ from completion.files import atomic_output
 from completion.image_io import read_image
 from completion.inpaint_jobs import Method, plan_jobs, run_batch
 from completion.masks import generate_mask
+from completion.matrix import NTKImputer
 from completion.scheduling import check_scheduler, map_tasks
+from models import ntk
+from models.cntk import Sequential, banded
+from models.device import MemoryBudgetError
+from models.cntk.priors import make_prior
 
 SMALL_ARCH = "C3,L,D,C3,L,U,C3"  # one level: 32 x 32 images pad to 48 x 48
 NEEDS_DASK = "needs the [dask] extra: pip install 'ntk-completion[dask]'"
@@ -292,3 +299,113 @@ def test_compare_over_a_folder_on_workers_scores_as_in_process(tmp_path, client)
         outputs[name] = [line.split("| ")[2] for line in res.output.splitlines()
                          if line.startswith("| biharmonic")]                # mean PSNR column
     assert outputs["here"] == outputs["dask"] and float(outputs["here"][0]) > 20
+
+
+# --- the matrix CV grid on workers --------------------------------------------------------------
+
+def low_rank_with_gaps(m=30, n=12, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((m, 3)) @ rng.standard_normal((3, n)) + 0.1 * rng.standard_normal((m, n))
+    X[rng.random(X.shape) < 0.3] = np.nan
+    return X
+
+
+def test_matrix_auto_on_workers_chooses_and_completes_as_in_process(client):
+    X = low_rank_with_gaps()
+    here = NTKImputer(random_state=0, cv_max_folds=2).fit(X)
+    there = NTKImputer(random_state=0, cv_max_folds=2, scheduler=client).fit(X)
+    assert len(here.cv_results_) >= 8 and here.chosen_["mode"] == "stack"   # a real grid
+    assert there.chosen_.keys() == here.chosen_.keys()
+    for a, b in zip(there.chosen_["components"], here.chosen_["components"]):
+        assert a["fit"] == b["fit"] and abs(a["weight"] - b["weight"]) < 1e-12
+    assert [{k: v for k, v in r.items() if k != "cv_rmse"} for r in there.cv_results_] == \
+        [{k: v for k, v in r.items() if k != "cv_rmse"} for r in here.cv_results_]
+    np.testing.assert_allclose([r["cv_rmse"] for r in there.cv_results_],
+                               [r["cv_rmse"] for r in here.cv_results_], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(there.completed_, here.completed_, rtol=0, atol=1e-12)
+
+
+class FailsAtRidge001(NTKImputer):
+    """An NTKImputer whose CV fits at ridge 0.01 raise ``ValueError(message)`` (the final fit
+    does not): the candidate fails on a worker as it would here."""
+    message = "the kernel plus ridge is not positive definite; increase ridge"
+
+    def _complete(self, values, mask, cfg, targets=None):
+        if targets is not None and cfg.get("ridge") == 0.01:
+            raise ValueError(self.message)
+        return super()._complete(values, mask, cfg, targets)
+
+
+class BrokenAtRidge001(FailsAtRidge001):
+    message = "something else went wrong"
+
+
+def test_matrix_candidate_failing_on_a_worker_is_handled_as_in_process(client):
+    X = low_rank_with_gaps(seed=1)
+    kw = dict(mode="cols", prior="profile", random_state=0, stack=1)
+    here = FailsAtRidge001(**kw).fit(X)
+    there = FailsAtRidge001(**kw, scheduler=client).fit(X)
+    ridges = [r["ridge"] for r in here.cv_results_]
+    assert 0.01 not in ridges and 0.1 in ridges                      # skipped, the rest scored
+    assert there.cv_results_ == here.cv_results_ and there.chosen_ == here.chosen_
+    for scheduler in (None, client):                                 # other errors propagate
+        with pytest.raises(ValueError, match="^something else went wrong$"):
+            BrokenAtRidge001(**kw, scheduler=scheduler).fit(X)
+
+
+def test_cli_matrix_on_a_scheduler_address_writes_the_in_process_completion(tmp_path, client):
+    X = low_rank_with_gaps(20, 8, seed=2)
+    path = tmp_path / "m.csv"
+    pd.DataFrame(X, index=[f"r{i}" for i in range(20)]).to_csv(path)
+    for name, extra in (("here", []), ("dask", ["--scheduler", client.scheduler.address])):
+        res = CliRunner().invoke(main, ["matrix", str(path), "-o", str(tmp_path / f"{name}.csv"),
+                                        "--mode", "rows", *extra])
+        assert res.exit_code == 0, res.output
+    assert (tmp_path / "dask.csv").read_text() == (tmp_path / "here.csv").read_text()
+
+
+# --- a large kernel's pieces on workers ---------------------------------------------------------
+
+def test_ntk_tiles_on_workers_match_in_process(client):
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((96, 6)), 2 * rng.standard_normal((70, 6))
+    tiles = []
+
+    def on_workers(fn, items, shared):
+        tiles.append(len(items))
+        return map_tasks(fn, items, scheduler=client, shared=shared)
+
+    net = ntk.FullyConnectedNTK(depth=2)
+    for args in ((X,), (X, Y)):
+        here = net.ntk(*args, device="cpu")
+        there = net.ntk(*args, device="cpu", map_tiles=on_workers)
+        np.testing.assert_allclose(there, here, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(net.nngp(X, device="cpu", map_tiles=on_workers),
+                               net.nngp(X, device="cpu"), rtol=0, atol=1e-12)
+    assert tiles == [ntk.MAP_TILES_COUNT] * 3                       # really in tiles
+
+
+def test_ntk_tile_too_large_for_a_worker_is_refused_before_work():
+    X = np.ones((50, 10000))                                        # 8 MB of inputs per worker
+    never = lambda *a, **k: pytest.fail("mapped despite the budget")  # noqa: E731
+    with pytest.raises(MemoryBudgetError, match="a one-row tile of the 50 x 50 NTK on a worker"):
+        ntk.FullyConnectedNTK().ntk(X, device="cpu", memory_budget=2 ** 20, map_tiles=never)
+
+def test_banded_kernel_pieces_on_workers_match_in_process(client, monkeypatch):
+    net = Sequential.from_spec("C3,G2,C3,L,C1")
+    prior = np.random.default_rng(0).random((1, 24, 28))
+    monkeypatch.setattr(banded, "PIECE_WORK_BYTES", 1 << 16)          # many small pieces
+    on_workers = functools.partial(map_tasks, scheduler=client)
+    here = net.ntk_banded((24, 28), prior, band=3, device="cpu")
+    there = net.ntk_banded((24, 28), prior, band=3, device="cpu", map_pieces=on_workers)
+    prop = banded.BandedPropagator(net.layers, (24, 28), 3, make_prior(prior, (24, 28)),
+                                   torch.device("cpu"), torch.float64)
+    prop.compute(1 << 30)
+    assert prop.pieces[0] * prop.pieces[1] >= 4                      # really split
+    np.testing.assert_allclose(there.table, here.table, rtol=0, atol=1e-12)
+
+
+def test_local_one_is_a_worker_thread_in_this_process():
+    pytest.importorskip("distributed", reason=NEEDS_DASK)
+    assert map_tasks(lambda x: (x, os.getpid()), [1, 2], scheduler="local:1") == \
+        [(1, os.getpid()), (2, os.getpid())]

@@ -347,17 +347,28 @@ class BandedPropagator:
                  for x, y in ((a.S, b.S), (a.M, b.M))]
         return BandState(mixed[0], mixed[1], a.need)
 
-    def compute(self, budget: int) -> torch.Tensor:
+    def compute(self, budget: int, map_pieces=None) -> torch.Tensor:
         """Output planes (2R+1, 2R+1, H_out, W_out). Computed in pieces when the budget (or on a
         CPU, PIECE_WORK_BYTES of work) asks: groups of row offsets (all positions; no overlap),
         and past one row offset per piece, blocks of position rows too. The pieces are left in
-        ``pieces`` (number of offset groups, number of row blocks)."""
+        ``pieces`` (number of offset groups, number of row blocks).
+
+        ``map_pieces`` runs the pieces elsewhere: ``map_pieces(fn, items, shared=obj)`` returns
+        ``[fn(item, obj) for item in items]`` (``completion.scheduling.map_tasks`` with a
+        scheduler: one task per piece on the Dask workers, the same numbers). The budget then
+        bounds each piece's work on its worker, and here the table plus the pieces that come
+        back (twice the table); a CPU propagator only (the workers compute on their CPU)."""
         H, W = self.out_size
         B = 2 * self.band + 1
         out_bytes = B * B * H * W * self.itemsize
-        check_fits(out_bytes, budget, f"the banded CNTK table ({H} x {W} positions x {B} x {B} "
-                   "offsets)", "Use a smaller band, float32 (dtype='float32') or a smaller image, "
-                   "or raise memory_budget.")
+        here = out_bytes if map_pieces is None else 2 * out_bytes
+        check_fits(here, budget, f"the banded CNTK table ({H} x {W} positions x {B} x {B} "
+                   f"offsets{'' if map_pieces is None else ', and its pieces as they come back'})",
+                   "Use a smaller band, float32 (dtype='float32') or a smaller image, or raise "
+                   "memory_budget.")
+        if map_pieces is not None and self.device.type != "cpu":
+            raise ValueError(f"banded pieces run on the workers' CPU; this propagator is on "
+                             f"{self.device}")
         target = PIECE_WORK_BYTES if self.device.type == "cpu" else budget
         offsets = _band(self.band, self.device)
         n_groups, n_blocks = 1, 1
@@ -367,15 +378,18 @@ class BandedPropagator:
                 [(int(t[0]), int(t[-1]) + 1) for t in torch.tensor_split(torch.arange(H),
                                                                         n_blocks)]
             work = max(self.peak_bytes(self.target(g, r)) for g in groups for r in blocks)
-            fits = out_bytes * (n_groups * n_blocks > 1) + work <= budget
-            if fits and (work <= target or n_groups == B):
+            held = out_bytes * (n_groups * n_blocks > 1) if map_pieces is None else 0
+            if held + work <= budget and (work <= target or n_groups == B):
                 break
             if n_blocks >= H:
-                check_fits(out_bytes + work, budget,
-                           f"the banded CNTK computation (output table {format_bytes(out_bytes)}"
-                           f" plus {format_bytes(work)} of work for one row offset of one row "
-                           "of positions)", "Raise memory_budget, use a smaller band, float32 "
-                           "(dtype='float32') or a smaller image.")
+                table = "" if map_pieces is None else \
+                    f"output table {format_bytes(out_bytes)} plus "
+                check_fits(held + work, budget,
+                           f"the banded CNTK computation ({table}{format_bytes(work)} of work for "
+                           "one row offset of one row of positions"
+                           f"{'' if map_pieces is None else ', on each worker'})",
+                           "Raise memory_budget, use a smaller band, float32 (dtype='float32') "
+                           "or a smaller image.")
             if n_groups < B:
                 n_groups = min(2 * n_groups, B)
             else:
@@ -386,9 +400,19 @@ class BandedPropagator:
         diags = {}
         self.run(self.target(offsets[self.band:self.band + 1], None, cband=0), record=diags)
         planes = torch.empty((B, B, H, W), device=self.device, dtype=self.dtype)
-        for g in groups:
-            for r in blocks:
-                piece = self.run(self.target(g, r), diags=diags)
-                lo, hi = (0, H) if r is None else r
-                planes[int(g[0]) + self.band:int(g[-1]) + self.band + 1, :, lo:hi] = piece
+        parts = [(g, r) for g in groups for r in blocks]
+        done = (_piece(part, (self, diags)) for part in parts) if map_pieces is None else \
+            map_pieces(_piece, parts, shared=(self, diags))
+        for (g, r), piece in zip(parts, done):
+            lo, hi = (0, H) if r is None else r
+            planes[int(g[0]) + self.band:int(g[-1]) + self.band + 1, :, lo:hi] = piece
         return planes
+
+
+def _piece(part, shared) -> torch.Tensor:
+    """The output planes of one piece ``part = (row offsets, position rows)`` of the table of
+    ``shared = (propagator, diagonals)``: a pure function, so it can run on any worker."""
+    prop, diags = shared
+    roff, rows = part
+    with torch.no_grad():
+        return prop.run(prop.target(roff, rows), diags=diags)

@@ -131,12 +131,15 @@ class Sequential:
             table = prop.compute(budget, progress=progress)
         return CNTKKernel(table, prop.out_size, engine, budget)
 
-    def ntk_banded(self, size, prior, band: int, *,
-                   compute: Compute | None = None) -> BandedKernel:
+    def ntk_banded(self, size, prior, band: int, *, compute: Compute | None = None,
+                   map_pieces=None) -> BandedKernel:
         """The CNTK between output pixels p and p + d for the offsets |d_r|, |d_c| <= ``band``
         only (circular), for any prior (see :mod:`models.cntk.banded`): exactly the dense
         engine's entries there, in (2 band + 1)^2 H W memory, computed in row blocks to fit
         ``compute``'s memory budget. Periodic layers only (no Upsample('bilinear_aligned')).
+        ``map_pieces``: where the pieces run, e.g. on Dask workers with
+        ``functools.partial(completion.scheduling.map_tasks, scheduler=client)`` (see
+        :meth:`BandedPropagator.compute <models.cntk.banded.BandedPropagator.compute>`).
 
         >>> import numpy as np
         >>> net = Sequential.from_spec("C5,G8,C1")
@@ -150,7 +153,7 @@ class Sequential:
         c = (compute or Compute()).resolve()
         prop = BandedPropagator(self.layers, (H, W), band, prior_obj, c.device, c.dtype)
         with torch.no_grad(), c.limited_threads():
-            planes = prop.compute(c.memory_budget)
+            planes = prop.compute(c.memory_budget, map_pieces)
         return BandedKernel.from_planes(planes, c.memory_budget)
 
 
