@@ -237,6 +237,7 @@ def tiles_run(workers, rows, size):
 
     from completion.scheduling import map_tasks
     from models.cntk import Sequential
+    from models.device import Compute
     from models.ntk import FullyConnectedNTK
 
     X = np.random.default_rng(0).standard_normal((rows, 100)) / 10
@@ -245,7 +246,8 @@ def tiles_run(workers, rows, size):
     cases = {f"NTK {rows} x {rows} (100 features, depth 2)":
              lambda tiles: net.ntk(X, device="cpu", map_tiles=tiles),
              f"banded CNTK table, {size} x {size} image, band 9":
-             lambda tiles: cnet.ntk_banded((size, size), prior, band=9, device="cpu",
+             lambda tiles: cnet.ntk_banded((size, size), prior, band=9,
+                                           compute=Compute(device="cpu"),
                                            map_pieces=tiles).table}
     print(f"\n## one large kernel: in this process, then in tiles on local:W (load average "
           f"{os.getloadavg()[0]:.1f} before)\n")

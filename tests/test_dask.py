@@ -26,7 +26,7 @@ from completion.matrix import NTKImputer
 from completion.scheduling import check_scheduler, map_tasks
 from models import ntk
 from models.cntk import Sequential, banded
-from models.device import MemoryBudgetError
+from models.device import Compute, MemoryBudgetError
 from models.cntk.priors import make_prior
 
 SMALL_ARCH = "C3,L,D,C3,L,U,C3"  # one level: 32 x 32 images pad to 48 x 48
@@ -396,8 +396,9 @@ def test_banded_kernel_pieces_on_workers_match_in_process(client, monkeypatch):
     prior = np.random.default_rng(0).random((1, 24, 28))
     monkeypatch.setattr(banded, "PIECE_WORK_BYTES", 1 << 16)          # many small pieces
     on_workers = functools.partial(map_tasks, scheduler=client)
-    here = net.ntk_banded((24, 28), prior, band=3, device="cpu")
-    there = net.ntk_banded((24, 28), prior, band=3, device="cpu", map_pieces=on_workers)
+    here = net.ntk_banded((24, 28), prior, band=3, compute=Compute(device="cpu"))
+    there = net.ntk_banded((24, 28), prior, band=3, compute=Compute(device="cpu"),
+                           map_pieces=on_workers)
     prop = banded.BandedPropagator(net.layers, (24, 28), 3, make_prior(prior, (24, 28)),
                                    torch.device("cpu"), torch.float64)
     prop.compute(1 << 30)
