@@ -30,7 +30,8 @@ from .per_output import BATCH_BYTES
 
 __all__ = ["pivoted_nystrom", "check_nystrom_fits", "DEFAULT_RANK", "LANDMARK_SAMPLING"]
 
-DEFAULT_RANK = 500  # landmarks at most when the caller gives none (benchmarks/bench_ratings.py)
+DEFAULT_RANK = 500  # landmarks when the caller gives none: 500 came to +3.7 % test RMSE over the
+# exact solver on 20,000 x 10,000 ratings, 200 to +6.3 % (RESULTS.md, "Sparse ratings at scale")
 LANDMARK_SAMPLING = ("rpcholesky", "uniform")
 _BLOCK = 50  # landmarks drawn per round (one block of kernel columns)
 
