@@ -13,9 +13,16 @@ Cases (each in its own process, so that its peak RSS is its own):
 * ``full``: the whole matrix (default 100,000 x 10,000, 2% observed), cols mode, profile prior,
   ``--solver`` (default auto): wall time of fit + test predictions, peak RSS, test RMSE; the
   additive baseline's test RMSE for context.
-* ``subsample``: the first ``--sub-rows`` rows of the same matrix: exact (solver="shared") vs
-  Nystrom at several landmark counts, RMSE and time each, and the landmark sampling
-  (randomly pivoted Cholesky vs uniform).
+* ``subsample``: a ``--sub-rows`` x ``--cols`` matrix from the same generator (same density and
+  model; drawn directly rather than cut from the full one, which takes minutes to generate):
+  exact (solver="shared") vs Nystrom at several landmark counts, RMSE and time each, and the
+  landmark sampling (randomly pivoted Cholesky vs uniform, ``--uniform-landmarks``).
+
+* ``products``: why the Nystrom solve factors per output instead of running block CG over all
+  outputs: one CG product over |Omega| entries with r features is a sampled dense-dense
+  product (SDDMM, torch.sparse.sampled_addmm) plus a sparse-dense one (SpMM, scipy), timed
+  here against the batched dense products (torch bmm) a direct solve runs on; G multiply-adds
+  per second each (``--entries``, ``--features``).
 
 ``--long-csv DIR``: also write the training entries as a long CSV (user,item,rating) and the
 test pairs, and run ``cli.py matrix --long user,item,rating --predict`` on them (the long-format
@@ -127,11 +134,9 @@ def case_full(args):
 
 
 def case_subsample(args):
-    rows, cols, values = ratings(args.rows, args.cols, args.density, args.rank, args.seed,
+    rows, cols, values = ratings(args.sub_rows, args.cols, args.density, args.rank, args.seed,
                                  args.integer)
-    keep = rows < args.sub_rows
-    train, tr, tc, tv = split(rows[keep], cols[keep], values[keep], (args.sub_rows, args.cols),
-                              args.holdout)
+    train, tr, tc, tv = split(rows, cols, values, (args.sub_rows, args.cols), args.holdout)
     del rows, cols, values
     table = [{"solver": "additive baseline", "rmse": round(_baseline_rmse(train, tr, tc, tv), 4)}]
     exact, secs = _fit_predict(train, tr, tc, "shared", args.depth, args.ridge)
@@ -154,7 +159,7 @@ def _uniform_landmarks(train, tr, tc, tv, args, exact):
     from completion.solvers import parse_solver
     from completion.sparse_matrix import fit_entries, observed_entries
     from models.ntk import FullyConnectedNTK
-    r = args.sub_landmarks[-1]
+    r = args.uniform_landmarks
     started = time.perf_counter()
     fit = fit_entries(observed_entries(train), "cols", "profile", FullyConnectedNTK(args.depth),
                       args.ridge, parse_solver(f"nystrom:{r}"), sampling="uniform")
@@ -163,6 +168,36 @@ def _uniform_landmarks(train, tr, tc, tv, args, exact):
     return {"solver": f"nystrom:{r} uniform landmarks", "seconds": round(secs, 1),
             "rmse": round(_rmse(pred, tv), 4),
             "rmse_vs_exact_pct": round(100 * (_rmse(pred, tv) / _rmse(exact, tv) - 1), 2)}
+
+
+def case_products(args):
+    """Throughput (G multiply-adds/s) of the sparse products block CG would need, against bmm."""
+    import torch
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    N, T, k, r = args.cols, args.rows, args.entries, args.features
+    items = rng.integers(0, N, k)
+    outs = np.sort(rng.integers(0, T, k))
+    Phi = torch.randn(N, r, dtype=torch.float64)
+    W = torch.randn(T, r, dtype=torch.float64)
+    crow = torch.as_tensor(np.searchsorted(outs, np.arange(T + 1)))
+    S = torch.sparse_csr_tensor(crow, torch.as_tensor(items), torch.ones(k, dtype=torch.float64),
+                                size=(T, N))
+    started = time.perf_counter()
+    torch.sparse.sampled_addmm(S, W, Phi.T.contiguous(), beta=0.0)
+    sddmm = time.perf_counter() - started
+    csr = sp.csr_array((np.ones(k), items, crow.numpy()), shape=(T, N))
+    started = time.perf_counter()
+    csr @ Phi.numpy()
+    spmm = time.perf_counter() - started
+    L = 180
+    X = torch.randn(max(1, k // L), L, r, dtype=torch.float64)
+    started = time.perf_counter()
+    X.mT @ X
+    bmm = time.perf_counter() - started
+    return {"case": "products", "entries": k, "features": r, "threads": 1,
+            "sddmm_gmacs": round(k * r / sddmm / 1e9, 2), "spmm_gmacs": round(k * r / spmm / 1e9, 2),
+            "bmm_gmacs": round(X.shape[0] * L * r * r / bmm / 1e9, 2), "load_avg": os.getloadavg()}
 
 
 def _run_cli_long(folder, train, tr, tc, tv, args):
@@ -187,7 +222,9 @@ def _run_cli_long(folder, train, tr, tc, tv, args):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--case", choices=("full", "subsample"), required=True)
+    ap.add_argument("--case", choices=("full", "subsample", "products"), required=True)
+    ap.add_argument("--entries", type=int, default=1_800_000, help="products case")
+    ap.add_argument("--features", type=int, default=200, help="products case")
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--cols", type=int, default=10_000)
     ap.add_argument("--density", type=float, default=0.02)
@@ -199,10 +236,11 @@ def main(argv=None):
     ap.add_argument("--ridge", type=float, default=0.03)
     ap.add_argument("--solver", default="auto", help="full case: auto, shared or nystrom:R")
     ap.add_argument("--sub-rows", type=int, default=20_000)
-    ap.add_argument("--sub-landmarks", type=int, nargs="+", default=[100, 200, 500, 1000])
+    ap.add_argument("--sub-landmarks", type=int, nargs="+", default=[100, 200, 500])
+    ap.add_argument("--uniform-landmarks", type=int, default=200)
     ap.add_argument("--long-csv", help="folder for the long CSVs; runs the --long CLI (vec branch)")
     args = ap.parse_args(argv)
-    out = case_full(args) if args.case == "full" else case_subsample(args)
+    out = {"full": case_full, "subsample": case_subsample, "products": case_products}[args.case](args)
     print(json.dumps(out, indent=1))
 
 

@@ -282,8 +282,9 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             if isinstance(X, torch.Tensor):
                 X = X.detach().cpu().numpy()
             if hasattr(X, "toarray"):
-                raise TypeError("sparse matrices are not supported (missing entries are NaN, "
-                                "not zeros); pass a dense array with NaN")
+                raise TypeError("a sparse matrix (stored entries = observed) is completed by "
+                                "fit() itself, not by transform() of a dense fit; pass a dense "
+                                "array with NaN, or fit the sparse matrix")
             arr = np.asarray(X)
             if arr.dtype == object:  # numbers held as objects are fine, anything else is not
                 try:  # (a TypeError, e.g. for a dict, keeps numpy's message)

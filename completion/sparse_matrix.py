@@ -55,7 +55,7 @@ def observed_entries(X):
     m, n = X.shape
     if m == 0 or n == 0:
         raise ValueError(f"X is empty: shape {X.shape}")
-    if np.iscomplexobj(X.data if hasattr(X, "data") else np.zeros(0)):
+    if np.issubdtype(X.dtype, np.complexfloating):
         raise ValueError("Complex data not supported: X must be real numbers")
     if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
         raise ValueError(f"X must be numeric, got dtype {X.dtype}")

@@ -184,6 +184,11 @@ def test_bad_sparse_input_is_refused_naming_the_entry():
         NTKImputer(**fixed).fit(dup)
     with pytest.raises(ValueError, match="no stored"):
         NTKImputer(**fixed).fit(sp.csr_array((3, 3)))
+    with pytest.raises(ValueError, match="Complex"):
+        NTKImputer(**fixed).fit(sp.csr_array(np.array([[1 + 1j, 0], [0, 2]])))
+    dense_fit = NTKImputer(**fixed).fit(np.where(_ratings()[1], _ratings()[0], np.nan))
+    with pytest.raises(TypeError, match="fit the sparse matrix"):
+        dense_fit.transform(_ratings()[2])
     with pytest.raises(ValueError, match="sparse input"):
         NTKImputer(mode="joint", prior="onehot", depth=1, ridge=0.1).fit(_ratings()[2])
     with pytest.raises(ValueError, match="not available for sparse input"):
