@@ -16,8 +16,10 @@ between entries (``mode``):
   that leaves the predicted column out, chained MICE-style (:mod:`completion.chained`);
 * ``"auto"`` (the default): the candidates above (with the priors ``profile`` and
   ``profile@softimpute``, features when given, and the SoftImpute completion itself) are scored
-  on held-out observed entries; the best few are combined with convex weights fitted on those
-  entries (:mod:`completion.stacking`), then refitted on every observed entry.
+  on held-out observed entries, the chained ones first; a refined candidate whose first round
+  is already more than ``SCREEN_MARGIN`` behind the best score so far is not refined further
+  (screened out); the best few are combined with convex weights fitted on those entries
+  (:mod:`completion.stacking`), then refitted on every observed entry.
 
 Priors are spec strings (see :mod:`completion.priors`). Data-derived priors (``profile``,
 ``lowrank:k``) are refined ``refine`` times: the prior is recomputed from the matrix completed
@@ -126,7 +128,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         and features+identity:0.5 when features are given for that side (one-hot only in joint
         mode). Ignored by the chained modes (their prior is the other columns' estimates).
     depth : int >= 1 or "auto"
-        Hidden layers of the network; "auto" chooses among 1, 2, 3 by CV (chained modes: 1).
+        Hidden layers of the network; "auto" chooses among 1, 2, 3 by CV (chained modes: 1,
+        each column with or without a linear skip, by leave-one-out).
     ridge : float >= 0 or "auto"
         Ridge relative to the mean kernel diagonal; "auto" chooses on a grid by CV (chained
         modes: per column by leave-one-out, together with the NTK with or without a linear skip
