@@ -9,11 +9,13 @@ the additive baseline) predicts the missing rows of column j, which immediately 
 previous estimate (Gauss-Seidel order, as scikit-learn's IterativeImputer and MissForest do);
 a round visits every column with a missing entry, and ``rounds`` rounds are run.
 
-Each column's ridge is chosen before the first round by exact leave-one-out error
-(eigendecomposition of its kernel on at most ``LOO_ROWS`` of its observed rows, inputs from the
-baseline-filled matrix) over :data:`RIDGE_GRID`, and kept for every round: the regressor tunes
-itself, as BayesianRidge does inside IterativeImputer. With more than ``LOO_COLUMNS`` columns to
-fill, a random ``LOO_COLUMNS`` of them are tuned and the others take the median choice.
+Each column's ridge (and, given several kernels, its kernel: ``NTKImputer`` offers the NTK with
+and without a linear skip, :class:`LinearSkip`) is chosen before the first round by exact
+leave-one-out error (eigendecomposition of its kernel on at most ``LOO_ROWS`` of its observed
+rows, inputs from the baseline-filled matrix) over :data:`RIDGE_GRID`, and kept for every round:
+the regressor tunes itself, as BayesianRidge does inside IterativeImputer. With more than
+``LOO_COLUMNS`` columns to fill, a random ``LOO_COLUMNS`` of them are tuned and the others take
+the kernel chosen most often and the median ridge of the columns that chose it.
 At most ``MAX_TRAIN_ROWS`` observed rows (a random subset) train each column's regression: a time
 cap. Kernel blocks are computed from the inputs without column j (no m x m matrix is stored).
 
@@ -26,8 +28,8 @@ import torch
 
 from models.device import check_fits, parse_bytes
 
-__all__ = ["chained_fit", "chained_flops", "loo_ridge", "RIDGE_GRID", "MAX_TRAIN_ROWS",
-           "LOO_ROWS", "LOO_COLUMNS"]
+__all__ = ["chained_fit", "chained_flops", "loo_ridge", "loo_errors", "LinearSkip", "RIDGE_GRID",
+           "MAX_TRAIN_ROWS", "LOO_ROWS", "LOO_COLUMNS"]
 
 RIDGE_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # relative to the mean kernel diagonal
 MAX_TRAIN_ROWS = 1000
@@ -40,10 +42,11 @@ def _standardised_column(z):
     return (z - z.mean()) / (sd if sd > 0 else 1.0)
 
 
-def loo_ridge(K, y, grid=RIDGE_GRID):
-    """The ridge of ``grid`` (relative to mean(diag K)) with the least leave-one-out squared
-    error of kernel ridge regression on (K (t, t) tensor, y (t,) tensor): with
-    K = V diag(s) V^T and H = (K + lam I)^{-1}, the LOO residual of point i is (H y)_i / H_ii."""
+def loo_errors(K, y, grid=RIDGE_GRID):
+    """(len(grid),) mean squared leave-one-out errors of kernel ridge regression on
+    (K (t, t) tensor, y (t,) tensor) for each ridge of ``grid`` (relative to mean(diag K)):
+    with K = V diag(s) V^T and H = (K + lam I)^{-1}, the LOO residual of point i is
+    (H y)_i / H_ii."""
     s, V = torch.linalg.eigh(K)
     s = s.clamp(min=0.0)
     mean_diag = float(K.diagonal().mean())
@@ -53,7 +56,29 @@ def loo_ridge(K, y, grid=RIDGE_GRID):
     for r in grid:
         inv = 1.0 / (s + r * mean_diag)
         errors.append(float(((V @ (Vy * inv)) / (V2 @ inv)).square().mean()))
-    return grid[int(np.argmin(errors))]
+    return np.array(errors)
+
+
+def loo_ridge(K, y, grid=RIDGE_GRID):
+    """The ridge of ``grid`` with the least leave-one-out error (:func:`loo_errors`)."""
+    return grid[int(np.argmin(loo_errors(K, y, grid)))]
+
+
+class LinearSkip:
+    """``kernel`` plus the linear kernel c <x, y>, c the kernel's value at a unit input with
+    itself: the tangent kernel of the same net with a linear skip connection from the input to
+    the read-out, the two parts equally weighted at unit norm (a column that depends on the
+    others almost linearly is fitted by the skip at no cost in smoothness)."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.weight = float(kernel.ntk_from_gram(torch.ones(()), 1.0, 1.0))
+
+    def ntk_from_gram(self, gram, sq_norms_x, sq_norms_y):
+        return self.kernel.ntk_from_gram(gram, sq_norms_x, sq_norms_y).add_(gram, alpha=self.weight)
+
+    def __repr__(self):
+        return f"LinearSkip({self.kernel!r})"
 
 
 def chained_flops(shape, mask, rounds, axis=0):
@@ -72,7 +97,8 @@ def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, ran
                 memory_budget=None, max_train_rows=MAX_TRAIN_ROWS):
     """Completed (m, n) matrix (baseline + prediction at missing entries, observed values kept).
 
-    ``kernel``: e.g. :class:`models.ntk.FullyConnectedNTK` (``ntk_from_gram``); ``values``
+    ``kernel``: e.g. :class:`models.ntk.FullyConnectedNTK` (anything with ``ntk_from_gram``),
+    or a sequence of them, one chosen per column by leave-one-out with the ridge; ``values``
     (m, n) with anything where unobserved; ``mask`` (m, n) bool, True = observed; ``baseline``
     (m, n) additive fit (the start and the offset of every regression); ``rounds`` >= 1;
     ``ridge``: 'loo' (per column, module docstring) or a number relative to the mean kernel
@@ -83,6 +109,7 @@ def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, ran
     if axis == 1:
         return chained_fit(kernel, values.T, mask.T, baseline.T, rounds, ridge, 0, random_state,
                            memory_budget, max_train_rows).T
+    kernels = list(kernel) if isinstance(kernel, (list, tuple)) else [kernel]
     m, n = values.shape
     t = min(m, max_train_rows)
     check_fits(8 * (2 * m * n + 4 * t * m), parse_bytes(memory_budget),
@@ -93,18 +120,20 @@ def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, ran
     scale = max(n - 1, 1) ** -0.5
     F = torch.from_numpy(np.stack([_standardised_column(Z[:, j]) for j in range(n)], 1)) * scale
     todo = np.flatnonzero((~mask).any(0) & mask.any(0))
-    ridges = _loo_ridges(kernel, F, values, mask, baseline, todo, rng) if ridge == "loo" \
-        else dict.fromkeys(todo.tolist(), float(ridge))
+    grid = RIDGE_GRID if ridge == "loo" else (float(ridge),)
+    choices = _loo_choices(kernels, grid, F, values, mask, baseline, todo, rng) \
+        if len(kernels) * len(grid) > 1 else dict.fromkeys(todo.tolist(), (0, grid[0]))
     for _ in range(rounds):
         for j in todo:
             obs, miss = np.flatnonzero(mask[:, j]), np.flatnonzero(~mask[:, j])
             if obs.size > max_train_rows:
                 obs = np.sort(rng.choice(obs, max_train_rows, replace=False))
-            A, K_mo = _kernel_blocks(kernel, F, j, obs, miss)
-            A.diagonal().add_(ridges[j] * float(A.diagonal().mean()))
+            which, lam = choices[j]
+            A, K_mo = _kernel_blocks(kernels[which], F, j, obs, miss)
+            A.diagonal().add_(lam * float(A.diagonal().mean()))
             L, info = torch.linalg.cholesky_ex(A)
             if int(info) != 0:
-                raise ValueError(f"chained fit: the kernel of column {j} plus ridge {ridges[j]:g} "
+                raise ValueError(f"chained fit: the kernel of column {j} plus ridge {lam:g} "
                                  "is not positive definite; increase ridge")
             y = torch.from_numpy(values[obs, j] - baseline[obs, j])
             alpha = torch.cholesky_solve(y[:, None], L)[:, 0]
@@ -127,18 +156,23 @@ def _kernel_blocks(kernel, F, j, rows_a, rows_b=None):
     return K_aa, kernel.ntk_from_gram(Fb @ Fa.T, (Fb * Fb).sum(1), sq_a)
 
 
-def _loo_ridges(kernel, F, values, mask, baseline, todo, rng):
-    """{column: ridge} by leave-one-out on at most LOO_ROWS rows, for at most LOO_COLUMNS
-    columns of ``todo``; the others get the median of the tuned choices (as grid positions)."""
+def _loo_choices(kernels, grid, F, values, mask, baseline, todo, rng):
+    """{column: (kernel index, ridge)} with the least leave-one-out error on at most LOO_ROWS
+    rows, for at most LOO_COLUMNS columns of ``todo``; the others get the kernel chosen most
+    often and the median ridge (as a grid position) of the columns that chose it."""
     tuned = todo if todo.size <= LOO_COLUMNS else rng.choice(todo, LOO_COLUMNS, replace=False)
     out = {}
     for j in tuned:
         obs = np.flatnonzero(mask[:, j])
         sub = np.sort(rng.choice(obs, min(obs.size, LOO_ROWS), replace=False))
-        K, _ = _kernel_blocks(kernel, F, j, sub)
         y = torch.from_numpy(values[sub, j] - baseline[sub, j])
-        out[int(j)] = loo_ridge(K, y)
+        errors = np.stack([loo_errors(_kernel_blocks(kern, F, j, sub)[0], y, grid)
+                           for kern in kernels])
+        which, r = np.unravel_index(int(np.argmin(errors)), errors.shape)
+        out[int(j)] = (int(which), grid[r])
     if out:
-        median = RIDGE_GRID[int(np.median([RIDGE_GRID.index(r) for r in out.values()]))]
-        out.update({int(j): median for j in todo if int(j) not in out})
+        which = int(np.bincount([k for k, _ in out.values()]).argmax())
+        picks = [grid.index(r) for k, r in out.values() if k == which]
+        rest = (which, grid[int(np.median(picks))])
+        out.update({int(j): rest for j in todo if int(j) not in out})
     return out

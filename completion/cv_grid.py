@@ -8,6 +8,12 @@ the folds) are scattered to the workers once per fit, and the predictions come b
 submission order. The one state the imputer carries from one candidate to the next, the
 SoftImpute shrinkage (chosen on the first training split that needs it, then reused), is fixed in
 this process before anything is sent, exactly where the in-process loop would fix it.
+
+Screening (mode "auto", ``NTKImputer._screen``): a configuration whose first refinement round on
+the first fold is more than ``SCREEN_MARGIN`` times the best score before it (in the order of
+scoring) is not refined further and scores inf. In this process it then stops early; on Dask every pair runs in full
+and returns its first round too, and the same test is applied here, in the same order, so the
+scores and the choice do not depend on where the fits ran.
 """
 from __future__ import annotations
 
@@ -34,14 +40,29 @@ class FoldData:
     folds: list
 
 
-def fold_prediction(pair, data: FoldData) -> np.ndarray:
-    """(V,) or, for vector entries, (V, d) predictions at the V entries ``np.nonzero(data.folds[k])`` of configuration ``cfg``
-    fitted on the observed entries outside fold ``k`` (``pair = (cfg, k)``)."""
+def fold_prediction(pair, data: FoldData, screen=None):
+    """(V,) or, for vector entries, (V, d) predictions at the V entries
+    ``np.nonzero(data.folds[k])`` of configuration ``cfg`` fitted on the observed entries
+    outside fold ``k`` (``pair = (cfg, k)``); None when ``screen`` (a test of the first
+    refinement round's predictions there) rejects it."""
     cfg, k = pair
     val = data.folds[k]
     train = data.mask & ~val
     return data.imputer._complete(np.where(fibre_mask(train, data.values), data.values, np.nan),
-                                  train, cfg, np.nonzero(val))
+                                  train, cfg, np.nonzero(val), screen)
+
+
+def recorded_fold_prediction(pair, data: FoldData):
+    """``(first, prediction)``: :func:`fold_prediction` unscreened, with its first refinement
+    round's predictions (None for a fit without refinement, and for folds after the first,
+    which are never screened)."""
+    first = []
+
+    def record(pred):
+        first.append(pred)
+        return False
+    pred = fold_prediction(pair, data, record if pair[1] == 0 else None)
+    return (first[0] if first else None), pred
 
 
 def uses_softimpute(cfg) -> bool:
@@ -63,21 +84,24 @@ class CVGrid:
         self.client = client
         self._scattered = None
 
-    def predictions(self, cfgs):
+    def predictions(self, cfgs, screens=lambda: None):
         """Yield ``(cfg, folds)`` for each configuration in order, ``folds`` an iterator over its
-        folds' (V_k,) predictions; taking a fold whose fit failed raises that fit's exception.
-        In this process a fold is fitted when taken (a candidate stops at its first failure); on
-        Dask every fold of every configuration of ``cfgs`` is fitted at once, on the workers."""
+        folds' (V_k,) predictions, whose first item is None when the configuration is screened
+        out by ``screens()`` (called when that configuration's turn comes, after the previous
+        ones were consumed; it returns a test of first-round predictions, or None for none);
+        taking a fold whose fit failed raises that fit's exception. In this process a fold is
+        fitted when taken (a candidate stops at its first failure or when screened out); on Dask
+        every fold of every configuration of ``cfgs`` is fitted at once, on the workers."""
         count = len(self.data.folds)
         if self.client is None:
             for cfg in cfgs:
-                yield cfg, _fitted_when_taken(cfg, self.data)
+                yield cfg, _fitted_when_taken(cfg, self.data, screens())
             return
         pairs = [(cfg, k) for cfg in cfgs for k in range(count)]
-        outcomes = map_tasks(fold_prediction, pairs, scheduler=self.client,
+        outcomes = map_tasks(recorded_fold_prediction, pairs, scheduler=self.client,
                              shared=self._shared(cfgs), return_exceptions=True)
         for i, cfg in enumerate(cfgs):
-            yield cfg, _raising(outcomes[i * count:(i + 1) * count])
+            yield cfg, _raising(outcomes[i * count:(i + 1) * count], screens())
 
     def _shared(self, cfgs):
         """The data scattered to the workers (once per fit). SoftImpute's shrinkage is chosen
@@ -95,13 +119,20 @@ class CVGrid:
         return self._scattered
 
 
-def _fitted_when_taken(cfg, data):
+def _fitted_when_taken(cfg, data, screen):
     for k in range(len(data.folds)):
-        yield fold_prediction((cfg, k), data)
+        pred = fold_prediction((cfg, k), data, screen if k == 0 else None)
+        yield pred
+        if pred is None:
+            return
 
 
-def _raising(outcomes):
-    for outcome in outcomes:
+def _raising(outcomes, screen):
+    for k, outcome in enumerate(outcomes):
         if isinstance(outcome, BaseException):
             raise outcome
-        yield outcome
+        first, pred = outcome
+        if k == 0 and screen is not None and first is not None and screen(first):
+            yield None
+            return
+        yield pred

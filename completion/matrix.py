@@ -16,8 +16,10 @@ between entries (``mode``):
   that leaves the predicted column out, chained MICE-style (:mod:`completion.chained`);
 * ``"auto"`` (the default): the candidates above (with the priors ``profile`` and
   ``profile@softimpute``, features when given, and the SoftImpute completion itself) are scored
-  on held-out observed entries; the best few are combined with convex weights fitted on those
-  entries (:mod:`completion.stacking`), then refitted on every observed entry.
+  on held-out observed entries, the chained ones first; a refined candidate whose first round
+  is already more than ``SCREEN_MARGIN`` behind the best score so far is not refined further
+  (screened out); the best few are combined with convex weights fitted on those entries
+  (:mod:`completion.stacking`), then refitted on every observed entry.
 
 Priors are spec strings (see :mod:`completion.priors`). Data-derived priors (``profile``,
 ``lowrank:k``) are refined ``refine`` times: the prior is recomputed from the matrix completed
@@ -50,7 +52,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from models.device import check_fits, limited_threads, parse_bytes
 from models.ntk import ACTIVATIONS, FullyConnectedNTK
 
-from .chained import chained_fit, chained_flops
+from .chained import LinearSkip, chained_fit, chained_flops
 from .cv_grid import CVGrid
 from .fibres import fibre_mask, fold, observed_fibres, unfold
 from .priors import build_prior, parse_prior
@@ -83,6 +85,9 @@ AUTO_CHAINED_FLOPS = 1.5e11
 # 4 m (n d) min(m, n d): its CV path on 500 x 300 x 5 (1.5e9) took 20 s CPU, on 500 x 300 x 20
 # (6e9) 232 s CPU (benchmarks/RESULTS.md, vector-valued entries)
 AUTO_UNFOLDED_SVD_FLOPS = 2e9
+# "auto" stops refining a data-derived candidate whose held-out RMSE after its first round
+# exceeds this multiple of the best RMSE so far (refinement gained at most ~3% while developing)
+SCREEN_MARGIN = 1.10
 # robust z-score (|x - median| / (1.4826 MAD)) above which an observed value is reported
 EXTREME_Z = 100.0
 
@@ -155,10 +160,12 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         and features+identity:0.5 when features are given for that side (one-hot only in joint
         mode). Ignored by the chained modes (their prior is the other columns' estimates).
     depth : int >= 1 or "auto"
-        Hidden layers of the network; "auto" chooses among 1, 2, 3 by CV (chained modes: 1).
+        Hidden layers of the network; "auto" chooses among 1, 2, 3 by CV (chained modes: 1,
+        each column with or without a linear skip, by leave-one-out).
     ridge : float >= 0 or "auto"
         Ridge relative to the mean kernel diagonal; "auto" chooses on a grid by CV (chained
-        modes: per column by leave-one-out).
+        modes: per column by leave-one-out, together with the NTK with or without a linear skip
+        connection, see :mod:`completion.chained`).
     activation : {"relu", "leaky_relu", "erf"}
     row_features, col_features : DataFrame (indexed by labels) or array (matrix order), optional
     prior_matrix : (m, n) array or DataFrame, optional
@@ -597,19 +604,21 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             return self._complete(values, mask, chosen)
         return sum(c["weight"] * self._complete(values, mask, c["fit"]) for c in chosen["components"])
 
-    def _complete(self, values, mask, cfg, targets=None):
+    def _complete(self, values, mask, cfg, targets=None, screen=None):
         """Completed (m, n) matrix (baseline + prediction) for configuration ``cfg``, fitted on
         ``values[mask]``; refined ``self.refine`` times for data-derived priors. ``targets``:
         optional (rows, cols) -> only those entries are returned (joint dense mode then
-        predicts only them)."""
+        predicts only them). ``screen``: optional test of the first round's predictions at
+        ``targets`` before refining; when it returns True, None is returned instead."""
         if cfg["mode"] == "softimpute":
             Z = self._softimpute(values, mask)
             return Z if targets is None else Z[targets]
         baseline = additive_baseline(values, mask)
         if cfg["mode"] in CHAINED_AXIS:
             ridge = "loo" if cfg["ridge"] == "loo" else float(cfg["ridge"])
-            Z = chained_fit(self._kernel(cfg["depth"]), values, mask, baseline, 1 + self.refine,
-                            ridge, CHAINED_AXIS[cfg["mode"]], self.random_state)
+            kernel = self._kernel(cfg["depth"])
+            Z = chained_fit((kernel, LinearSkip(kernel)), values, mask, baseline,
+                            1 + self.refine, ridge, CHAINED_AXIS[cfg["mode"]], self.random_state)
             return Z if targets is None else Z[targets]
         resid = values - baseline
         resid[~mask] = 0.0
@@ -622,6 +631,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             pred = self._residual_fit(source, source_mask, mask, resid, cfg, specs,
                                       targets if last else None)
             if not last:
+                if rnd == 0 and screen is not None and screen((baseline + pred)[targets]):
+                    return None
                 source = np.where(fibre_mask(mask, values), values, baseline + pred)
                 source_mask = np.ones_like(mask)
         if targets is not None:
@@ -730,13 +741,14 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         modes = ["rows", "cols", "joint"]
         if self._values.ndim == 3:  # vector entries: the chained modes do not apply
             return modes
+        chained = []  # scored first: on tables their score screens the others
         for mode, axis in CHAINED_AXIS.items():
             flops = chained_flops(mask.shape, mask, 1 + self.refine, axis)
             if flops <= AUTO_CHAINED_FLOPS:
-                modes.append(mode)
+                chained.append(mode)
             else:
                 self._say(f"  {mode} left out: about {flops:.1e} flops")
-        return modes
+        return chained + modes
 
     def _softimpute_affordable(self):
         """False for vector entries whose unfolded (m, n * d) matrix makes one SVD cost more
@@ -853,28 +865,44 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             out.append(val)
         return out
 
+    def _screen(self, scored, values, val):
+        """For mode 'auto': a test of first-round predictions at the entries of ``val``, True
+        when their RMSE exceeds SCREEN_MARGIN x the best RMSE in ``scored`` (None: no test)."""
+        best = min((v[1] for v in scored.values()), default=np.inf)
+        if self.mode != "auto" or not np.isfinite(best):
+            return None
+        truth = values[np.nonzero(val)]
+        return lambda pred: float(np.sqrt(np.mean((pred - truth) ** 2))) > SCREEN_MARGIN * best
+
     def _score(self, cfgs, grid, scored, results):
         """Held-out RMSE of each configuration of ``cfgs`` not yet in ``scored`` over the folds
         of ``grid`` (a :class:`~completion.cv_grid.CVGrid`), cached in ``scored``, in order. A
-        candidate that a too small ridge makes numerically impossible scores inf; other errors
-        propagate."""
+        candidate that a too small ridge makes numerically impossible scores inf; so does one
+        screened out (:meth:`_screen`, against the best score before it in this order); other
+        errors propagate."""
         new = {}
         for cfg in cfgs:
             if repr(cfg) not in scored:
                 new.setdefault(repr(cfg), cfg)
-        truth = np.concatenate([grid.data.values[np.nonzero(val)] for val in grid.data.folds])
-        for cfg, fold_preds in grid.predictions(list(new.values())):
+        data = grid.data
+        truth = np.concatenate([data.values[np.nonzero(val)] for val in data.folds])
+        screens = lambda: self._screen(scored, data.values, data.folds[0])  # noqa: E731
+        for cfg, fold_preds in grid.predictions(list(new.values()), screens):
             key, started = repr(cfg), time.perf_counter()
             try:
-                pred = np.concatenate(list(fold_preds))
+                preds = list(fold_preds)
             except ValueError as err:
                 if not _numerical_failure(err):
                     raise
                 self._say(f"  skipped {describe_choice(cfg)}: {err}")
                 scored[key] = (cfg, np.inf, None)
                 continue
-            rmse = float(np.sqrt(np.mean((pred - truth) ** 2)))
-            scored[key] = (cfg, rmse, pred)
+            if preds[0] is None:
+                self._say(f"  screened out after its first round: {describe_choice(cfg)}")
+                scored[key] = (cfg, np.inf, None)
+                continue
+            rmse = float(np.sqrt(np.mean((np.concatenate(preds) - truth) ** 2)))
+            scored[key] = (cfg, rmse, np.concatenate(preds))
             results.append(dict(self._normalised(cfg), cv_rmse=rmse))
             took = f"{time.perf_counter() - started:.1f} s" if grid.client is None else "workers"
             self._say(f"  CV RMSE {rmse:.4f}  {describe_choice(self._normalised(cfg))} ({took})")

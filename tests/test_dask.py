@@ -330,10 +330,10 @@ class FailsAtRidge001(NTKImputer):
     does not): the candidate fails on a worker as it would here."""
     message = "the kernel plus ridge is not positive definite; increase ridge"
 
-    def _complete(self, values, mask, cfg, targets=None):
+    def _complete(self, values, mask, cfg, targets=None, screen=None):
         if targets is not None and cfg.get("ridge") == 0.01:
             raise ValueError(self.message)
-        return super()._complete(values, mask, cfg, targets)
+        return super()._complete(values, mask, cfg, targets, screen)
 
 
 class BrokenAtRidge001(FailsAtRidge001):
@@ -410,3 +410,19 @@ def test_local_one_is_a_worker_thread_in_this_process():
     pytest.importorskip("distributed", reason=NEEDS_DASK)
     assert map_tasks(lambda x: (x, os.getpid()), [1, 2], scheduler="local:1") == \
         [(1, os.getpid()), (2, os.getpid())]
+
+
+def test_screening_on_workers_screens_what_in_process_screens(client, monkeypatch):
+    """Screening decides in scoring order on the recorded first rounds: a tight margin screens
+    some candidates out, the same ones on workers as here, with the same choice."""
+    import completion.matrix as matrix_module
+    X = low_rank_with_gaps(seed=3)
+    kw = dict(random_state=0, depth=1, ridge=0.03, stack=2)
+    monkeypatch.setattr(matrix_module, "SCREEN_MARGIN", np.inf)
+    unscreened = NTKImputer(**kw).fit(X)
+    monkeypatch.setattr(matrix_module, "SCREEN_MARGIN", 1.0001)
+    here = NTKImputer(**kw).fit(X)
+    there = NTKImputer(**kw, scheduler=client).fit(X)
+    assert len(here.cv_results_) < len(unscreened.cv_results_)          # some were screened
+    assert there.cv_results_ == here.cv_results_ and there.chosen_ == here.chosen_
+    np.testing.assert_allclose(there.completed_, here.completed_, rtol=0, atol=1e-12)
