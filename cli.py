@@ -84,6 +84,16 @@ def _auto_or(kind):
     return convert
 
 
+def _solver(ctx, param, value):
+    """click converter for --solver: a name ``completion.solvers.parse_solver`` accepts."""
+    from completion.solvers import parse_solver
+    try:
+        parse_solver(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+    return value
+
+
 def _separator(ctx, param, value):
     """click converter for --sep: ',', ';', 'tab' (or a literal tab), None = sniff."""
     if value is None:
@@ -124,6 +134,10 @@ def _separator(ctx, param, value):
               help="Hidden layers of the network, or auto (CV).")
 @click.option("--ridge", default="auto", show_default=True, callback=_auto_or(float),
               help="Ridge relative to the mean kernel diagonal, or auto (CV).")
+@click.option("--solver", default="auto", show_default=True, callback=_solver,
+              help="shared (exact, rows/cols), structured (joint one-hot), exact, cg, nystrom or "
+              "nystrom:R (R landmarks; memory O(N R) for large or sparse matrices), or auto "
+              "(exact while the kernel fits the memory budget).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @_threads_option
 @click.option("--seed", default=0, show_default=True, help="Seed of the CV folds and --holdout.")
@@ -151,8 +165,8 @@ def _separator(ctx, param, value):
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors, warnings and --holdout "
               "scores (not the choices made).")
 def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_features,
-                   col_features, prior, prior_matrix, depth, ridge, device, threads, seed, holdout,
-                   na_values, long_columns, pairs_csv, scheduler, verbose, quiet):
+                   col_features, prior, prior_matrix, depth, ridge, solver, device, threads, seed,
+                   holdout, na_values, long_columns, pairs_csv, scheduler, verbose, quiet):
     """Fill the missing entries of the matrix in IN.csv (row labels in the first column, column
     labels in the header; blank cells and NA tokens are missing; '-' reads standard input) and
     write the completed matrix. Observed entries are written unchanged. The input is never
@@ -169,6 +183,7 @@ def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_fe
       cat ic50.csv | ntk-complete matrix - -o - -q > completed.csv
       ntk-complete matrix ratings.csv --long user,item,rating -o wide.csv
       ntk-complete matrix ratings.csv --long user,item,rating --predict pairs.csv -o predicted.csv
+      ntk-complete matrix ratings.csv --long user,item,rating --predict pairs.csv --mode cols --prior profile --solver nystrom:500 -o predicted.csv
       ntk-complete matrix profiles.csv --long cell,drug,'*' --predict pairs.csv -o predicted.csv
     """
     from completion.files import check_writable, refuse_overwrite_input
@@ -181,9 +196,9 @@ def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_fe
     csv_options = {"sep": sep, "encoding": encoding}
     if long_columns is not None or pairs_csv is not None:
         _check_long_options(long_columns, pairs_csv, holdout, no_row_labels, prior_matrix)
-        imputer_options = dict(mode=mode, prior=prior, depth=depth, ridge=ridge, device=device,
-                               threads=threads, random_state=seed, verbose=int(verbose),
-                               scheduler=scheduler)
+        imputer_options = dict(mode=mode, prior=prior, depth=depth, ridge=ridge, solver=solver,
+                               device=device, threads=threads, random_state=seed,
+                               verbose=int(verbose), scheduler=scheduler)
         try:
             check_scheduler(scheduler)
             _complete_long(input_csv, output, long_columns, pairs_csv, row_features,
@@ -201,8 +216,8 @@ def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_fe
                  if prior_matrix else None)
         rf = read_features_csv(row_features, tokens, **csv_options) if row_features else None
         cf = read_features_csv(col_features, tokens, **csv_options) if col_features else None
-        imputer = NTKImputer(mode=mode, prior=prior, depth=depth, ridge=ridge, device=device,
-                             threads=threads,
+        imputer = NTKImputer(mode=mode, prior=prior, depth=depth, ridge=ridge, solver=solver,
+                             device=device, threads=threads,
                              row_features=rf, col_features=cf, prior_matrix=given,
                              random_state=seed, verbose=int(verbose), scheduler=scheduler)
         if holdout is not None:

@@ -222,3 +222,21 @@ def test_sparse_path_predicts_what_the_dense_path_predicts(tmp_path, monkeypatch
     a, b = pd.read_csv(tmp_path / "dense.csv"), pd.read_csv(tmp_path / "sparse.csv")
     assert list(a["user"]) == ["u0", "u3", "u7", "u13"]
     np.testing.assert_allclose(b["rating"], a["rating"], rtol=1e-9, atol=1e-9)
+
+
+def test_solver_option_reaches_the_fit_and_a_bad_one_is_refused(tmp_path):
+    """--solver nystrom:R with R >= the number of columns is the exact solve (every column a
+    landmark); an unknown solver is refused before any work."""
+    frame, _ = _ratings(m=14, n=9)
+    path = tmp_path / "ratings.csv"
+    frame.to_csv(path, index=False)
+    base = ["matrix", str(path), "--long", "user,item,rating", "--mode", "cols",
+            "--prior", "profile", "--depth", "1", "--ridge", "0.03", "-q"]
+    outs = {}
+    for solver in ("shared", "nystrom:9"):
+        res = CliRunner().invoke(main, base + ["--solver", solver, "-o", str(tmp_path / "o.csv")])
+        assert res.exit_code == 0, res.output
+        outs[solver] = pd.read_csv(tmp_path / "o.csv", index_col=0).to_numpy()
+    np.testing.assert_allclose(outs["nystrom:9"], outs["shared"], rtol=1e-6, atol=1e-6)
+    res = CliRunner().invoke(main, base + ["--solver", "magic", "-o", str(tmp_path / "x.csv")])
+    assert res.exit_code == 2 and "solver" in res.output and not (tmp_path / "x.csv").exists()
