@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import completion.matrix as matrix_module
-from completion.chained import LinearSkip, chained_fit, loo_errors
+from completion.chained import LinearSkip, chained_fit, loo_errors, loo_ridge
 from completion.matrix import NTKImputer, additive_baseline
 from models.ntk import FullyConnectedNTK
 
@@ -32,6 +32,16 @@ def test_loo_errors_match_refitting_without_each_point():
     expected = [_brute_force_loo(K, y, r) for r in grid]
     np.testing.assert_allclose(loo_errors(torch.from_numpy(K), torch.from_numpy(y), grid),
                                expected, rtol=1e-8)
+
+
+def test_loo_ridge_picks_the_ridge_of_least_brute_force_loo_error():
+    rng = np.random.default_rng(2)
+    F = rng.standard_normal((25, 4))
+    y = np.tanh(F[:, 0]) + 0.3 * rng.standard_normal(25)
+    K = FullyConnectedNTK(1).ntk(F, device="cpu")
+    grid = (0.01, 0.3, 3.0)
+    expected = grid[int(np.argmin([_brute_force_loo(K, y, r) for r in grid]))]
+    assert loo_ridge(torch.from_numpy(K), torch.from_numpy(y), grid) == expected
 
 
 def test_linear_skip_adds_a_linear_kernel_with_the_ntk_diagonal_at_unit_norm():
