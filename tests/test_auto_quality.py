@@ -23,25 +23,17 @@ def _brute_force_loo(K, y, ridge):
     return float(np.mean(np.square(errs)))
 
 
-def test_loo_errors_match_refitting_without_each_point():
-    rng = np.random.default_rng(0)
+@pytest.mark.parametrize("seed, depth, activation", [(0, 2, np.sin), (2, 1, np.tanh)])
+def test_loo_errors_and_ridge_match_refitting_without_each_point(seed, depth, activation):
+    rng = np.random.default_rng(seed)
     F = rng.standard_normal((30, 5))
-    y = np.sin(F[:, 0]) + 0.2 * rng.standard_normal(30)
-    K = FullyConnectedNTK(2).ntk(F, device="cpu")
-    grid = (0.003, 0.1, 1.0)
+    y = activation(F[:, 0]) + 0.2 * rng.standard_normal(30)
+    K = FullyConnectedNTK(depth).ntk(F, device="cpu")
+    grid = (0.003, 0.1, 1.0, 3.0)
     expected = [_brute_force_loo(K, y, r) for r in grid]
-    np.testing.assert_allclose(loo_errors(torch.from_numpy(K), torch.from_numpy(y), grid),
-                               expected, rtol=1e-8)
-
-
-def test_loo_ridge_picks_the_ridge_of_least_brute_force_loo_error():
-    rng = np.random.default_rng(2)
-    F = rng.standard_normal((25, 4))
-    y = np.tanh(F[:, 0]) + 0.3 * rng.standard_normal(25)
-    K = FullyConnectedNTK(1).ntk(F, device="cpu")
-    grid = (0.01, 0.3, 3.0)
-    expected = grid[int(np.argmin([_brute_force_loo(K, y, r) for r in grid]))]
-    assert loo_ridge(torch.from_numpy(K), torch.from_numpy(y), grid) == expected
+    Kt, yt = torch.from_numpy(K), torch.from_numpy(y)
+    np.testing.assert_allclose(loo_errors(Kt, yt, grid), expected, rtol=1e-8)
+    assert loo_ridge(Kt, yt, grid) == grid[int(np.argmin(expected))]
 
 
 def test_linear_skip_adds_a_linear_kernel_with_the_ntk_diagonal_at_unit_norm():
