@@ -25,8 +25,8 @@ Cases (each in its own process, so that its peak RSS is its own):
   per second each (``--entries``, ``--features``).
 
 ``--long-csv DIR``: also write the training entries as a long CSV (user,item,rating) and the
-test pairs, and run ``cli.py matrix --long user,item,rating --predict`` on them (the long-format
-CLI of issue 12, items 1-2, built on another branch: this flag fails until that is merged).
+test pairs, and run ``cli.py matrix --long user,item,rating --predict`` on them with the same
+mode, prior, depth, ridge and solver (wall time and peak memory of the command, RMSE).
 
 Usage::
 
@@ -129,7 +129,7 @@ def case_full(args):
            "rmse_additive": round(_baseline_rmse(train, tr, tc, tv), 4),
            "load_avg": os.getloadavg()}
     if args.long_csv:
-        out["cli_long_rmse"] = _run_cli_long(Path(args.long_csv), train, tr, tc, tv, args)
+        out["cli_long"] = _run_cli_long(Path(args.long_csv), train, tr, tc, tv, args)
     return out
 
 
@@ -201,23 +201,29 @@ def case_products(args):
 
 
 def _run_cli_long(folder, train, tr, tc, tv, args):
-    """Write the long CSVs and run the long-format CLI (needs the vec branch's --long)."""
+    """Write the long CSVs, run the long-format CLI on them: {seconds, peak_rss_gb, rmse}."""
     import pandas as pd
     folder.mkdir(parents=True, exist_ok=True)
     coo = train.tocoo()
     pd.DataFrame({"user": coo.row, "item": coo.col, "rating": coo.data}).to_csv(
         folder / "ratings.csv", index=False)
+    known = np.isin(tr, coo.row) & np.isin(tc, coo.col)  # the table names only rated labels
+    tr, tc, tv = tr[known], tc[known], tv[known]
     pd.DataFrame({"user": tr, "item": tc}).to_csv(folder / "pairs.csv", index=False)
     out = folder / "predicted.csv"
     cmd = [sys.executable, str(ROOT / "cli.py"), "matrix", str(folder / "ratings.csv"),
            "--long", "user,item,rating", "--predict", str(folder / "pairs.csv"), "-o", str(out),
            "--mode", "cols", "--prior", "profile", "--depth", str(args.depth), "--ridge",
-           str(args.ridge), "-q"]
+           str(args.ridge), "--solver", args.solver, "-q"]
+    started = time.perf_counter()
     subprocess.run(cmd, check=True)
+    seconds = time.perf_counter() - started
+    child_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     got = pd.read_csv(out)
     truth = pd.DataFrame({"user": tr, "item": tc, "truth": tv})
     merged = truth.merge(got, on=["user", "item"])
-    return round(_rmse(merged["rating"].to_numpy(), merged["truth"].to_numpy()), 4)
+    return {"seconds": round(seconds, 1), "peak_rss_gb": round(child_gb, 2),
+            "rmse": round(_rmse(merged["rating"].to_numpy(), merged["truth"].to_numpy()), 4)}
 
 
 def main(argv=None):
@@ -238,7 +244,7 @@ def main(argv=None):
     ap.add_argument("--sub-rows", type=int, default=20_000)
     ap.add_argument("--sub-landmarks", type=int, nargs="+", default=[100, 200, 500])
     ap.add_argument("--uniform-landmarks", type=int, default=200)
-    ap.add_argument("--long-csv", help="folder for the long CSVs; runs the --long CLI (vec branch)")
+    ap.add_argument("--long-csv", help="folder for the long CSVs; runs the --long CLI on them")
     args = ap.parse_args(argv)
     out = {"full": case_full, "subsample": case_subsample, "products": case_products}[args.case](args)
     print(json.dumps(out, indent=1))
