@@ -38,6 +38,7 @@ as ``ridge`` -> 0), and the observed value in the chained modes.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -49,12 +50,13 @@ import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from models.device import check_fits, limited_threads, parse_bytes
+from models.device import check_fits, limited_threads, parse_bytes, resolve_device
 from models.ntk import ACTIVATIONS, FullyConnectedNTK
 
 from .chained import LinearSkip, chained_fit, chained_flops
 from .cv_grid import CVGrid
 from .fibres import fibre_mask, fold, observed_fibres, unfold
+from .prior_grams import FeatureGram, full_kernel
 from .priors import build_prior, parse_prior
 from .scheduling import check_scheduler, connect
 from .softimpute import FRACTIONS, soft_impute_cv, soft_impute_path
@@ -131,14 +133,12 @@ def describe_choice(cfg):
 
 def _ntk_between_items(kernel, P, device):
     """(k, k) float64 NTK between the rows of a prior P (k, p). A prior wider than tall (the
-    unfolded n * d profile of vector entries) goes through its k x k Gram matrix: ``ntk(P)``
-    would hold copies of the (k, p) prior."""
+    unfolded n * d profile of vector entries) goes through its Gram matrix, filled in column
+    blocks (:func:`completion.prior_grams.full_kernel`): ``ntk(P)`` would hold copies of the
+    (k, p) prior."""
     if P.shape[1] <= P.shape[0]:
         return np.asarray(kernel.ntk(P, device=device), dtype=np.float64)
-    Pt = torch.from_numpy(np.ascontiguousarray(P, dtype=np.float64))
-    gram = Pt @ Pt.T
-    sq = gram.diagonal().clone()
-    return np.asarray(kernel.ntk_from_gram(gram, sq, sq).numpy(), dtype=np.float64)
+    return full_kernel(kernel, FeatureGram(P), resolve_device(device)).numpy()
 
 
 def _family(cfg):
@@ -886,7 +886,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                 new.setdefault(repr(cfg), cfg)
         data = grid.data
         truth = np.concatenate([data.values[np.nonzero(val)] for val in data.folds])
-        screens = lambda: self._screen(scored, data.values, data.folds[0])  # noqa: E731
+        screens = functools.partial(self._screen, scored, data.values, data.folds[0])
         for cfg, fold_preds in grid.predictions(list(new.values()), screens):
             key, started = repr(cfg), time.perf_counter()
             try:
