@@ -13,7 +13,12 @@ Each column's ridge (and, given several kernels, its kernel: ``NTKImputer`` offe
 and without a linear skip, :class:`LinearSkip`) is chosen before the first round by exact
 leave-one-out error (eigendecomposition of its kernel on at most ``LOO_ROWS`` of its observed
 rows, inputs from the baseline-filled matrix) over :data:`RIDGE_GRID`, and kept for every round:
-the regressor tunes itself, as BayesianRidge does inside IterativeImputer. With more than
+the regressor tunes itself, as BayesianRidge does inside IterativeImputer. A row-order prior
+(``neighbours``): the input of row i may also hold column j's own current values at rows i - 1
+and i + 1 (never row i's own value), for matrices whose rows are a sequence (a time series, a
+table sorted by some key); with ``neighbours="loo"`` the inputs with and without them are chosen
+once for the whole matrix, by the least leave-one-out error summed over the tuned columns (each
+column's best over kernels and ridges, relative to its mean square). With more than
 ``LOO_COLUMNS`` columns to fill, a random ``LOO_COLUMNS`` of them are tuned and the others take
 the kernel chosen most often and the median ridge of the columns that chose it.
 At most ``MAX_TRAIN_ROWS`` observed rows (a random subset) train each column's regression: a time
@@ -29,12 +34,15 @@ import torch
 from models.device import check_fits, parse_bytes
 
 __all__ = ["chained_fit", "chained_flops", "loo_ridge", "loo_errors", "LinearSkip", "RIDGE_GRID",
-           "MAX_TRAIN_ROWS", "LOO_ROWS", "LOO_COLUMNS"]
+           "MAX_TRAIN_ROWS", "LOO_ROWS", "LOO_COLUMNS", "NEIGHBOUR_WEIGHT"]
 
 RIDGE_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # relative to the mean kernel diagonal
 MAX_TRAIN_ROWS = 1000
 LOO_ROWS = 300
 LOO_COLUMNS = 48
+# each neighbouring-row input has this root mean square, the other columns together 1 (not tuned:
+# 0.25 / 0.5 / 1 gave about the same held-out error on the two sequences tried, RESULTS.md)
+NEIGHBOUR_WEIGHT = 0.5
 
 
 def _standardised_column(z):
@@ -94,7 +102,7 @@ def chained_flops(shape, mask, rounds, axis=0):
 
 
 def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, random_state=0,
-                memory_budget=None, max_train_rows=MAX_TRAIN_ROWS):
+                memory_budget=None, max_train_rows=MAX_TRAIN_ROWS, neighbours=False, say=None):
     """Completed (m, n) matrix (baseline + prediction at missing entries, observed values kept).
 
     ``kernel``: e.g. :class:`models.ntk.FullyConnectedNTK` (anything with ``ntk_from_gram``),
@@ -104,12 +112,16 @@ def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, ran
     ``ridge``: 'loo' (per column, module docstring) or a number relative to the mean kernel
     diagonal of the column's training rows; ``axis`` 0 regresses columns over rows, 1 rows over
     columns; ``max_train_rows``: at most this many observed rows (a random subset) train each
-    column. Refused before any work when the inputs and kernel blocks exceed ``memory_budget``.
+    column; ``neighbours``: False, True or "loo" (the row-order prior, module docstring);
+    ``say``: optional callable given a line on the neighbours choice. Refused before any work
+    when the inputs and kernel blocks exceed ``memory_budget``.
     """
     if axis == 1:
         return chained_fit(kernel, values.T, mask.T, baseline.T, rounds, ridge, 0, random_state,
-                           memory_budget, max_train_rows).T
+                           memory_budget, max_train_rows, neighbours, say).T
     kernels = list(kernel) if isinstance(kernel, (list, tuple)) else [kernel]
+    sets = (False, True) if neighbours == "loo" else (bool(neighbours),)
+    cands = [(kern, nb) for nb in sets for kern in kernels]
     m, n = values.shape
     t = min(m, max_train_rows)
     check_fits(8 * (2 * m * n + 4 * t * m), parse_bytes(memory_budget),
@@ -121,15 +133,15 @@ def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, ran
     F = torch.from_numpy(np.stack([_standardised_column(Z[:, j]) for j in range(n)], 1)) * scale
     todo = np.flatnonzero((~mask).any(0) & mask.any(0))
     grid = RIDGE_GRID if ridge == "loo" else (float(ridge),)
-    choices = _loo_choices(kernels, grid, F, values, mask, baseline, todo, rng) \
-        if len(kernels) * len(grid) > 1 else dict.fromkeys(todo.tolist(), (0, grid[0]))
+    choices = _loo_choices(cands, grid, F, values, mask, baseline, todo, rng, say) \
+        if len(cands) * len(grid) > 1 else dict.fromkeys(todo.tolist(), (0, grid[0]))
     for _ in range(rounds):
         for j in todo:
             obs, miss = np.flatnonzero(mask[:, j]), np.flatnonzero(~mask[:, j])
             if obs.size > max_train_rows:
                 obs = np.sort(rng.choice(obs, max_train_rows, replace=False))
             which, lam = choices[j]
-            A, K_mo = _kernel_blocks(kernels[which], F, j, obs, miss)
+            A, K_mo = _kernel_blocks(*cands[which], F, j, obs, miss)
             A.diagonal().add_(lam * float(A.diagonal().mean()))
             L, info = torch.linalg.cholesky_ex(A)
             if int(info) != 0:
@@ -142,34 +154,62 @@ def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, ran
     return Z
 
 
-def _kernel_blocks(kernel, F, j, rows_a, rows_b=None):
-    """NTK between rows ``rows_a`` (and ``rows_b``) on the inputs F without column j:
-    (K_aa, K_ba) tensors (K_ba None without ``rows_b``)."""
+def _inputs(F, j, rows, neighbours):
+    """Inputs of column j's regression at ``rows`` (int array): F (m, n) without column j,
+    (len(rows), n - 1); with ``neighbours`` two more coordinates, column j's current values at
+    the previous and the next row (the first row's previous is its next, the last row's next is
+    its previous: never the row's own value), standardised and scaled by NEIGHBOUR_WEIGHT."""
     keep = torch.ones(F.shape[1], dtype=torch.bool)
     keep[j] = False
-    Fa = F[torch.from_numpy(rows_a)][:, keep]
+    idx = torch.from_numpy(rows)
+    inputs = F[idx][:, keep]
+    if not neighbours:
+        return inputs
+    last = F.shape[0] - 1
+    own = F[:, j] * (NEIGHBOUR_WEIGHT * max(F.shape[1] - 1, 1) ** 0.5)  # F's columns: rms 1/sqrt(n-1)
+    before = own[torch.where(idx > 0, idx - 1, idx + 1)]
+    after = own[torch.where(idx < last, idx + 1, idx - 1)]
+    return torch.cat([inputs, before[:, None], after[:, None]], 1)
+
+
+def _kernel_blocks(kernel, neighbours, F, j, rows_a, rows_b=None):
+    """NTK between rows ``rows_a`` (and ``rows_b``) on column j's inputs (:func:`_inputs`):
+    (K_aa, K_ba) tensors (K_ba None without ``rows_b``)."""
+    Fa = _inputs(F, j, rows_a, neighbours)
     sq_a = (Fa * Fa).sum(1)
     K_aa = kernel.ntk_from_gram(Fa @ Fa.T, sq_a, sq_a)
     if rows_b is None:
         return K_aa, None
-    Fb = F[torch.from_numpy(rows_b)][:, keep]
+    Fb = _inputs(F, j, rows_b, neighbours)
     return K_aa, kernel.ntk_from_gram(Fb @ Fa.T, (Fb * Fb).sum(1), sq_a)
 
 
-def _loo_choices(kernels, grid, F, values, mask, baseline, todo, rng):
-    """{column: (kernel index, ridge)} with the least leave-one-out error on at most LOO_ROWS
-    rows, for at most LOO_COLUMNS columns of ``todo``; the others get the kernel chosen most
-    often and the median ridge (as a grid position) of the columns that chose it."""
+def _loo_choices(cands, grid, F, values, mask, baseline, todo, rng, say=None):
+    """{column: (candidate index, ridge)} with the least leave-one-out error on at most LOO_ROWS
+    rows, for at most LOO_COLUMNS columns of ``todo``, among ``cands`` ((kernel, neighbours)
+    pairs) whose input set (neighbours or not) has the least LOO error summed over these columns
+    (each column's best, relative to its mean square); the other columns get the candidate
+    chosen most often and the median ridge (as a grid position) of the columns that chose it."""
     tuned = todo if todo.size <= LOO_COLUMNS else rng.choice(todo, LOO_COLUMNS, replace=False)
-    out = {}
+    errors = {}
     for j in tuned:
         obs = np.flatnonzero(mask[:, j])
         sub = np.sort(rng.choice(obs, min(obs.size, LOO_ROWS), replace=False))
         y = torch.from_numpy(values[sub, j] - baseline[sub, j])
-        errors = np.stack([loo_errors(_kernel_blocks(kern, F, j, sub)[0], y, grid)
-                           for kern in kernels])
-        which, r = np.unravel_index(int(np.argmin(errors)), errors.shape)
-        out[int(j)] = (int(which), grid[r])
+        errors[int(j)] = np.stack([loo_errors(_kernel_blocks(*cand, F, j, sub)[0], y, grid)
+                                   for cand in cands]) / max(float(y.square().mean()), 1e-300)
+    sets = sorted({nb for _, nb in cands})
+    members = [[c for c, (_, nb) in enumerate(cands) if nb == s] for s in sets]
+    totals = [sum(float(e[idx].min()) for e in errors.values()) for idx in members]
+    allowed = members[int(np.argmin(totals))]
+    if say is not None and len(sets) > 1 and errors:
+        say(f"    chained inputs: {'with' if sets[int(np.argmin(totals))] else 'without'} the "
+            f"neighbouring rows (relative LOO error without {totals[0] / len(errors):.4f}, "
+            f"with {totals[1] / len(errors):.4f})")
+    out = {}
+    for j, e in errors.items():
+        which, r = np.unravel_index(int(np.argmin(e[allowed])), e[allowed].shape)
+        out[j] = (allowed[which], grid[r])
     if out:
         which = int(np.bincount([k for k, _ in out.values()]).argmax())
         picks = [grid.index(r) for k, r in out.values() if k == which]

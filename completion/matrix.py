@@ -13,7 +13,9 @@ between entries (``mode``):
   unit mean squared norm, so <z, z'> = a^2 <r_i, r_i'> + b^2 <c_j, c_j'>); with one-hot priors
   the kernel takes four values and the structured solver never forms the |Omega|^2 matrix;
 * ``"rows-chained"`` / ``"cols-chained"``: rows (cols) mode with a per-column (per-row) prior
-  that leaves the predicted column out, chained MICE-style (:mod:`completion.chained`);
+  that leaves the predicted column out, chained MICE-style (:mod:`completion.chained`); for a
+  matrix whose rows (columns) are a sequence, the prior may also hold the predicted column's
+  values at the neighbouring rows, chosen for the matrix by leave-one-out;
 * ``"auto"`` (the default): the candidates above (with the priors ``profile`` and
   ``profile@softimpute``, features when given, and the SoftImpute completion itself) are scored
   on held-out observed entries, the chained ones first; a refined candidate whose first round
@@ -165,7 +167,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     ridge : float >= 0 or "auto"
         Ridge relative to the mean kernel diagonal; "auto" chooses on a grid by CV (chained
         modes: per column by leave-one-out, together with the NTK with or without a linear skip
-        connection, see :mod:`completion.chained`).
+        connection, and for the whole matrix the inputs with or without the neighbouring rows'
+        values, see :mod:`completion.chained`).
     activation : {"relu", "leaky_relu", "erf"}
     row_features, col_features : DataFrame (indexed by labels) or array (matrix order), optional
     prior_matrix : (m, n) array or DataFrame, optional
@@ -618,7 +621,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             ridge = "loo" if cfg["ridge"] == "loo" else float(cfg["ridge"])
             kernel = self._kernel(cfg["depth"])
             Z = chained_fit((kernel, LinearSkip(kernel)), values, mask, baseline,
-                            1 + self.refine, ridge, CHAINED_AXIS[cfg["mode"]], self.random_state)
+                            1 + self.refine, ridge, CHAINED_AXIS[cfg["mode"]], self.random_state,
+                            neighbours="loo", say=self._say)
             return Z if targets is None else Z[targets]
         resid = values - baseline
         resid[~mask] = 0.0

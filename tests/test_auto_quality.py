@@ -125,3 +125,62 @@ def test_auto_choice_reproduces_with_a_fixed_random_state():
     assert a.chosen_ == b.chosen_
     assert [r["cv_rmse"] for r in a.cv_results_] == [r["cv_rmse"] for r in b.cv_results_]
     np.testing.assert_array_equal(a.completed_, b.completed_)
+
+
+def test_chained_neighbour_inputs_match_the_regression_written_out():
+    """With ``neighbours=True`` column j's inputs are the other columns plus its own values at
+    the previous and next row (first/last row: their only neighbour twice), never its own."""
+    from completion.chained import NEIGHBOUR_WEIGHT
+    rng = np.random.default_rng(4)
+    m, n, j0 = 25, 4, 1
+    X = np.cumsum(rng.standard_normal((m, n)), 0)
+    mask = np.ones_like(X, dtype=bool)
+    mask[[0, 7, 8, 15, m - 1], j0] = False
+    Xn = np.where(mask, X, np.nan)
+    base = additive_baseline(Xn, mask)
+    got = chained_fit(FullyConnectedNTK(1), Xn, mask, base, rounds=1, ridge=0.05, neighbours=True)
+    Z = np.where(mask, X, base)
+    S = (Z - Z.mean(0)) / Z.std(0)
+    others = [j for j in range(n) if j != j0]
+    before = [1] + list(range(m - 1))
+    after = list(range(1, m)) + [m - 2]
+    F = np.column_stack([S[:, others] / np.sqrt(n - 1), NEIGHBOUR_WEIGHT * S[before, j0],
+                         NEIGHBOUR_WEIGHT * S[after, j0]])
+    obs, miss = np.flatnonzero(mask[:, j0]), np.flatnonzero(~mask[:, j0])
+    kern = FullyConnectedNTK(1)
+    K = kern.ntk(F[obs], device="cpu")
+    alpha = np.linalg.solve(K + 0.05 * np.mean(np.diag(K)) * np.eye(obs.size),
+                            X[obs, j0] - base[obs, j0])
+    Z[miss, j0] = kern.ntk(F[miss], F[obs], device="cpu") @ alpha + base[miss, j0]
+    np.testing.assert_allclose(got, Z, rtol=1e-8, atol=1e-10)
+
+
+def test_neighbour_prior_is_chosen_for_a_sequence_and_not_for_shuffled_rows():
+    """Smooth series in time order: the leave-one-out choice takes the neighbouring rows and
+    fills the hidden entries better; the same rows shuffled: it declines them (the fit equals
+    the one without)."""
+    rng = np.random.default_rng(5)
+    m = 150
+    t = np.linspace(0, 6 * np.pi, m)
+    X = np.column_stack([np.sin(t + p) * (1 + 0.3 * k) for k, p in enumerate(rng.random(6) * 3)])
+    X = X + np.cumsum(0.1 * rng.standard_normal((m, 1)), 0) + 0.05 * rng.standard_normal((m, 6))
+    hidden = rng.random(X.shape) < 0.2
+    ntk = FullyConnectedNTK(1)
+    kernels = (ntk, LinearSkip(ntk))
+
+    def fit(rows, neighbours):
+        Xn = np.where(hidden, np.nan, X)[rows]
+        mask = ~hidden[rows]
+        lines = []
+        Z = chained_fit(kernels, Xn, mask, additive_baseline(Xn, mask), 3, "loo",
+                        neighbours=neighbours, say=lines.append)
+        return Z, np.sqrt(np.mean((Z - X[rows])[~mask] ** 2)), lines
+
+    order = np.arange(m)
+    with_loo, rmse_loo, lines = fit(order, "loo")
+    _, rmse_without, _ = fit(order, False)
+    assert "with the neighbouring rows" in lines[0] and rmse_loo < 0.7 * rmse_without
+    shuffled = rng.permutation(m)
+    with_loo, _, lines = fit(shuffled, "loo")
+    assert "without the neighbouring rows" in lines[0]
+    np.testing.assert_array_equal(with_loo, fit(shuffled, False)[0])
