@@ -17,9 +17,9 @@ the regressor tunes itself, as BayesianRidge does inside IterativeImputer. A row
 (``neighbours``): the input of row i may also hold column j's own current values at rows i - 1
 and i + 1 (never row i's own value), for matrices whose rows are a sequence (a time series, a
 table sorted by some key); with ``neighbours="loo"`` the inputs with and without them are chosen
-once for the whole matrix, by the least leave-one-out error summed over
-``NEIGHBOUR_PROBE_COLUMNS`` of the tuned columns (each column's best over kernels and ridges,
-relative to its mean square). With more than
+once for the whole matrix, by the least leave-one-out error summed over the first tuned columns
+(``NEIGHBOUR_PROBE_ROWS`` LOO rows in all; each column's best over kernels and ridges, relative
+to its mean square). With more than
 ``LOO_COLUMNS`` columns to fill, a random ``LOO_COLUMNS`` of them are tuned and the others take
 the kernel chosen most often and the median ridge of the columns that chose it.
 At most ``MAX_TRAIN_ROWS`` observed rows (a random subset) train each column's regression: a time
@@ -35,7 +35,8 @@ import torch
 from models.device import check_fits, parse_bytes
 
 __all__ = ["chained_fit", "chained_flops", "loo_ridge", "loo_errors", "LinearSkip", "RIDGE_GRID",
-           "MAX_TRAIN_ROWS", "LOO_ROWS", "LOO_COLUMNS", "NEIGHBOUR_WEIGHT"]
+           "MAX_TRAIN_ROWS", "LOO_ROWS", "LOO_COLUMNS", "NEIGHBOUR_WEIGHT",
+           "NEIGHBOUR_PROBE_ROWS"]
 
 RIDGE_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # relative to the mean kernel diagonal
 MAX_TRAIN_ROWS = 1000
@@ -44,8 +45,9 @@ LOO_COLUMNS = 48
 # each neighbouring-row input has this root mean square, the other columns together 1 (not tuned:
 # 0.25 / 0.5 / 1 gave about the same held-out error on the two sequences tried, RESULTS.md)
 NEIGHBOUR_WEIGHT = 0.5
-# the input set (with or without the neighbours) is chosen on this many of the tuned columns
-NEIGHBOUR_PROBE_COLUMNS = 12
+# the input set (with or without the neighbours) is chosen on the first tuned columns whose
+# leave-one-out rows number at least this many together (all of them if fewer)
+NEIGHBOUR_PROBE_ROWS = 2400
 
 
 def _standardised_column(z):
@@ -169,7 +171,8 @@ def _inputs(F, j, rows, neighbours):
     if not neighbours:
         return inputs
     last = F.shape[0] - 1
-    own = F[:, j] * (NEIGHBOUR_WEIGHT * max(F.shape[1] - 1, 1) ** 0.5)  # F's columns: rms 1/sqrt(n-1)
+    # F's columns have root mean square 1/sqrt(n - 1): column j rescaled to NEIGHBOUR_WEIGHT
+    own = F[:, j] * (NEIGHBOUR_WEIGHT * max(F.shape[1] - 1, 1) ** 0.5)
     before = own[torch.where(idx > 0, idx - 1, idx + 1)]
     after = own[torch.where(idx < last, idx + 1, idx - 1)]
     return torch.cat([inputs, before[:, None], after[:, None]], 1)
@@ -191,33 +194,33 @@ def _loo_choices(cands, grid, F, values, mask, baseline, todo, rng, say=None):
     """{column: (candidate index, ridge)} with the least leave-one-out error on at most LOO_ROWS
     rows, for at most LOO_COLUMNS columns of ``todo``, among ``cands`` ((kernel, neighbours)
     pairs) of one input set (neighbours or not): the set with the least LOO error summed over
-    the first NEIGHBOUR_PROBE_COLUMNS of these columns (each column's best, relative to its mean
-    square). The other columns get the candidate chosen most often and the median ridge (as a
-    grid position) of the columns that chose it."""
+    the first of these columns that hold NEIGHBOUR_PROBE_ROWS LOO rows together (each column's
+    best, relative to its mean square). The other columns get the candidate chosen most often
+    and the median ridge (as a grid position) of the columns that chose it."""
     tuned = todo if todo.size <= LOO_COLUMNS else rng.choice(todo, LOO_COLUMNS, replace=False)
     sets = sorted({nb for _, nb in cands})
     members = [[c for c, (_, nb) in enumerate(cands) if nb == s] for s in sets]
-    probe = len(tuned) if len(sets) == 1 else NEIGHBOUR_PROBE_COLUMNS
 
     def least_total(scored):  # -> (per set: summed best errors), candidates of the best set
         totals = [sum(float(e[idx].min()) for e in scored) for idx in members]
         return totals, members[int(np.argmin(totals))]
 
-    errors, allowed = {}, None
-    for k, j in enumerate(tuned):
-        if k == probe:  # the input set is chosen: the other columns score its candidates only
-            totals, allowed = least_total(errors.values())
+    errors, allowed, rows = {}, None, 0
+    for j in tuned:
+        if allowed is None and len(sets) > 1 and rows >= NEIGHBOUR_PROBE_ROWS:
+            # the input set is chosen: the other columns score its candidates only
+            probed, (totals, allowed) = len(errors), least_total(errors.values())
         obs = np.flatnonzero(mask[:, j])
         sub = np.sort(rng.choice(obs, min(obs.size, LOO_ROWS), replace=False))
         y = torch.from_numpy(values[sub, j] - baseline[sub, j])
+        rows += sub.size
         errors[int(j)] = np.stack([
             loo_errors(_kernel_blocks(*cand, F, j, sub)[0], y, grid)
             if allowed is None or c in allowed else np.full(len(grid), np.inf)
             for c, cand in enumerate(cands)]) / max(float(y.square().mean()), 1e-300)
     if allowed is None:
-        totals, allowed = least_total(errors.values())
+        probed, (totals, allowed) = len(errors), least_total(errors.values())
     if say is not None and len(sets) > 1 and errors:
-        probed = min(probe, len(errors))
         say(f"    chained inputs: {'with' if allowed == members[1] else 'without'} "
             f"the neighbouring rows (relative LOO error on {probed} columns: without "
             f"{totals[0] / probed:.4f}, with {totals[1] / probed:.4f})")
