@@ -221,9 +221,9 @@ def _loo_choices(cands, grid, F, values, mask, baseline, todo, rng, say=None):
     if allowed is None:
         probed, (totals, allowed) = len(errors), least_total(errors.values())
     if say is not None and len(sets) > 1 and errors:
-        say(f"    chained inputs: {'with' if allowed == members[1] else 'without'} "
-            f"the neighbouring rows (relative LOO error on {probed} columns: without "
-            f"{totals[0] / probed:.4f}, with {totals[1] / probed:.4f})")
+        say(f"neighbour inputs {'taken' if allowed == members[1] else 'declined'} (relative "
+            f"LOO error on {probed} regressions: without {totals[0] / probed:.4f}, with "
+            f"{totals[1] / probed:.4f})")
     out = {}
     for j, e in errors.items():
         which, r = np.unravel_index(int(np.argmin(e[allowed])), e[allowed].shape)

@@ -622,7 +622,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             kernel = self._kernel(cfg["depth"])
             Z = chained_fit((kernel, LinearSkip(kernel)), values, mask, baseline,
                             1 + self.refine, ridge, CHAINED_AXIS[cfg["mode"]], self.random_state,
-                            neighbours="loo", say=self._say)
+                            neighbours="loo",
+                            say=lambda line: self._say(f"    {cfg['mode']}: {line}"))
             return Z if targets is None else Z[targets]
         resid = values - baseline
         resid[~mask] = 0.0
