@@ -10,7 +10,7 @@ from completion.matrix import NTKImputer
 from completion.prior_grams import ProfileGram
 from completion.priors import build_prior
 from completion.solvers import choose_solver, parse_solver, pivoted_nystrom, solve_shared_kernel
-from completion.solvers.per_output import (predict_pairs_exact, relative_lambda,
+from completion.solvers.per_output import (batches_by_count, predict_pairs_exact, relative_lambda,
                                            solve_outputs_exact, solve_outputs_in_features)
 from completion.sparse_matrix import fit_entries, observed_entries
 from models.device import MemoryBudgetError
@@ -70,6 +70,20 @@ def test_pivoted_nystrom_reproduces_the_kernel_and_survives_duplicates():
     assert F.shape[1] <= 40 and resid.max() < 1e-8 and len(set(landmarks)) == len(landmarks)
     with pytest.raises(ValueError, match="sampling"):
         pivoted_nystrom(lambda S: Kt[:, S], np.diag(K), 5, sampling="kmeans")
+
+
+@pytest.mark.parametrize("same_count", [False, True])
+def test_batches_by_count_hold_every_output_once_with_its_own_entries(same_count):
+    outputs = np.random.default_rng(3).integers(0, 40, 600)
+    outputs[outputs == 7] = 8  # an output without entries
+    seen = []
+    for outs, idx in batches_by_count(outputs, 41, 1, batch_bytes=8 * 20**3, same_count=same_count):
+        for t, row in zip(outs, idx):
+            assert sorted(row[row >= 0]) == list(np.flatnonzero(outputs == t))
+        if same_count:
+            assert (idx >= 0).all()
+        seen.extend(outs)
+    assert sorted(seen) == sorted(set(range(41)) - {7, 40})
 
 
 def test_exact_per_output_solve_matches_the_shared_kernel_solver():

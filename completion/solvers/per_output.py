@@ -2,8 +2,9 @@
 regressed on its own observed items, all outputs sharing one kernel over items.
 
 Observed entries are (``items[k]``, ``outputs[k]``, ``y[k]``), k < |Omega|; N items, T outputs.
-Outputs are solved in batches of similar observed count |O_t| (padded to the batch's largest),
-one batched Cholesky per batch, so that many small systems run as dense batched BLAS. Two
+Outputs are solved in batches of similar observed count |O_t| (padded to the batch's largest;
+the exact solve takes one count per batch), one batched Cholesky per batch, so that many small
+systems run as dense batched BLAS. Two
 models: in the feature space of a factor K ~ F F^T (:func:`solve_outputs_in_features`, the
 Nystrom solver), or with the kernel itself (:func:`solve_outputs_exact`, exact, needs the
 N x N kernel). Both use the absolute ridge ``lam`` (see :func:`relative_lambda`).
