@@ -116,7 +116,9 @@ def nystrom_factor_and_weights(kernel, gram, items, outputs, y, n_outputs, ridge
     """Nystrom rows/cols fit on entry lists: (F (N, r), W (r, T)) as float64 tensors, with
     ``rank`` landmarks at most (None: :data:`DEFAULT_RANK`); with ``diagonal_correction`` the
     approximate kernel is F F^T + diag(K - F F^T) (exact diagonal; see
-    :func:`~completion.solvers.per_output.solve_outputs_in_features`). Refused before any kernel
+    :func:`~completion.solvers.per_output.solve_outputs_in_features`; its gathers and products
+    in float32: 1.5x faster with 1000 landmarks on 20,000 x 10,000 ratings, predictions within
+    2.3e-5 of float64's, RESULTS.md "Sparse ratings at scale"). Refused before any kernel
     evaluation when F, W and one batch exceed ``memory_budget``."""
     N = gram.sq_norms.shape[0]
     rank = min(N, DEFAULT_RANK if rank is None else rank)
@@ -129,7 +131,8 @@ def nystrom_factor_and_weights(kernel, gram, items, outputs, y, n_outputs, ridge
                            sampling=sampling, random_state=random_state,
                            memory_budget=memory_budget)
     return F, solve_outputs_in_features(F, items, outputs, y, n_outputs, lam, ridge,
-                                        residual if diagonal_correction else None)
+                                        residual if diagonal_correction else None,
+                                        products=torch.float32)
 
 
 class EntryFit:

@@ -49,6 +49,18 @@ def test_nystrom_with_every_item_a_landmark_is_the_exact_solver(correct):
     assert np.abs(pred[:, 3]).max() == 0.0  # no observation: the prior mean
 
 
+def test_float32_products_change_the_nystrom_weights_only_by_rounding():
+    K = _kernel(50, 1)
+    Y, mask, items, outputs = _problem()
+    lam, _ = relative_lambda(np.diag(K), items, 0.01)
+    F, _, resid = pivoted_nystrom(lambda S: torch.from_numpy(K)[:, S], np.diag(K), 20)
+    W64, W32 = (solve_outputs_in_features(F, items, outputs, Y[items, outputs], 30, lam,
+                                          residual=resid, products=dt)
+                for dt in (torch.float64, torch.float32))
+    assert W32.dtype == torch.float64
+    assert 0 < (W32 - W64).abs().max() < 1e-5 * W64.abs().max()
+
+
 def test_nystrom_error_decreases_with_landmarks_on_a_low_rank_kernel():
     rng = np.random.default_rng(2)
     A = rng.normal(size=(80, 12)) * 0.6 ** np.arange(12)  # rank 12, decaying spectrum
@@ -131,8 +143,9 @@ def test_sparse_input_gives_the_numbers_of_the_dense_nan_input(mode, solver):
     dense = NTKImputer(solver="shared", **kw).fit(np.where(mask, X, np.nan))
     sparse = NTKImputer(solver=solver, **kw).fit(S)
     r, c = np.nonzero(~mask)
-    assert np.abs(sparse.predict_entries(r, c) - dense.predict_entries(r, c)).max() < 1e-8
-    assert np.abs(sparse.transform() - dense.transform()).max() < 1e-8
+    tol = 1e-8 if solver == "shared" else 1e-5  # Nystrom: float32 products (per_output)
+    assert np.abs(sparse.predict_entries(r, c) - dense.predict_entries(r, c)).max() < tol
+    assert np.abs(sparse.transform() - dense.transform()).max() < tol
     assert not hasattr(sparse, "completed_")
 
 
@@ -142,7 +155,7 @@ def test_dense_input_with_the_nystrom_solver_at_full_rank_is_the_exact_fit():
     kw = dict(mode="rows", prior="profile", depth=2, ridge=0.01, refine=1)
     exact = NTKImputer(solver="shared", **kw).fit_transform(Xn)
     nystrom = NTKImputer(solver="nystrom:60", **kw).fit_transform(Xn)
-    assert np.abs(exact - nystrom).max() < 1e-8 * np.abs(exact).max()
+    assert np.abs(exact - nystrom).max() < 1e-6 * np.abs(exact).max()  # float32 products
 
 
 def test_mode_auto_on_sparse_input_cross_validates_rows_and_cols():
