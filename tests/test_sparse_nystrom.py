@@ -61,6 +61,14 @@ def test_float32_products_change_the_nystrom_weights_only_by_rounding():
     assert 0 < (W32 - W64).abs().max() < 1e-5 * W64.abs().max()
 
 
+def test_default_rank_is_lowered_to_what_fits_the_budget():
+    from completion.solvers.nystrom import DEFAULT_RANK, default_rank, nystrom_memory
+    assert default_rank(1000, 500, "8GB") == DEFAULT_RANK
+    budget = nystrom_memory(20_000, 100_000, 300) + 100
+    r = default_rank(20_000, 100_000, budget)
+    assert r == 300 and nystrom_memory(20_000, 100_000, r + 1) > budget
+
+
 def test_nystrom_error_decreases_with_landmarks_on_a_low_rank_kernel():
     rng = np.random.default_rng(2)
     A = rng.normal(size=(80, 12)) * 0.6 ** np.arange(12)  # rank 12, decaying spectrum

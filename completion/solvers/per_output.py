@@ -124,12 +124,14 @@ def solve_outputs_in_features(F, items, outputs, y, n_outputs, lam, ridge=float(
     return W
 
 
-def predict_pairs_in_features(F, W, items, outputs, chunk=1 << 16):
-    """(k,) predictions F[items[k]] . W[:, outputs[k]] at requested (item, output) pairs."""
+def predict_pairs_in_features(F, W, items, outputs, chunk_bytes=BATCH_BYTES):
+    """(k,) predictions F[items[k]] . W[:, outputs[k]] at requested (item, output) pairs, taken
+    in chunks of rows F[items] of about ``chunk_bytes``."""
     items = torch.as_tensor(np.asarray(items, dtype=np.int64))
     outputs = torch.as_tensor(np.asarray(outputs, dtype=np.int64))
     out = torch.empty(items.numel(), dtype=F.dtype)
     Wt = W.T.contiguous()
+    chunk = max(1, chunk_bytes // (F.element_size() * F.shape[1]))
     for s in range(0, items.numel(), chunk):
         out[s:s + chunk] = (F[items[s:s + chunk]] * Wt[outputs[s:s + chunk]]).sum(1)
     return out.numpy()
