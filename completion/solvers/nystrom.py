@@ -33,7 +33,7 @@ __all__ = ["pivoted_nystrom", "check_nystrom_fits", "default_rank", "DEFAULT_RAN
 
 DEFAULT_RANK = 1000  # landmarks when the caller gives none: 1000 came to +1.45 % test RMSE over
 # the exact solver on 20,000 x 10,000 ratings, 500 to +3.7 %, 200 to +6.3 %; 1000 on the
-# 100,000 x 10,000 ratings took 470 s and 4.2 GB (RESULTS.md, "Sparse ratings at scale")
+# 100,000 x 10,000 ratings took 366-470 s and 2.9 GB (RESULTS.md, "Sparse ratings at scale")
 LANDMARK_SAMPLING = ("rpcholesky", "uniform")
 _BLOCK = 50  # landmarks drawn per round (one block of kernel columns)
 
