@@ -11,7 +11,8 @@ forming a dense prior when the matrix is mostly missing.
   entry is 0). Every inner product of P is a sparse product (R D)(R D)_S^T plus rank-one
   corrections, so the N x U prior is never formed.
 
-Both give ``sq_norms`` (N,) and ``columns(S)`` -> (N, len(S)) float64 ndarray.
+Both give ``sq_norms`` (N,) and ``columns(S, start=0)`` -> (N - start, len(S)) float64
+ndarray: the inner products of items start..N-1 with the items S.
 """
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ class FeatureGram:
         self.P = np.asarray(P, dtype=np.float64)
         self.sq_norms = np.einsum("ij,ij->i", self.P, self.P)
 
-    def columns(self, S):
-        return self.P @ self.P[np.asarray(S)].T
+    def columns(self, S, start=0):
+        return self.P[start:] @ self.P[np.asarray(S)].T
 
 
 class ProfileGram:
@@ -62,33 +63,34 @@ class ProfileGram:
         self._scale = mean_sq if mean_sq > 0 else 1.0  # unit mean squared norm
         self.sq_norms = sq / self._scale
 
-    def _corrected(self, G, S):
-        """(R D)(R D)_S^T -> P P_S^T / scale, with P_a = (R D)_a - e."""
-        G -= self._Re[:, None] + self._Re[S][None, :] - self._ee
+    def columns(self, S, start=0):
+        """(R D)_{start:} (R D)_S^T -> P_{start:} P_S^T / scale, with P_a = (R D)_a - e."""
+        S = np.asarray(S)
+        G = (self._R[start:] @ self._R[S].T).toarray()
+        G -= self._Re[start:, None] + self._Re[S][None, :] - self._ee
         return G / self._scale
 
-    def columns(self, S):
-        S = np.asarray(S)
-        return self._corrected((self._R @ self._R[S].T).toarray(), S)
 
-
-def kernel_columns(kernel, gram, S, device):
-    """(N, len(S)) float64 tensor K[:, S] of ``kernel`` (``ntk_from_gram``) on the prior whose
-    inner products ``gram`` holds; the elementwise map runs on ``device``."""
+def kernel_columns(kernel, gram, S, device, start=0):
+    """(N - start, len(S)) float64 tensor K[start:, S] of ``kernel`` (``ntk_from_gram``) on the
+    prior whose inner products ``gram`` holds; the elementwise map runs on ``device``."""
     sq = torch.as_tensor(gram.sq_norms, device=device)
-    G = torch.as_tensor(gram.columns(S), device=device)
-    return kernel.ntk_from_gram(G, sq, sq[torch.as_tensor(np.asarray(S), device=device)]) \
+    G = torch.as_tensor(gram.columns(S, start), device=device)
+    return kernel.ntk_from_gram(G, sq[start:], sq[torch.as_tensor(np.asarray(S), device=device)]) \
         .to("cpu", torch.float64)
 
 
 def full_kernel(kernel, gram, device):
-    """(N, N) float64 tensor of the kernel, filled ``_FULL_BLOCK`` columns at a time (peak: the
-    kernel plus one (N, block) Gram block and its kernel work arrays)."""
+    """(N, N) float64 tensor of the kernel, filled ``_FULL_BLOCK`` columns at a time, each
+    block from its diagonal down (K[s:, S]) and mirrored into the rows S, so that every entry
+    is computed once (peak: the kernel plus one (N, block) Gram block and its kernel work
+    arrays)."""
     N = gram.sq_norms.shape[0]
     K = torch.empty((N, N), dtype=torch.float64)
     for s in range(0, N, _FULL_BLOCK):
         S = np.arange(s, min(N, s + _FULL_BLOCK))
-        K[:, s:s + S.size] = kernel_columns(kernel, gram, S, device)
+        K[s:, s:s + S.size] = kernel_columns(kernel, gram, S, device, start=s)
+        K[s:s + S.size, s + S.size:] = K[s + S.size:, s:s + S.size].T
     return K
 
 

@@ -28,10 +28,12 @@ from models.device import check_fits, format_bytes, parse_bytes
 
 from .per_output import BATCH_BYTES
 
-__all__ = ["pivoted_nystrom", "check_nystrom_fits", "DEFAULT_RANK", "LANDMARK_SAMPLING"]
+__all__ = ["pivoted_nystrom", "check_nystrom_fits", "default_rank", "DEFAULT_RANK",
+           "LANDMARK_SAMPLING"]
 
-DEFAULT_RANK = 500  # landmarks when the caller gives none: 500 came to +3.7 % test RMSE over the
-# exact solver on 20,000 x 10,000 ratings, 200 to +6.3 % (RESULTS.md, "Sparse ratings at scale")
+DEFAULT_RANK = 1000  # landmarks when the caller gives none: 1000 came to +1.45 % test RMSE over
+# the exact solver on 20,000 x 10,000 ratings, 500 to +3.7 %, 200 to +6.3 %; 1000 on the
+# 100,000 x 10,000 ratings took 366-470 s and 2.9 GB (RESULTS.md, "Sparse ratings at scale")
 LANDMARK_SAMPLING = ("rpcholesky", "uniform")
 _BLOCK = 50  # landmarks drawn per round (one block of kernel columns)
 
@@ -96,6 +98,13 @@ def pivoted_nystrom(columns, diag, rank, *, tol=1e-6, sampling="rpcholesky", ran
 def nystrom_memory(n_items, n_outputs, rank):
     """Bytes the Nystrom solve holds: F (N, r), W (r, T) and one gathered batch."""
     return 8 * (n_items * rank + rank * n_outputs) + 3 * BATCH_BYTES
+
+
+def default_rank(n_items, n_outputs, memory_budget):
+    """:data:`DEFAULT_RANK` landmarks, or as many as fit ``memory_budget`` with F (N, r), W
+    (r, T) and one batch (:func:`nystrom_memory`) when fewer; at least 1."""
+    spare = parse_bytes(memory_budget) - nystrom_memory(n_items, n_outputs, 0)
+    return int(max(1, min(DEFAULT_RANK, spare // (8 * (n_items + n_outputs)))))
 
 
 def check_nystrom_fits(n_items, n_outputs, rank, memory_budget, what):
