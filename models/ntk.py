@@ -38,6 +38,9 @@ __all__ = ["Dense", "LeakyReLU", "Erf", "KernelState", "FullyConnectedNTK", "ACT
 # Number of (tile rows x m) arrays alive at once while a tile goes through the layers (gram,
 # nngp, ntk and the temporaries of an activation update), used to size tiles; kept generous.
 _TILE_WORK_ARRAYS = 8
+# Entries of the row tiles in which a block of the kernel goes through the layers (the tile's
+# work arrays, 8 bytes an entry, then fit a CPU's L2/L3 cache)
+_CACHE_TILE_ENTRIES = 1 << 16
 # a kernel computed by ``map_tiles`` (on Dask workers) comes in this many row tiles
 MAP_TILES_COUNT = 16
 
@@ -201,6 +204,23 @@ class FullyConnectedNTK:
             state = layer.update(state)
         return state
 
+    def _map_block(self, gram: torch.Tensor, sq_x, sq_y, with_ntk: bool) -> torch.Tensor:
+        """The NTK (or NNGP) of an (n, m) ``gram`` with squared norms ``sq_x`` (n, 1) and
+        ``sq_y`` (1, m) (or broadcastable singletons), written over ``gram`` (consumed). The
+        layers run on row tiles of about :data:`_CACHE_TILE_ENTRIES` entries, so that their
+        dozen elementwise passes stay in the CPU cache (about 2x faster on 1000 x 1650, with
+        the same numbers: every entry is mapped on its own)."""
+        n, m = gram.shape
+        rows = max(1, _CACHE_TILE_ENTRIES // max(m, 1))
+        for start in range(0, n, rows):
+            tile = slice(start, start + rows)
+            state = self._propagate(gram[tile], _row_slice(sq_x, n, tile),
+                                    _row_slice(sq_y, n, tile), with_ntk)
+            block = state.ntk if with_ntk else state.nngp
+            if block.data_ptr() != gram[tile].data_ptr():
+                gram[tile] = block
+        return gram
+
     # -- elementwise maps ---------------------------------------------------------------------
     def ntk_from_gram(self, gram, sq_norms_x, sq_norms_y):
         """NTK as an elementwise map of <x, y>, |x|^2 and |y|^2.
@@ -234,9 +254,12 @@ class FullyConnectedNTK:
                              f"of shapes {tuple(qx.shape)} and {tuple(qy.shape)}") from None
         if (qx < 0).any() or (qy < 0).any():
             raise ValueError("squared norms must be >= 0")
-        state = self._propagate(g, qx, qy, with_ntk)
-        out = state.ntk if with_ntk else state.nngp
-        out = out.expand(torch.broadcast_shapes(g.shape, qx.shape, qy.shape)).contiguous()
+        shape = torch.broadcast_shapes(g.shape, qx.shape, qy.shape)
+        if g.dim() == 2 and g.shape == shape:
+            out = self._map_block(g, qx, qy, with_ntk)
+        else:
+            state = self._propagate(g, qx, qy, with_ntk)
+            out = (state.ntk if with_ntk else state.nngp).expand(shape).contiguous()
         return out if is_tensor else out.cpu().numpy()
 
     # -- tiled evaluation on inputs -----------------------------------------------------------
@@ -301,8 +324,7 @@ class FullyConnectedNTK:
         gram = Xt[start:stop] @ (Xt if Yt is None else Yt).T
         if Yt is None:  # make <x, x> equal |x|^2 bit for bit, so the diagonal has correlation 1
             gram[:, start:stop].diagonal().copy_(sq_x[start:stop])
-        state = self._propagate(gram, sq_x[start:stop, None], sq_y[None, :], with_ntk)
-        return (state.ntk if with_ntk else state.nngp).cpu().numpy()
+        return self._map_block(gram, sq_x[start:stop, None], sq_y[None, :], with_ntk).cpu().numpy()
 
     def _evaluate_mapped(self, X, Y, with_ntk, dev, dt, budget, map_tiles):
         """The kernel in row tiles computed by ``map_tiles`` (see :meth:`ntk`): MAP_TILES_COUNT
@@ -337,6 +359,12 @@ def _kernel_tile(span, shared) -> np.ndarray:
     sq_y = sq_x if Yt is None else Yt.square().sum(1)
     with torch.no_grad():
         return net._tile(Xt, Yt, sq_x, sq_y, *span, with_ntk)
+
+
+def _row_slice(q, n, tile):
+    """``q[tile]`` for a 2-D tensor with one row per gram row (n > 1), else ``q`` itself (a
+    scalar or a broadcast singleton row)."""
+    return q[tile] if q.dim() == 2 and q.shape[0] == n and n > 1 else q
 
 
 def _validated_inputs(X, name):
