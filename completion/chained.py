@@ -74,8 +74,9 @@ class LinearSkip:
         self.kernel = kernel
         self.weight = float(kernel.ntk_from_gram(torch.ones(()), 1.0, 1.0))
 
-    def ntk_from_gram(self, gram, sq_norms_x, sq_norms_y):
-        return self.kernel.ntk_from_gram(gram, sq_norms_x, sq_norms_y).add_(gram, alpha=self.weight)
+    def ntk_from_gram(self, gram, sq_norms_x, sq_norms_y, *, symmetric=False):
+        K = self.kernel.ntk_from_gram(gram, sq_norms_x, sq_norms_y, symmetric=symmetric)
+        return K.add_(gram.tril() + gram.tril(-1).mT if symmetric else gram, alpha=self.weight)
 
     def __repr__(self):
         return f"LinearSkip({self.kernel!r})"
@@ -149,7 +150,7 @@ def _kernel_blocks(kernel, F, j, rows_a, rows_b=None):
     keep[j] = False
     Fa = F[torch.from_numpy(rows_a)][:, keep]
     sq_a = (Fa * Fa).sum(1)
-    K_aa = kernel.ntk_from_gram(Fa @ Fa.T, sq_a, sq_a)
+    K_aa = kernel.ntk_from_gram(Fa @ Fa.T, sq_a, sq_a, symmetric=True)
     if rows_b is None:
         return K_aa, None
     Fb = F[torch.from_numpy(rows_b)][:, keep]

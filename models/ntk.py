@@ -204,39 +204,51 @@ class FullyConnectedNTK:
             state = layer.update(state)
         return state
 
-    def _map_block(self, gram: torch.Tensor, sq_x, sq_y, with_ntk: bool) -> torch.Tensor:
+    def _map_block(self, gram: torch.Tensor, sq_x, sq_y, with_ntk: bool,
+                   symmetric: bool = False) -> torch.Tensor:
         """The NTK (or NNGP) of an (n, m) ``gram`` with squared norms ``sq_x`` (n, 1) and
         ``sq_y`` (1, m) (or broadcastable singletons), written over ``gram`` (consumed). The
         layers run on row tiles of about :data:`_CACHE_TILE_ENTRIES` entries, so that their
         dozen elementwise passes stay in the CPU cache (about 2x faster on 1000 x 1650, with
-        the same numbers: every entry is mapped on its own)."""
+        the same numbers: every entry is mapped on its own). ``symmetric`` (a square gram with
+        sq_x = sq_y^T): each tile is mapped up to the diagonal and mirrored above it."""
         n, m = gram.shape
-        rows = max(1, _CACHE_TILE_ENTRIES // max(m, 1))
-        for start in range(0, n, rows):
-            tile = slice(start, start + rows)
-            state = self._propagate(gram[tile], _row_slice(sq_x, n, tile),
-                                    _row_slice(sq_y, n, tile), with_ntk)
+        start = 0
+        while start < n:
+            width = min(m, start + 256) if symmetric else m  # about the tile's columns
+            stop = min(n, start + max(1, _CACHE_TILE_ENTRIES // max(width, 1)))
+            tile = (slice(start, stop), slice(0, stop) if symmetric else slice(None))
+            state = self._propagate(gram[tile], _tile_of(sq_x, tile), _tile_of(sq_y, tile),
+                                    with_ntk)
             block = state.ntk if with_ntk else state.nngp
             if block.data_ptr() != gram[tile].data_ptr():
                 gram[tile] = block
+            if symmetric:  # the columns start:stop above the diagonal, from the rows mapped
+                gram[:start, start:stop] = gram[start:stop, :start].T
+                diagonal = gram[start:stop, start:stop]
+                diagonal.copy_(diagonal.tril() + diagonal.tril(-1).mT)
+            start = stop
         return gram
 
     # -- elementwise maps ---------------------------------------------------------------------
-    def ntk_from_gram(self, gram, sq_norms_x, sq_norms_y):
+    def ntk_from_gram(self, gram, sq_norms_x, sq_norms_y, *, symmetric=False):
         """NTK as an elementwise map of <x, y>, |x|^2 and |y|^2.
 
         ``gram``: tensor or array of any shape (typically (n, m)); ``sq_norms_x`` / ``sq_norms_y``:
         broadcastable against it, except that 1-D vectors with a 2-D ``gram`` are taken as (n, 1)
         and (1, m). Scalars are fine (e.g. the four values of joint one-hot completion). Returns
         the same type as ``gram`` (tensor on the same device, or float64 ndarray).
+        ``symmetric``: ``gram`` is square, of one set of inputs with itself (sq_norms_x =
+        sq_norms_y): only its lower triangle is read and mapped (about half the work), and the
+        result is its mirror image, exactly symmetric.
         """
-        return self._map_gram(gram, sq_norms_x, sq_norms_y, with_ntk=True)
+        return self._map_gram(gram, sq_norms_x, sq_norms_y, True, symmetric)
 
-    def nngp_from_gram(self, gram, sq_norms_x, sq_norms_y):
+    def nngp_from_gram(self, gram, sq_norms_x, sq_norms_y, *, symmetric=False):
         """NNGP counterpart of :meth:`ntk_from_gram` (same arguments and return type)."""
-        return self._map_gram(gram, sq_norms_x, sq_norms_y, with_ntk=False)
+        return self._map_gram(gram, sq_norms_x, sq_norms_y, False, symmetric)
 
-    def _map_gram(self, gram, sq_norms_x, sq_norms_y, with_ntk):
+    def _map_gram(self, gram, sq_norms_x, sq_norms_y, with_ntk, symmetric=False):
         is_tensor = isinstance(gram, torch.Tensor)
         if is_tensor:
             g = gram.clone() if gram.is_floating_point() else gram.to(torch.float64)
@@ -248,15 +260,16 @@ class FullyConnectedNTK:
             qx = qx.reshape(-1, 1) if qx.dim() == 1 else qx
             qy = qy.reshape(1, -1) if qy.dim() == 1 else qy
         try:
-            torch.broadcast_shapes(g.shape, qx.shape, qy.shape)
+            shape = torch.broadcast_shapes(g.shape, qx.shape, qy.shape)
         except RuntimeError:
             raise ValueError(f"gram of shape {tuple(g.shape)} does not broadcast with squared norms "
                              f"of shapes {tuple(qx.shape)} and {tuple(qy.shape)}") from None
         if (qx < 0).any() or (qy < 0).any():
             raise ValueError("squared norms must be >= 0")
-        shape = torch.broadcast_shapes(g.shape, qx.shape, qy.shape)
+        if symmetric and (g.dim() != 2 or g.shape[0] != g.shape[1] or g.shape != shape):
+            raise ValueError(f"symmetric needs a square 2-D gram, got shape {tuple(g.shape)}")
         if g.dim() == 2 and g.shape == shape:
-            out = self._map_block(g, qx, qy, with_ntk)
+            out = self._map_block(g, qx, qy, with_ntk, symmetric)
         else:
             state = self._propagate(g, qx, qy, with_ntk)
             out = (state.ntk if with_ntk else state.nngp).expand(shape).contiguous()
@@ -361,10 +374,12 @@ def _kernel_tile(span, shared) -> np.ndarray:
         return net._tile(Xt, Yt, sq_x, sq_y, *span, with_ntk)
 
 
-def _row_slice(q, n, tile):
-    """``q[tile]`` for a 2-D tensor with one row per gram row (n > 1), else ``q`` itself (a
-    scalar or a broadcast singleton row)."""
-    return q[tile] if q.dim() == 2 and q.shape[0] == n and n > 1 else q
+def _tile_of(q, tile):
+    """The part of squared norms ``q`` that goes with the (rows, cols) ``tile`` of a 2-D gram:
+    ``q`` itself when it is a scalar, else its slices along the axes it does not broadcast."""
+    if q.dim() < 2:
+        return q
+    return q[tuple(part if size > 1 else slice(None) for part, size in zip(tile, q.shape))]
 
 
 def _validated_inputs(X, name):

@@ -183,6 +183,27 @@ def test_cache_tiles_do_not_change_the_map(monkeypatch, activation):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("entries", [1, 40, 10**6])
+def test_symmetric_map_is_the_mirrored_lower_triangle(monkeypatch, entries):
+    """symmetric=True maps only the lower triangle of a square gram (tile by tile, ragged
+    tiles included): the result equals the full map of the gram made symmetric from its lower
+    triangle, is exactly symmetric, and ignores the upper triangle (here garbage)."""
+    import models.ntk as ntk_module
+    monkeypatch.setattr(ntk_module, "_CACHE_TILE_ENTRIES", entries)
+    X = np.vstack([np.zeros(4), _points(12, 4, seed=5)])
+    G = torch.as_tensor(X @ X.T)
+    lower = G.tril() + G.tril(-1).mT
+    G_garbage = G.tril() + 7.0 * torch.ones_like(G).triu(1)
+    q = torch.as_tensor((X**2).sum(1))
+    kern = FullyConnectedNTK(depth=2, activation="relu", bias_var=0.1)
+    for mapping in (kern.ntk_from_gram, kern.nngp_from_gram):
+        got = mapping(G_garbage, q, q, symmetric=True)
+        torch.testing.assert_close(got, mapping(lower, q, q), rtol=0, atol=0)
+        assert torch.equal(got, got.T)
+    with pytest.raises(ValueError, match="square"):
+        kern.ntk_from_gram(G[:, :5], q, q[:5], symmetric=True)
+
+
 def test_refuses_when_one_row_tile_does_not_fit():
     X = np.ones((200, 3))
     kern = FullyConnectedNTK()
