@@ -75,8 +75,10 @@ class LinearSkip:
         self.weight = float(kernel.ntk_from_gram(torch.ones(()), 1.0, 1.0))
 
     def ntk_from_gram(self, gram, sq_norms_x, sq_norms_y, *, symmetric=False):
+        """``symmetric``: the NTK part from ``gram``'s lower triangle, mirrored (see
+        ``FullyConnectedNTK.ntk_from_gram``), plus c ``gram`` (symmetric up to rounding)."""
         K = self.kernel.ntk_from_gram(gram, sq_norms_x, sq_norms_y, symmetric=symmetric)
-        return K.add_(gram.tril() + gram.tril(-1).mT if symmetric else gram, alpha=self.weight)
+        return K.add_(gram, alpha=self.weight)
 
     def __repr__(self):
         return f"LinearSkip({self.kernel!r})"

@@ -160,6 +160,7 @@ def _shared_by_downdates(K, Y, mask, first, group, lam, ridge, progress):
     with limited_threads(1):
         B = torch.cholesky_inverse(L)
     del L
+    B = B.mT  # B is symmetric and comes column-major: rows are then gathered contiguously
     # B[:, O] y_O for every column and output
     V = (B @ torch.from_numpy(np.where(mask[..., None], Y, 0.0).reshape(m, -1))).reshape(m, n, d)
     coef = torch.zeros((m, n, d), dtype=torch.float64)
