@@ -204,31 +204,33 @@ class FullyConnectedNTK:
             state = layer.update(state)
         return state
 
-    def _map_block(self, gram: torch.Tensor, sq_x, sq_y, with_ntk: bool,
-                   symmetric: bool = False) -> torch.Tensor:
+    def _map_block(self, gram: torch.Tensor, sq_x, sq_y, with_ntk: bool, symmetric: bool = False,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
         """The NTK (or NNGP) of an (n, m) ``gram`` with squared norms ``sq_x`` (n, 1) and
-        ``sq_y`` (1, m) (or broadcastable singletons), written over ``gram`` (consumed). The
-        layers run on row tiles of about :data:`_CACHE_TILE_ENTRIES` entries, so that their
-        dozen elementwise passes stay in the CPU cache (about 2x faster on 1000 x 1650, with
-        the same numbers: every entry is mapped on its own). ``symmetric`` (a square gram with
-        sq_x = sq_y^T): each tile is mapped up to the diagonal and mirrored above it."""
+        ``sq_y`` (1, m) (or broadcastable singletons), written into ``out`` ((n, m); None:
+        over ``gram``, consumed). The layers run on copies of row tiles of about
+        :data:`_CACHE_TILE_ENTRIES` entries, so that their dozen elementwise passes stay in the
+        CPU cache (about 2x faster on 1000 x 1650, with the same numbers: every entry is mapped
+        on its own). ``symmetric`` (a square gram with sq_x = sq_y^T): each tile is mapped up to
+        the diagonal and mirrored above it."""
+        out = gram if out is None else out
         n, m = gram.shape
         start = 0
         while start < n:
             width = min(m, start + 256) if symmetric else m  # about the tile's columns
             stop = min(n, start + max(1, _CACHE_TILE_ENTRIES // max(width, 1)))
             tile = (slice(start, stop), slice(0, stop) if symmetric else slice(None))
-            state = self._propagate(gram[tile], _tile_of(sq_x, tile), _tile_of(sq_y, tile),
-                                    with_ntk)
+            work = gram[tile] if out is gram else gram[tile].clone()
+            state = self._propagate(work, _tile_of(sq_x, tile), _tile_of(sq_y, tile), with_ntk)
             block = state.ntk if with_ntk else state.nngp
-            if block.data_ptr() != gram[tile].data_ptr():
-                gram[tile] = block
+            if block.data_ptr() != out[tile].data_ptr():
+                out[tile] = block
             if symmetric:  # the columns start:stop above the diagonal, from the rows mapped
-                gram[:start, start:stop] = gram[start:stop, :start].T
-                diagonal = gram[start:stop, start:stop]
+                out[:start, start:stop] = out[start:stop, :start].T
+                diagonal = out[start:stop, start:stop]
                 diagonal.copy_(diagonal.tril() + diagonal.tril(-1).mT)
             start = stop
-        return gram
+        return out
 
     # -- elementwise maps ---------------------------------------------------------------------
     def ntk_from_gram(self, gram, sq_norms_x, sq_norms_y, *, symmetric=False):
@@ -250,8 +252,8 @@ class FullyConnectedNTK:
 
     def _map_gram(self, gram, sq_norms_x, sq_norms_y, with_ntk, symmetric=False):
         is_tensor = isinstance(gram, torch.Tensor)
-        if is_tensor:
-            g = gram.clone() if gram.is_floating_point() else gram.to(torch.float64)
+        if is_tensor:  # read, never written (the map works on copies of its tiles)
+            g = gram if gram.is_floating_point() else gram.to(torch.float64)
         else:
             g = torch.as_tensor(np.array(gram, dtype=np.float64))
         qx = _as_tensor_like(sq_norms_x, g)
@@ -269,9 +271,11 @@ class FullyConnectedNTK:
         if symmetric and (g.dim() != 2 or g.shape[0] != g.shape[1] or g.shape != shape):
             raise ValueError(f"symmetric needs a square 2-D gram, got shape {tuple(g.shape)}")
         if g.dim() == 2 and g.shape == shape:
-            out = self._map_block(g, qx, qy, with_ntk, symmetric)
+            mine = not is_tensor or g is not gram  # a copy made here may be consumed
+            out = None if mine else torch.empty(g.shape, dtype=g.dtype, device=g.device)
+            out = self._map_block(g, qx, qy, with_ntk, symmetric, out)
         else:
-            state = self._propagate(g, qx, qy, with_ntk)
+            state = self._propagate(g.clone(), qx, qy, with_ntk)
             out = (state.ntk if with_ntk else state.nngp).expand(shape).contiguous()
         return out if is_tensor else out.cpu().numpy()
 
