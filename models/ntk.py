@@ -67,7 +67,9 @@ class Dense:
         self.bias_var = float(bias_var)
 
     def update(self, state: KernelState) -> KernelState:
-        nngp = state.nngp.mul_(self.weight_var).add_(self.bias_var)
+        nngp = state.nngp.mul_(self.weight_var)
+        if self.bias_var:  # (one pass less over the block without a bias)
+            nngp.add_(self.bias_var)
         if state.ntk is None:
             ntk = None
         elif isinstance(state.ntk, float):  # zero NTK of the raw inputs
@@ -102,7 +104,7 @@ class LeakyReLU:
         rho = torch.div(cov, scale.clamp(min=torch.finfo(scale.dtype).tiny)).clamp_(-1.0, 1.0)
         theta = torch.arccos(rho)
         # sqrt(q_x q_y) sin(theta) = sqrt(q_x q_y - cov^2), taken from the clamped correlation
-        sin_part = rho.square_().neg_().add_(1.0).clamp_(min=0.0).sqrt_().mul_(scale)
+        sin_part = rho.square_().neg_().add_(1.0).sqrt_().mul_(scale)  # 1 - rho^2 >= 0: |rho| <= 1
         del scale
         d_phi = theta.mul_((2 * s - 1 - s * s) / (2 * math.pi)).add_(0.5 * (1 + s * s))
         ntk = None if state.ntk is None else state.ntk.mul_(d_phi)
