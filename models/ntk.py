@@ -263,9 +263,9 @@ class FullyConnectedNTK:
         if g.dim() == 2:
             qx = qx.reshape(-1, 1) if qx.dim() == 1 else qx
             qy = qy.reshape(1, -1) if qy.dim() == 1 else qy
-        try:
-            shape = torch.broadcast_shapes(g.shape, qx.shape, qy.shape)
-        except RuntimeError:
+        try:  # (numpy's: torch.broadcast_shapes took 0.2 ms, more than a small block's map)
+            shape = torch.Size(np.broadcast_shapes(g.shape, qx.shape, qy.shape))
+        except ValueError:
             raise ValueError(f"gram of shape {tuple(g.shape)} does not broadcast with squared norms "
                              f"of shapes {tuple(qx.shape)} and {tuple(qy.shape)}") from None
         if (qx < 0).any() or (qy < 0).any():
