@@ -38,8 +38,8 @@ __all__ = ["Dense", "LeakyReLU", "Erf", "KernelState", "FullyConnectedNTK", "ACT
 # Number of (tile rows x m) arrays alive at once while a tile goes through the layers (gram,
 # nngp, ntk and the temporaries of an activation update), used to size tiles; kept generous.
 _TILE_WORK_ARRAYS = 8
-# Entries of the row tiles in which a block of the kernel goes through the layers (the tile's
-# work arrays, 8 bytes an entry, then fit a CPU's L2/L3 cache)
+# Entries per torch thread of the row tiles in which a block of the kernel goes through the
+# layers (the tile's work arrays, 8 bytes an entry, then fit a CPU's L2/L3 cache)
 _CACHE_TILE_ENTRIES = 1 << 16
 # a kernel computed by ``map_tiles`` (on Dask workers) comes in this many row tiles
 MAP_TILES_COUNT = 16
@@ -213,14 +213,15 @@ class FullyConnectedNTK:
         over ``gram``, consumed). The layers run on copies of row tiles of about
         :data:`_CACHE_TILE_ENTRIES` entries, so that their dozen elementwise passes stay in the
         CPU cache (about 2x faster on 1000 x 1650, with the same numbers: every entry is mapped
-        on its own). ``symmetric`` (a square gram with sq_x = sq_y^T): each tile is mapped up to
+        on its own); with T torch threads a tile has T times the entries, a part for each. ``symmetric`` (a square gram with sq_x = sq_y^T): each tile is mapped up to
         the diagonal and mirrored above it."""
         out = gram if out is None else out
         n, m = gram.shape
+        entries = _CACHE_TILE_ENTRIES * torch.get_num_threads()  # a cache tile for each thread
         start = 0
         while start < n:
             width = min(m, start + 256) if symmetric else m  # about the tile's columns
-            stop = min(n, start + max(1, _CACHE_TILE_ENTRIES // max(width, 1)))
+            stop = min(n, start + max(1, entries // max(width, 1)))
             tile = (slice(start, stop), slice(0, stop) if symmetric else slice(None))
             work = gram[tile] if out is gram else gram[tile].clone()
             state = self._propagate(work, _tile_of(sq_x, tile), _tile_of(sq_y, tile), with_ntk)
