@@ -87,8 +87,11 @@ class LinearSkip:
         self.kernel = kernel
         self.weight = float(kernel.ntk_from_gram(torch.ones(()), 1.0, 1.0))
 
-    def ntk_from_gram(self, gram, sq_norms_x, sq_norms_y):
-        return self.kernel.ntk_from_gram(gram, sq_norms_x, sq_norms_y).add_(gram, alpha=self.weight)
+    def ntk_from_gram(self, gram, sq_norms_x, sq_norms_y, *, symmetric=False):
+        """``symmetric``: the NTK part from ``gram``'s lower triangle, mirrored (see
+        ``FullyConnectedNTK.ntk_from_gram``), plus c ``gram`` (symmetric up to rounding)."""
+        K = self.kernel.ntk_from_gram(gram, sq_norms_x, sq_norms_y, symmetric=symmetric)
+        return K.add_(gram, alpha=self.weight)
 
     def __repr__(self):
         return f"LinearSkip({self.kernel!r})"
@@ -183,7 +186,7 @@ def _kernel_blocks(kernel, neighbours, F, j, rows_a, rows_b=None):
     (K_aa, K_ba) tensors (K_ba None without ``rows_b``)."""
     Fa = _inputs(F, j, rows_a, neighbours)
     sq_a = (Fa * Fa).sum(1)
-    K_aa = kernel.ntk_from_gram(Fa @ Fa.T, sq_a, sq_a)
+    K_aa = kernel.ntk_from_gram(Fa @ Fa.T, sq_a, sq_a, symmetric=True)
     if rows_b is None:
         return K_aa, None
     Fb = _inputs(F, j, rows_b, neighbours)

@@ -38,6 +38,9 @@ __all__ = ["Dense", "LeakyReLU", "Erf", "KernelState", "FullyConnectedNTK", "ACT
 # Number of (tile rows x m) arrays alive at once while a tile goes through the layers (gram,
 # nngp, ntk and the temporaries of an activation update), used to size tiles; kept generous.
 _TILE_WORK_ARRAYS = 8
+# Entries per torch thread of the row tiles in which a block of the kernel goes through the
+# layers (the tile's work arrays, 8 bytes an entry, then fit a CPU's L2/L3 cache)
+_CACHE_TILE_ENTRIES = 1 << 16
 # a kernel computed by ``map_tiles`` (on Dask workers) comes in this many row tiles
 MAP_TILES_COUNT = 16
 
@@ -64,7 +67,9 @@ class Dense:
         self.bias_var = float(bias_var)
 
     def update(self, state: KernelState) -> KernelState:
-        nngp = state.nngp.mul_(self.weight_var).add_(self.bias_var)
+        nngp = state.nngp.mul_(self.weight_var)
+        if self.bias_var:  # (one pass less over the block without a bias)
+            nngp.add_(self.bias_var)
         if state.ntk is None:
             ntk = None
         elif isinstance(state.ntk, float):  # zero NTK of the raw inputs
@@ -99,7 +104,7 @@ class LeakyReLU:
         rho = torch.div(cov, scale.clamp(min=torch.finfo(scale.dtype).tiny)).clamp_(-1.0, 1.0)
         theta = torch.arccos(rho)
         # sqrt(q_x q_y) sin(theta) = sqrt(q_x q_y - cov^2), taken from the clamped correlation
-        sin_part = rho.square_().neg_().add_(1.0).clamp_(min=0.0).sqrt_().mul_(scale)
+        sin_part = rho.square_().neg_().add_(1.0).sqrt_().mul_(scale)  # 1 - rho^2 >= 0: |rho| <= 1
         del scale
         d_phi = theta.mul_((2 * s - 1 - s * s) / (2 * math.pi)).add_(0.5 * (1 + s * s))
         ntk = None if state.ntk is None else state.ntk.mul_(d_phi)
@@ -201,25 +206,59 @@ class FullyConnectedNTK:
             state = layer.update(state)
         return state
 
+    def _map_block(self, gram: torch.Tensor, sq_x, sq_y, with_ntk: bool, symmetric: bool = False,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+        """The NTK (or NNGP) of an (n, m) ``gram`` with squared norms ``sq_x`` (n, 1) and
+        ``sq_y`` (1, m) (or broadcastable singletons), written into ``out`` ((n, m); None:
+        over ``gram``, consumed). The layers run on copies of row tiles of about
+        :data:`_CACHE_TILE_ENTRIES` entries, so that their dozen elementwise passes stay in the
+        CPU cache (about 2x faster on 1000 x 1650, with the same numbers: every entry is mapped
+        on its own); with T torch threads a tile has T times the entries, a part for each; on
+        a GPU the block is one tile. ``symmetric`` (a square gram with sq_x = sq_y^T): each
+        tile is mapped up to the diagonal and mirrored above it."""
+        out = gram if out is None else out
+        n, m = gram.shape
+        entries = _CACHE_TILE_ENTRIES * torch.get_num_threads() if gram.device.type == "cpu" \
+            else n * m
+        start = 0
+        while start < n:
+            width = min(m, start + 256) if symmetric else m  # about the tile's columns
+            stop = min(n, start + max(1, entries // max(width, 1)))
+            tile = (slice(start, stop), slice(0, stop) if symmetric else slice(None))
+            work = gram[tile] if out is gram else gram[tile].clone()
+            state = self._propagate(work, _tile_of(sq_x, tile), _tile_of(sq_y, tile), with_ntk)
+            block = state.ntk if with_ntk else state.nngp
+            if block.data_ptr() != out[tile].data_ptr():
+                out[tile] = block
+            if symmetric:  # the columns start:stop above the diagonal, from the rows mapped
+                out[:start, start:stop] = out[start:stop, :start].T
+                diagonal = out[start:stop, start:stop]
+                diagonal.copy_(diagonal.tril() + diagonal.tril(-1).mT)
+            start = stop
+        return out
+
     # -- elementwise maps ---------------------------------------------------------------------
-    def ntk_from_gram(self, gram, sq_norms_x, sq_norms_y):
+    def ntk_from_gram(self, gram, sq_norms_x, sq_norms_y, *, symmetric=False):
         """NTK as an elementwise map of <x, y>, |x|^2 and |y|^2.
 
         ``gram``: tensor or array of any shape (typically (n, m)); ``sq_norms_x`` / ``sq_norms_y``:
         broadcastable against it, except that 1-D vectors with a 2-D ``gram`` are taken as (n, 1)
         and (1, m). Scalars are fine (e.g. the four values of joint one-hot completion). Returns
         the same type as ``gram`` (tensor on the same device, or float64 ndarray).
+        ``symmetric``: ``gram`` is square, of one set of inputs with itself (sq_norms_x =
+        sq_norms_y): only its lower triangle is read and mapped (about half the work), and the
+        result is its mirror image, exactly symmetric.
         """
-        return self._map_gram(gram, sq_norms_x, sq_norms_y, with_ntk=True)
+        return self._map_gram(gram, sq_norms_x, sq_norms_y, True, symmetric)
 
-    def nngp_from_gram(self, gram, sq_norms_x, sq_norms_y):
+    def nngp_from_gram(self, gram, sq_norms_x, sq_norms_y, *, symmetric=False):
         """NNGP counterpart of :meth:`ntk_from_gram` (same arguments and return type)."""
-        return self._map_gram(gram, sq_norms_x, sq_norms_y, with_ntk=False)
+        return self._map_gram(gram, sq_norms_x, sq_norms_y, False, symmetric)
 
-    def _map_gram(self, gram, sq_norms_x, sq_norms_y, with_ntk):
+    def _map_gram(self, gram, sq_norms_x, sq_norms_y, with_ntk, symmetric=False):
         is_tensor = isinstance(gram, torch.Tensor)
-        if is_tensor:
-            g = gram.clone() if gram.is_floating_point() else gram.to(torch.float64)
+        if is_tensor:  # read, never written (the map works on copies of its tiles)
+            g = gram if gram.is_floating_point() else gram.to(torch.float64)
         else:
             g = torch.as_tensor(np.array(gram, dtype=np.float64))
         qx = _as_tensor_like(sq_norms_x, g)
@@ -227,16 +266,22 @@ class FullyConnectedNTK:
         if g.dim() == 2:
             qx = qx.reshape(-1, 1) if qx.dim() == 1 else qx
             qy = qy.reshape(1, -1) if qy.dim() == 1 else qy
-        try:
-            torch.broadcast_shapes(g.shape, qx.shape, qy.shape)
-        except RuntimeError:
+        try:  # (numpy's: torch.broadcast_shapes took 0.2 ms, more than a small block's map)
+            shape = torch.Size(np.broadcast_shapes(g.shape, qx.shape, qy.shape))
+        except ValueError:
             raise ValueError(f"gram of shape {tuple(g.shape)} does not broadcast with squared norms "
                              f"of shapes {tuple(qx.shape)} and {tuple(qy.shape)}") from None
         if (qx < 0).any() or (qy < 0).any():
             raise ValueError("squared norms must be >= 0")
-        state = self._propagate(g, qx, qy, with_ntk)
-        out = state.ntk if with_ntk else state.nngp
-        out = out.expand(torch.broadcast_shapes(g.shape, qx.shape, qy.shape)).contiguous()
+        if symmetric and (g.dim() != 2 or g.shape[0] != g.shape[1] or g.shape != shape):
+            raise ValueError(f"symmetric needs a square 2-D gram, got shape {tuple(g.shape)}")
+        if g.dim() == 2 and g.shape == shape:
+            mine = not is_tensor or g is not gram  # a copy made here may be consumed
+            out = None if mine else torch.empty(g.shape, dtype=g.dtype, device=g.device)
+            out = self._map_block(g, qx, qy, with_ntk, symmetric, out)
+        else:
+            state = self._propagate(g.clone(), qx, qy, with_ntk)
+            out = (state.ntk if with_ntk else state.nngp).expand(shape).contiguous()
         return out if is_tensor else out.cpu().numpy()
 
     # -- tiled evaluation on inputs -----------------------------------------------------------
@@ -301,8 +346,7 @@ class FullyConnectedNTK:
         gram = Xt[start:stop] @ (Xt if Yt is None else Yt).T
         if Yt is None:  # make <x, x> equal |x|^2 bit for bit, so the diagonal has correlation 1
             gram[:, start:stop].diagonal().copy_(sq_x[start:stop])
-        state = self._propagate(gram, sq_x[start:stop, None], sq_y[None, :], with_ntk)
-        return (state.ntk if with_ntk else state.nngp).cpu().numpy()
+        return self._map_block(gram, sq_x[start:stop, None], sq_y[None, :], with_ntk).cpu().numpy()
 
     def _evaluate_mapped(self, X, Y, with_ntk, dev, dt, budget, map_tiles):
         """The kernel in row tiles computed by ``map_tiles`` (see :meth:`ntk`): MAP_TILES_COUNT
@@ -337,6 +381,14 @@ def _kernel_tile(span, shared) -> np.ndarray:
     sq_y = sq_x if Yt is None else Yt.square().sum(1)
     with torch.no_grad():
         return net._tile(Xt, Yt, sq_x, sq_y, *span, with_ntk)
+
+
+def _tile_of(q, tile):
+    """The part of squared norms ``q`` that goes with the (rows, cols) ``tile`` of a 2-D gram:
+    ``q`` itself when it is a scalar, else its slices along the axes it does not broadcast."""
+    if q.dim() < 2:
+        return q
+    return q[tuple(part if size > 1 else slice(None) for part, size in zip(tile, q.shape))]
 
 
 def _validated_inputs(X, name):

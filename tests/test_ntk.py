@@ -161,6 +161,49 @@ def test_tiling_does_not_change_the_result():
     np.testing.assert_allclose(kern.ntk(X, memory_budget=30_000), kern.ntk(X), rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("activation", ACTS)
+def test_cache_tiles_do_not_change_the_map(monkeypatch, activation):
+    """ntk_from_gram maps a block in row tiles of _CACHE_TILE_ENTRIES entries: tiles of one
+    row, of three rows (a ragged last tile) and one tile give the same numbers, bit for bit
+    (each entry is mapped on its own), also with a zero input and a full (n, m) norm array."""
+    import models.ntk as ntk_module
+    X = np.vstack([np.zeros(4), _points(9, 4, seed=3)])
+    Y = _points(7, 4, seed=4)
+    G = torch.as_tensor(X @ Y.T)
+    qx, qy = torch.as_tensor((X**2).sum(1)), torch.as_tensor((Y**2).sum(1))
+    kern = FullyConnectedNTK(depth=2, activation=activation, slope=SLOPE, bias_var=0.1)
+    results = []
+    for entries in (1, 3 * Y.shape[0], 10**6):
+        monkeypatch.setattr(ntk_module, "_CACHE_TILE_ENTRIES", entries)
+        results.append([kern.ntk_from_gram(G, qx, qy), kern.nngp_from_gram(G, qx, qy),
+                        kern.ntk_from_gram(G, qx[:, None].expand(G.shape), qy),
+                        torch.as_tensor(kern.ntk(X, Y))])
+    for got in results[:2]:
+        for a, b in zip(got, results[2]):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("entries", [1, 40, 10**6])
+def test_symmetric_map_is_the_mirrored_lower_triangle(monkeypatch, entries):
+    """symmetric=True maps only the lower triangle of a square gram (tile by tile, ragged
+    tiles included): the result equals the full map of the gram made symmetric from its lower
+    triangle, is exactly symmetric, and ignores the upper triangle (here garbage)."""
+    import models.ntk as ntk_module
+    monkeypatch.setattr(ntk_module, "_CACHE_TILE_ENTRIES", entries)
+    X = np.vstack([np.zeros(4), _points(12, 4, seed=5)])
+    G = torch.as_tensor(X @ X.T)
+    lower = G.tril() + G.tril(-1).mT
+    G_garbage = G.tril() + 7.0 * torch.ones_like(G).triu(1)
+    q = torch.as_tensor((X**2).sum(1))
+    kern = FullyConnectedNTK(depth=2, activation="relu", bias_var=0.1)
+    for mapping in (kern.ntk_from_gram, kern.nngp_from_gram):
+        got = mapping(G_garbage, q, q, symmetric=True)
+        torch.testing.assert_close(got, mapping(lower, q, q), rtol=0, atol=0)
+        assert torch.equal(got, got.T)
+    with pytest.raises(ValueError, match="square"):
+        kern.ntk_from_gram(G[:, :5], q, q[:5], symmetric=True)
+
+
 def test_refuses_when_one_row_tile_does_not_fit():
     X = np.ones((200, 3))
     kern = FullyConnectedNTK()

@@ -15,6 +15,8 @@ __all__ = ["solve_shared_kernel", "shared_kernel_flops"]
 
 # (tile rows x observed rows) arrays alive while a block of a rows-mode prediction is evaluated
 _SHARED_TILE_WORK = 10
+# entries of the arrays of one batch of equally shaped column patterns in a downdate solve
+_BATCH_ENTRIES = 1 << 22
 
 
 
@@ -153,9 +155,12 @@ def _shared_by_downdates(K, Y, mask, first, group, lam, ridge, progress):
     if int(info) != 0:
         raise not_positive_definite(lam, ridge)
     del A
-    # (cholesky_inverse was measured up to 20x slower than this under CPU contention)
-    B = torch.cholesky_solve(torch.eye(m, dtype=torch.float64), L)
+    # one thread: MKL's multithreaded inverse took 1.66 s at 1797 x 1797 on 2 threads, 0.46 s
+    # on one, and the solve against the identity (twice the flops) 0.82 s
+    with limited_threads(1):
+        B = torch.cholesky_inverse(L)
     del L
+    B = B.mT  # B is symmetric and comes column-major: rows are then gathered contiguously
     # B[:, O] y_O for every column and output
     V = (B @ torch.from_numpy(np.where(mask[..., None], Y, 0.0).reshape(m, -1))).reshape(m, n, d)
     coef = torch.zeros((m, n, d), dtype=torch.float64)
@@ -168,23 +173,35 @@ def _shared_by_downdates(K, Y, mask, first, group, lam, ridge, progress):
 
 
 def _downdate_patterns(B, V, coef, mask, first, group, lam, ridge, progress):
-    """Fill coef[O, cols] = (B_OO - B_OM B_MM^{-1} B_MO) y_O for every column pattern
-    (coef and V: (m, n, d) tensors)."""
-    for g in tqdm(range(first.size), desc="column patterns", disable=not progress, leave=False):
-        observed = mask[:, first[g]]
-        obs, miss = np.flatnonzero(observed), np.flatnonzero(~observed)
-        if obs.size == 0:
-            continue
-        cols = torch.from_numpy(np.flatnonzero(group == g))
-        obs_t, miss_t = torch.from_numpy(obs), torch.from_numpy(miss)
-        if miss.size == 0:
-            coef[:, cols] = V[:, cols]
-            continue
-        B_m = B[miss_t]  # (|M|, m) rows; B is symmetric so B_OM = B_m[:, O]^T
-        L_mm, info = torch.linalg.cholesky_ex(B_m[:, miss_t])
-        if int(info) != 0:
-            raise not_positive_definite(lam, ridge)
-        W = torch.cholesky_solve(V[miss_t][:, cols].reshape(miss.size, -1), L_mm)
-        coef[obs_t[:, None], cols] = V[obs_t][:, cols] - \
-            (B_m[:, obs_t].T @ W).reshape(obs.size, cols.numel(), -1)
-
+    """Fill coef[O, cols] = (B_OO - B_OM B_MM^{-1} B_MO) y_O = V_O - B_OM B_MM^{-1} V_M for
+    every column pattern (coef and V: (m, n, d) tensors, V = B[:, O] y_O). Patterns with the
+    same number of missing rows k and of columns c go through one batched factorisation and
+    solve (random missingness over few rows gives thousands of tiny patterns, whose one-by-one
+    factors cost mostly Python), in chunks of at most :data:`_BATCH_ENTRIES` entries."""
+    m = B.shape[0]
+    missing = ~mask[:, first]  # (m, patterns)
+    k_of = missing.sum(0)
+    c_of = np.bincount(group, minlength=first.size)
+    complete = np.isin(group, np.flatnonzero(k_of == 0))
+    coef[:, torch.from_numpy(complete)] = V[:, torch.from_numpy(complete)]
+    todo = np.flatnonzero((k_of > 0) & (k_of < m))  # (an all-missing pattern predicts 0)
+    keys = sorted(set(zip(k_of[todo].tolist(), c_of[todo].tolist())))
+    by_pattern = np.argsort(group, kind="stable")  # columns of each pattern, in order
+    starts = np.concatenate([[0], np.cumsum(c_of)])
+    for k, c in tqdm(keys, desc="column patterns", disable=not progress, leave=False):
+        pats = todo[(k_of[todo] == k) & (c_of[todo] == c)]
+        chunk = max(1, _BATCH_ENTRIES // (k * (m + k + c * V.shape[2])))
+        for s in range(0, pats.size, chunk):
+            p = pats[s:s + chunk]
+            miss = torch.from_numpy(np.nonzero(missing[:, p].T)[1].reshape(p.size, k))  # (b, k)
+            cols = torch.from_numpy(by_pattern[starts[p][:, None] + np.arange(c)])  # (b, c)
+            B_m = B[miss]  # (b, k, m): B_MO and B_MM rows (B symmetric)
+            L, info = torch.linalg.cholesky_ex(torch.take_along_dim(B_m, miss[:, None, :], 2))
+            if int(info.abs().max()) != 0:
+                raise not_positive_definite(lam, ridge)
+            rhs = V[miss[:, :, None], cols[:, None, :]]  # (b, k, c, d)
+            W = torch.cholesky_solve(rhs.reshape(p.size, k, -1), L)
+            # over every row: at the missing rows V_M - B_MM B_MM^{-1} V_M = 0
+            fit = V[:, cols] - (B_m.mT @ W).reshape(p.size, m, c, -1).transpose(0, 1)
+            fit[miss.T[:, :, None], torch.arange(p.size)[None, :, None], torch.arange(c)] = 0.0
+            coef[:, cols] = fit
