@@ -22,6 +22,7 @@ Run (repository root; one thread):
     python benchmarks/bench_matrices.py                       # the five small sets, 3 seeds
     python benchmarks/bench_matrices.py --datasets gdsc       # GDSC, 10% hidden, 5 seeds
     python benchmarks/bench_matrices.py --sanity              # the two sanity sets
+    OMP_NUM_THREADS=2 python benchmarks/bench_matrices.py --threads 2 --only NTK   # two cores
 """
 from __future__ import annotations
 
@@ -197,8 +198,11 @@ def main(argv=None):
     parser.add_argument("--sanity", action="store_true", help="run the sanity sets instead")
     parser.add_argument("--seeds", type=int, help="number of seeds (default: per data set)")
     parser.add_argument("--only", nargs="*", help="substrings of the method names to run")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for every method (default 1; run with "
+                             "OMP_NUM_THREADS set to the same number)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     os.environ["NTK_THREADS"] = str(torch.get_num_threads())  # the package's setting too
     pool = {**DATASETS, **SANITY}
     names = list(SANITY) if args.sanity else args.datasets
