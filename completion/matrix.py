@@ -906,8 +906,9 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                 self._say(f"  screened out after its first round: {describe_choice(cfg)}")
                 scored[key] = (cfg, np.inf, None)
                 continue
-            rmse = float(np.sqrt(np.mean((np.concatenate(preds) - truth) ** 2)))
-            scored[key] = (cfg, rmse, np.concatenate(preds))
+            pred = np.concatenate(preds)
+            rmse = float(np.sqrt(np.mean((pred - truth) ** 2)))
+            scored[key] = (cfg, rmse, pred)
             results.append(dict(self._normalised(cfg), cv_rmse=rmse))
             took = f"{time.perf_counter() - started:.1f} s" if grid.client is None else "workers"
             self._say(f"  CV RMSE {rmse:.4f}  {describe_choice(self._normalised(cfg))} ({took})")

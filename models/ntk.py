@@ -317,10 +317,10 @@ class FullyConnectedNTK:
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         budget = parse_bytes(memory_budget)
-        (n, d), m = X.shape, Y.shape[0]
-        which = "NTK" if with_ntk else "NNGP"
         if map_tiles is not None:
             return self._evaluate_mapped(X, Y, with_ntk, dev, dt, budget, map_tiles)
+        (n, d), m = X.shape, Y.shape[0]
+        which = "NTK" if with_ntk else "NNGP"
         item = torch.empty((), dtype=dt).element_size()
         fixed = (n * m + (n + m) * (d + 1)) * item  # output + inputs + squared norms
         per_row = _TILE_WORK_ARRAYS * m * item

@@ -66,7 +66,7 @@ def pivoted_nystrom(columns, diag, rank, *, tol=1e-6, sampling="rpcholesky", ran
                "Raise memory_budget or use fewer landmarks.")
     rng = np.random.default_rng(random_state)
     total = float(resid.sum())
-    factors, landmarks = [], []
+    landmarks = []
     drawn = np.zeros(N, dtype=bool)
     F = torch.zeros((N, 0), dtype=torch.float64)
     while len(landmarks) < rank and float(resid.sum()) > tol * total:

@@ -152,8 +152,8 @@ def solve_outputs_exact(K, items, outputs, y, n_outputs, lam, ridge=float("nan")
     for _, idx in batches_by_count(outputs, n_outputs, 1, same_count=True):
         B, L = idx.shape
         low_r, low_c = np.tril_indices(L)
-        a = items[idx] * K.shape[1]
-        flat = torch.as_tensor((a[:, low_r] + items[idx][:, low_c]).reshape(-1))
+        at = items[idx]  # (B, L) item of each entry
+        flat = torch.as_tensor((at[:, low_r] * K.shape[1] + at[:, low_c]).reshape(-1))
         A = torch.zeros((B, L * L), dtype=K.dtype)
         A.index_copy_(1, torch.as_tensor(low_r * L + low_c), K_flat.index_select(0, flat).view(B, -1))
         idx_t = torch.as_tensor(idx.reshape(-1))
