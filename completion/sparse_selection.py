@@ -6,7 +6,8 @@ chained modes are left out: their cost grows with |Omega|^2 or with dense column
 priors ``profile`` and, for a side with features, ``features``; each at the default depth and
 ridge, then the ridge and then the depth of the best on the grids of the dense search. No
 stacking (the stacked components, SoftImpute among them, are dense). The solver of each
-candidate is the given one, or :func:`~completion.solvers.choose_solver`'s.
+candidate is the estimator's (the given one, checked against the mode before any fit, or
+:func:`~completion.solvers.choose_solver`'s).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import time
 
 import numpy as np
 
-from .solvers import choose_solver, parse_solver
+from .solvers import parse_solver
 from .sparse_matrix import fit_entries
 
 __all__ = ["holdout_entries", "select_on_entries", "fit_chosen"]
@@ -53,10 +54,8 @@ def select_on_entries(e, est, kernel_of, grids, say):
         priors = [est.prior] if est.prior != "auto" else \
             ["profile"] + (["features"] if feats[mode] is not None else [])
         for prior in priors:
-            solver = est.solver if est.solver != "auto" else \
-                choose_solver(mode, e.shape, e.values.size)
             candidates.append({"mode": mode, "prior": prior, "depth": depth, "ridge": ridge,
-                               "solver": solver})
+                               "solver": est._solver_for(mode, prior, e.values.size)})
     if len(candidates) == 1 and est.depth != "auto" and est.ridge != "auto":
         return candidates[0], []
     folds = holdout_entries(e, est.cv_folds, est.cv_max_folds, est.random_state)

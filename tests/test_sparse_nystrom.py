@@ -184,6 +184,17 @@ def test_solver_auto_takes_nystrom_when_the_kernel_does_not_fit():
             parse_solver(bad)
 
 
+@pytest.mark.parametrize("solver", ["cg", "structured", "exact"])
+def test_a_solver_that_does_not_apply_is_refused_before_any_sparse_fit(solver, monkeypatch):
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a fit started before the solver was checked")
+
+    monkeypatch.setattr("completion.sparse_selection.fit_entries", no_fit)
+    with pytest.raises(ValueError, match=f"solver '{solver}' does not apply to mode 'rows'"):
+        NTKImputer(mode="rows", prior="profile", depth=1, ridge=0.1, solver=solver) \
+            .fit(_ratings()[2])
+
+
 class _NoKernel:
     """A kernel that fails if evaluated: refusals must come before any kernel work."""
 
