@@ -46,10 +46,15 @@ def fold_prediction(pair, data: FoldData, screen=None):
     outside fold ``k`` (``pair = (cfg, k)``); None when ``screen`` (a test of the first
     refinement round's predictions there) rejects it."""
     cfg, k = pair
-    val = data.folds[k]
-    train = data.mask & ~val
-    return data.imputer._complete(np.where(fibre_mask(train, data.values), data.values, np.nan),
-                                  train, cfg, np.nonzero(val), screen)
+    return data.imputer._complete(*training_split(data, k), cfg, np.nonzero(data.folds[k]),
+                                  screen)
+
+
+def training_split(data: FoldData, k):
+    """(values, train) of fold ``k``'s training split: ``data.values`` with NaN (whole fibres for
+    vector entries) outside ``train``, the (m, n) observed entries outside the fold."""
+    train = data.mask & ~data.folds[k]
+    return np.where(fibre_mask(train, data.values), data.values, np.nan), train
 
 
 def recorded_fold_prediction(pair, data: FoldData):
@@ -110,8 +115,7 @@ class CVGrid:
         if self._scattered is None:
             data = self.data
             if any(uses_softimpute(cfg) for cfg in cfgs):
-                train = data.mask & ~data.folds[0]
-                data.imputer._softimpute(np.where(train, data.values, np.nan), train)
+                data.imputer._softimpute(*training_split(data, 0))
             shipped = copy.copy(data.imputer)
             shipped.scheduler = None  # a worker fits where it is
             shipped._softimpute_cache = dict(data.imputer._softimpute_cache)  # its own (threads)

@@ -325,6 +325,18 @@ def test_matrix_auto_on_workers_chooses_and_completes_as_in_process(client):
     np.testing.assert_allclose(there.completed_, here.completed_, rtol=0, atol=1e-12)
 
 
+def test_matrix_auto_with_vector_entries_on_workers_is_the_in_process_fit(client):
+    rng = np.random.default_rng(3)
+    X = np.einsum("ik,jk,kf->ijf", rng.standard_normal((24, 3)), rng.standard_normal((12, 3)),
+                  rng.standard_normal((3, 2)))
+    X[rng.random((24, 12)) < 0.3] = np.nan  # missing fibres
+    here = NTKImputer(random_state=0, cv_max_folds=1).fit(X)
+    there = NTKImputer(random_state=0, cv_max_folds=1, scheduler=client).fit(X)
+    assert any("softimpute" in str(r["prior"]) for r in here.cv_results_)  # the shipped SoftImpute
+    assert there.chosen_ == here.chosen_
+    np.testing.assert_allclose(there.completed_, here.completed_, rtol=0, atol=1e-12)
+
+
 class FailsAtRidge001(NTKImputer):
     """An NTKImputer whose CV fits at ridge 0.01 raise ``ValueError(message)`` (the final fit
     does not): the candidate fails on a worker as it would here."""
