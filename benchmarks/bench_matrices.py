@@ -12,7 +12,8 @@ includes every choice made by cross-validation). Data sets:
   (``--gdsc-seeds``);
 * sanity sets not used while developing (``--sanity``): statsmodels' macrodata (203 quarters x
   12 series, standardised) and scikit-learn's make_friedman1 (500 x 10 features + target,
-  standardised).
+  standardised);
+* check sets added after the defaults were chosen (``--check``, see ``CHECK``).
 
 Methods: NTKImputer() with its defaults (what ``ntk-complete matrix`` runs), SoftImpute with its
 shrinkage chosen by CV (:mod:`completion.softimpute`), scikit-learn's IterativeImputer with
@@ -22,6 +23,7 @@ Run (repository root; one thread):
     python benchmarks/bench_matrices.py                       # the five small sets, 3 seeds
     python benchmarks/bench_matrices.py --datasets gdsc       # GDSC, 10% hidden, 5 seeds
     python benchmarks/bench_matrices.py --sanity              # the two sanity sets
+    python benchmarks/bench_matrices.py --check               # the session-6 check sets
     OMP_NUM_THREADS=2 python benchmarks/bench_matrices.py --threads 2 --only NTK   # two cores
 """
 from __future__ import annotations
@@ -80,6 +82,25 @@ def _friedman():
     return _standardised(np.column_stack([X, y]))
 
 
+def _statsmodels_table(name, drop=()):
+    import statsmodels.api as sm
+    data = getattr(sm.datasets, name).load_pandas().data.select_dtypes("number")
+    return _standardised(data.drop(columns=list(drop)).to_numpy(dtype=np.float64))
+
+
+def _fertility():
+    import statsmodels.api as sm
+    data = sm.datasets.fertility.load_pandas().data.set_index("Country Name")
+    values = data.select_dtypes("number").to_numpy(dtype=np.float64)
+    values = values[:, ~np.isnan(values).all(0)]  # the last two years are empty
+    return values[~np.isnan(values).all(1)]
+
+
+def _shuffled_wine():
+    X = _sklearn("wine")
+    return X[np.random.default_rng(7).permutation(X.shape[0])]
+
+
 # name -> (loader, hidden fraction, default seeds)
 DATASETS = {
     "breast_cancer": (lambda: _sklearn("breast_cancer"), 0.2, 3),
@@ -92,6 +113,21 @@ DATASETS = {
 SANITY = {
     "macrodata": (_macrodata, 0.2, 3),
     "friedman1": (_friedman, 0.2, 3),
+}
+# checks added in session 6, after the defaults they check were chosen (``--check``): wine with
+# its rows in random order (the table is sorted by class), statsmodels' fertility (countries x
+# years 1960-2011, births per woman, raw values, 10% hidden: the protocol of issue 9's country-by-year
+# matrix) and four statsmodels tables, numeric columns standardised: star98 (303 x 22 school
+# districts), anes96 (944 x 11, survey answers on small integer scales), statecrime (51 x 7),
+# fair (6366 x 9, ordinal answers), and scikit-learn's iris (150 x 4)
+CHECK = {
+    "wine_shuffled": (_shuffled_wine, 0.2, 3),
+    "fertility": (_fertility, 0.1, 3),
+    "star98": (lambda: _statsmodels_table("star98"), 0.2, 3),
+    "anes96": (lambda: _statsmodels_table("anes96", drop=("logpopul",)), 0.2, 3),
+    "statecrime": (lambda: _statsmodels_table("statecrime"), 0.2, 3),
+    "fair": (lambda: _statsmodels_table("fair"), 0.2, 3),
+    "iris": (lambda: _sklearn("iris"), 0.2, 3),
 }
 
 
@@ -193,9 +229,11 @@ def report(table):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS) + list(SANITY),
+    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS) + list(SANITY) + list(CHECK),
                         default=[d for d in DATASETS if d != "gdsc"])
     parser.add_argument("--sanity", action="store_true", help="run the sanity sets instead")
+    parser.add_argument("--check", action="store_true",
+                        help="run the check sets (added after the defaults were chosen) instead")
     parser.add_argument("--seeds", type=int, help="number of seeds (default: per data set)")
     parser.add_argument("--only", nargs="*", help="substrings of the method names to run")
     parser.add_argument("--threads", type=int, default=1,
@@ -204,8 +242,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ["NTK_THREADS"] = str(torch.get_num_threads())  # the package's setting too
-    pool = {**DATASETS, **SANITY}
-    names = list(SANITY) if args.sanity else args.datasets
+    pool = {**DATASETS, **SANITY, **CHECK}
+    names = list(SANITY) if args.sanity else list(CHECK) if args.check else args.datasets
     methods = {k: v for k, v in METHODS.items()
                if not args.only or any(s.lower() in k.lower() for s in args.only)}
     report(run({n: pool[n] for n in names}, methods, args.seeds))

@@ -81,6 +81,11 @@ DEFAULT_RIDGE = 0.03
 # mode "auto" tunes the best kernel candidate on these smaller grids (speed)
 AUTO_DEPTH_GRID = (1, 2)
 AUTO_RIDGE_GRID = (0.01, 0.03, 0.1)
+# bias variance of the chained fits' network: the inputs (unit mean squared norm, weight
+# variance 2) and the bias add equally to the first layer's pre-activation variance, so the
+# kernel is not positively homogeneous (a net without biases predicts |x| g(x / |x|): zero at the
+# column means, linear along every ray); measured in benchmarks/RESULTS.md
+CHAINED_BIAS_VAR = 2.0
 # "auto" skips a chained candidate whose estimated cost (chained.chained_flops) exceeds this
 # (digits' 1797 x 64 rows-chained fit, 1.4e11, took about 60 s on one loaded core)
 AUTO_CHAINED_FLOPS = 1.5e11
@@ -564,8 +569,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                 print(f"[NTKImputer] {message}", file=sys.stderr)
 
     # -- the model for one configuration ------------------------------------------------------
-    def _kernel(self, depth):
-        return FullyConnectedNTK(depth=int(depth), activation=self.activation)
+    def _kernel(self, depth, bias_var=0.0):
+        return FullyConnectedNTK(depth=int(depth), activation=self.activation, bias_var=bias_var)
 
     def _prior(self, spec, values, mask, axis):
         """Prior of the rows (axis 0) or columns (axis 1) of the matrix."""
@@ -619,7 +624,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         baseline = additive_baseline(values, mask)
         if cfg["mode"] in CHAINED_AXIS:
             ridge = "loo" if cfg["ridge"] == "loo" else float(cfg["ridge"])
-            kernel = self._kernel(cfg["depth"])
+            kernel = self._kernel(cfg["depth"], CHAINED_BIAS_VAR)
             Z = chained_fit((kernel, LinearSkip(kernel)), values, mask, baseline,
                             1 + self.refine, ridge, CHAINED_AXIS[cfg["mode"]], self.random_state,
                             neighbours="loo",
