@@ -117,7 +117,8 @@ def chained_flops(shape, mask, rounds, axis=0):
 
 
 def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, random_state=0,
-                memory_budget=None, max_train_rows=MAX_TRAIN_ROWS, neighbours=False, say=None):
+                memory_budget=None, max_train_rows=MAX_TRAIN_ROWS, neighbours=False, say=None,
+                screen=None):
     """Completed (m, n) matrix (column mean + prediction at missing entries, observed values
     kept).
 
@@ -129,12 +130,16 @@ def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, ran
     diagonal of the column's training rows; ``axis`` 0 regresses columns over rows, 1 rows over
     columns; ``max_train_rows``: at most this many observed rows (a random subset) train each
     column; ``neighbours``: False, True or "loo" (the row-order prior, module docstring);
-    ``say``: optional callable given a line on the neighbours choice. Refused before any work
-    when the inputs and kernel blocks exceed ``memory_budget``.
+    ``say``: optional callable given a line on the neighbours choice; ``screen``: optional test
+    of the (m, n) estimates after the first of several rounds: when it returns True the fit
+    stops there and returns None. Refused before any work when the inputs and kernel blocks
+    exceed ``memory_budget``.
     """
     if axis == 1:
-        return chained_fit(kernel, values.T, mask.T, baseline.T, rounds, ridge, 0, random_state,
-                           memory_budget, max_train_rows, neighbours, say).T
+        transposed = chained_fit(kernel, values.T, mask.T, baseline.T, rounds, ridge, 0,
+                                 random_state, memory_budget, max_train_rows, neighbours, say,
+                                 screen and (lambda Z: screen(Z.T)))
+        return None if transposed is None else transposed.T
     kernels = list(kernel) if isinstance(kernel, (list, tuple)) else [kernel]
     sets = (False, True) if neighbours == "loo" else (bool(neighbours),)
     cands = [(kern, nb) for nb in sets for kern in kernels]
@@ -152,7 +157,9 @@ def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, ran
     grid = RIDGE_GRID if ridge == "loo" else (float(ridge),)
     choices = _loo_choices(cands, grid, F, values, mask, offsets, todo, rng, say) \
         if len(cands) * len(grid) > 1 else dict.fromkeys(todo.tolist(), (0, grid[0]))
-    for _ in range(rounds):
+    for rnd in range(rounds):
+        if rnd == 1 and screen is not None and screen(Z):
+            return None
         for j in todo:
             obs, miss = np.flatnonzero(mask[:, j]), np.flatnonzero(~mask[:, j])
             if obs.size > max_train_rows:

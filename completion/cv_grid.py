@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import numpy as np
 
@@ -27,6 +28,20 @@ from .priors import parse_prior
 from .scheduling import map_tasks, scatter
 
 KERNEL_MODES = ("rows", "cols", "joint")
+# the automatic choices evaluate folds until they hold out at least this many observed entries
+# (standard error of an RMSE estimate about 1 / sqrt(2 x 1000) = 2% of it), up to cv_max_folds
+MIN_VALIDATION_ENTRIES = 1000
+
+
+def evaluated_folds(n_observed, folds, max_folds):
+    """How many of ``folds`` folds of ``n_observed`` entries the CV evaluates: the fewest whose
+    entries number MIN_VALIDATION_ENTRIES, at least 1, at most ``max_folds``. Many small folds
+    (``NTKImputer``'s default, 20) keep each validation fit's training entries close to the
+    final fit's (a 20% fold on a table missing 20% fits on 36% missing, where a chained
+    regression's inputs are worse and a low-rank fit looks better than at 20%); a large matrix
+    needs one fold, a small table several."""
+    per_fold = max(n_observed / folds, 1.0)
+    return int(min(max_folds, folds, max(1, math.ceil(MIN_VALIDATION_ENTRIES / per_fold))))
 
 
 @dataclasses.dataclass

@@ -56,7 +56,7 @@ from models.device import check_fits, limited_threads, parse_bytes, resolve_devi
 from models.ntk import ACTIVATIONS, FullyConnectedNTK
 
 from .chained import LinearSkip, chained_fit, chained_flops
-from .cv_grid import CVGrid
+from .cv_grid import CVGrid, evaluated_folds
 from .fibres import fibre_mask, fold, observed_fibres, unfold
 from .prior_grams import FeatureGram, full_kernel
 from .priors import build_prior, parse_prior
@@ -187,9 +187,12 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     threads : torch CPU threads for the fit (None: $NTK_THREADS, else
         ``models.device.default_threads()``).
     random_state : int or None, seeds the cross-validation folds.
-    cv_folds : int >= 2, K of the K-fold split of the observed entries used by the "auto" choices.
-    cv_max_folds : int, how many of the K folds are evaluated (1 = a single validation split,
-        the fast default; K = full K-fold CV).
+    cv_folds : int >= 2, K of the K-fold split of the observed entries used by the "auto" choices
+        (each validation fit leaves out 1/K of them: with the default 20, it sees nearly the
+        final fit's missing entries).
+    cv_max_folds : int >= 1, at most this many of the K folds are evaluated: the fewest that
+        hold out ``cv_grid.MIN_VALIDATION_ENTRIES`` entries (one on a large matrix, several on
+        a small table; :func:`completion.cv_grid.evaluated_folds`); K = full K-fold CV.
     refine : int >= 0, refinement rounds for data-derived priors (profile, lowrank); the chained
         modes run 1 + refine rounds over the columns.
     stack : int >= 1, most fits ``mode="auto"`` combines (1 = the single best).
@@ -230,7 +233,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
 
     def __init__(self, *, mode="auto", prior="auto", depth="auto", ridge="auto", activation="relu",
                  row_features=None, col_features=None, prior_matrix=None, solver="auto",
-                 device="auto", random_state=None, cv_folds=5, cv_max_folds=1, refine=2, stack=3,
+                 device="auto", random_state=None, cv_folds=20, cv_max_folds=4, refine=2, stack=3,
                  verbose=0, threads=None, scheduler=None):
         self.mode = mode
         self.prior = prior
@@ -628,8 +631,9 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             Z = chained_fit((kernel, LinearSkip(kernel)), values, mask, baseline,
                             1 + self.refine, ridge, CHAINED_AXIS[cfg["mode"]], self.random_state,
                             neighbours="loo",
-                            say=lambda line: self._say(f"    {cfg['mode']}: {line}"))
-            return Z if targets is None else Z[targets]
+                            say=lambda line: self._say(f"    {cfg['mode']}: {line}"),
+                            screen=screen and (lambda Z: screen(Z[targets])))
+            return Z if targets is None or Z is None else Z[targets]
         resid = values - baseline
         resid[~mask] = 0.0
         specs = [parse_prior(p) for p in cfg["prior"]] if isinstance(cfg["prior"], tuple) \
@@ -854,7 +858,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         return cfg
 
     def _folds(self, mask):
-        """List of boolean (m, n) masks of validation entries (``cv_max_folds`` of K folds).
+        """List of boolean (m, n) masks of validation entries (:func:`evaluated_folds` of K).
         Entries are assigned to folds at random, but an entry that is the only observed one of
         its row or column always stays in training."""
         rng = np.random.default_rng(self.random_state)
@@ -864,7 +868,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             (np.bincount(cols, minlength=mask.shape[1])[cols] == 1)
         fold[alone] = -1
         out = []
-        for f in range(min(self.cv_max_folds, self.cv_folds)):
+        for f in range(evaluated_folds(rows.size, self.cv_folds, self.cv_max_folds)):
             val = np.zeros_like(mask)
             val[rows[fold == f], cols[fold == f]] = True
             train = mask & ~val

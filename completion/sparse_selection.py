@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from .cv_grid import evaluated_folds
 from .solvers import parse_solver
 from .sparse_matrix import fit_entries
 
@@ -22,14 +23,15 @@ __all__ = ["holdout_entries", "select_on_entries", "fit_chosen"]
 
 
 def holdout_entries(e, folds, max_folds, random_state):
-    """Boolean (k,) validation selections of the entries: entry k is in fold
-    perm[k] % ``folds``; an entry alone in its row or column always stays in training."""
+    """Boolean (k,) validation selections of the entries (:func:`evaluated_folds` of
+    ``folds``): entry k is in fold perm[k] % ``folds``; an entry alone in its row or column
+    always stays in training."""
     rng = np.random.default_rng(random_state)
     fold = rng.permutation(e.values.size) % folds
     alone = (np.bincount(e.rows, minlength=e.shape[0])[e.rows] == 1) | \
         (np.bincount(e.cols, minlength=e.shape[1])[e.cols] == 1)
     fold[alone] = -1
-    out = [fold == f for f in range(min(max_folds, folds))]
+    out = [fold == f for f in range(evaluated_folds(e.values.size, folds, max_folds))]
     if not all(v.any() and (~v).any() for v in out):
         raise ValueError(f"too few observed entries ({e.values.size}) to hold any out for "
                          f"{folds}-fold cross-validation; give mode, prior, depth and ridge")

@@ -386,3 +386,21 @@ def test_cv_folds_keep_single_observations_in_training():
     folds = imp._folds(~np.isnan(X))
     assert len(folds) == 2 and not any(f[3, 5] for f in folds)
     assert np.isfinite(imp.fit(X).transform()).all()
+
+
+@pytest.mark.parametrize("shape, expected", [((40, 10), 4), ((300, 40), 3), ((1200, 40), 1)])
+def test_default_cv_holds_out_small_folds_until_enough_entries(shape, expected):
+    """Default CV: folds of 1/20 of the observed entries (each validation fit sees nearly the
+    final fit's missing entries), as many as hold out MIN_VALIDATION_ENTRIES, at most 4."""
+    from completion.cv_grid import MIN_VALIDATION_ENTRIES, evaluated_folds
+    X = small_matrix(*shape, seed=2)
+    mask = ~np.isnan(X)
+    imp = NTKImputer(random_state=0)
+    folds = imp._folds(mask)
+    n = int(mask.sum())
+    assert len(folds) == expected == evaluated_folds(n, 20, 4)
+    sizes = [int(f.sum()) for f in folds]
+    assert all(abs(s - n / 20) <= 1 for s in sizes)  # no entry here is alone in its row/column
+    assert sum(sizes) >= min(MIN_VALIDATION_ENTRIES, 4 * n // 20)
+    assert not np.logical_and(folds[0], folds[-1]).any() or len(folds) == 1
+    assert evaluated_folds(n, 20, 1) == 1 and evaluated_folds(n, 3, 4) <= 3
