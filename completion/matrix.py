@@ -89,6 +89,11 @@ CHAINED_BIAS_VAR = 2.0
 # "auto" skips a chained candidate whose estimated cost (chained.chained_flops) exceeds this
 # (digits' 1797 x 64 rows-chained fit, 1.4e11, took about 60 s on one loaded core)
 AUTO_CHAINED_FLOPS = 1.5e11
+# solver "auto" on a dense matrix takes Nystrom for rows (cols) mode when the exact solver's
+# N x N inverse over the N rows (cols) would cost more than this many flops, N^3 (N above about
+# 4,600): statsmodels' fair table (6,366 rows) took 26 s per rows-mode fit exact, 5 s with
+# Nystrom, held-out RMSE 0.8939 vs 0.8938 (benchmarks/RESULTS.md)
+DENSE_SHARED_FLOPS = 1e11
 # "auto" with vector entries leaves SoftImpute of the unfolded (m, n * d) matrix (the
 # profile@softimpute prior and the softimpute component) out above this many flops per SVD,
 # 4 m (n d) min(m, n d): its CV path on 500 x 300 x 5 (1.5e9) took 20 s CPU, on 500 x 300 x 20
@@ -182,7 +187,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         rows/cols mode: "shared" (exact) or "nystrom" (a rank-R Nystrom factor of the kernel
         over rows (cols), R landmarks drawn by randomly pivoted Cholesky, at most
         ``solvers.nystrom.DEFAULT_RANK`` unless given; memory O(N R)); "auto" takes "shared"
-        while the N x N kernel fits the memory budget, else "nystrom".
+        while the N x N kernel fits the memory budget (and, for a dense matrix, while its
+        N^3 inverse costs at most ``DENSE_SHARED_FLOPS``: N up to about 4,600), else "nystrom".
     device : torch device for kernel evaluation ("auto" = CUDA when present).
     threads : torch CPU threads for the fit (None: $NTK_THREADS, else
         ``models.device.default_threads()``).
@@ -783,6 +789,9 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                 cfg = {"mode": mode, "prior": prior, "depth": 1 if chained and self.depth == "auto"
                        else depth, "ridge": "loo" if chained and self.ridge == "auto" else ridge}
                 cfg["solver"] = self._solver_for(mode, prior, n_obs)
+                if cfg["solver"] == "shared" and self.solver == "auto" and \
+                        mask.shape[mode == "cols"] ** 3 > DENSE_SHARED_FLOPS:
+                    cfg["solver"] = "nystrom"
                 out.append(cfg)
         if self.mode == "auto" and self.prior == "auto" and self.stack > 1 \
                 and self._softimpute_affordable():

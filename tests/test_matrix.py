@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import completion.matrix as matrix_module
 from completion.matrix import NTKImputer
 from completion.matrix_demo import synthetic_screen
 from completion.priors import PriorSpec, align_features, build_prior, parse_prior, profile_prior
@@ -404,3 +405,16 @@ def test_default_cv_holds_out_small_folds_until_enough_entries(shape, expected):
     assert sum(sizes) >= min(MIN_VALIDATION_ENTRIES, 4 * n // 20)
     assert not np.logical_and(folds[0], folds[-1]).any() or len(folds) == 1
     assert evaluated_folds(n, 20, 1) == 1 and evaluated_folds(n, 3, 4) <= 3
+
+
+def test_auto_solver_takes_nystrom_where_the_dense_exact_inverse_costs_too_much(monkeypatch):
+    """A dense rows (cols) fit takes the exact 'shared' solver while N^3 <= DENSE_SHARED_FLOPS
+    and the Nystrom solver above it; an explicit solver is kept."""
+    X = small_matrix(60, 8, seed=3)
+    monkeypatch.setattr(matrix_module, "DENSE_SHARED_FLOPS", 1e5)  # 8^3 below, 60^3 above
+    fixed = dict(prior="profile", depth=1, ridge=0.03)
+    assert NTKImputer(mode="rows", **fixed).fit(X).chosen_["solver"] == "nystrom"
+    assert NTKImputer(mode="cols", **fixed).fit(X).chosen_["solver"] == "shared"
+    assert NTKImputer(mode="rows", solver="shared", **fixed).fit(X).chosen_["solver"] == "shared"
+    monkeypatch.setattr(matrix_module, "DENSE_SHARED_FLOPS", 1e11)
+    assert NTKImputer(mode="rows", **fixed).fit(X).chosen_["solver"] == "shared"
