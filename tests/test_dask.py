@@ -312,8 +312,8 @@ def low_rank_with_gaps(m=30, n=12, seed=0):
 
 def test_matrix_auto_on_workers_chooses_and_completes_as_in_process(client):
     X = low_rank_with_gaps()
-    here = NTKImputer(random_state=0, cv_max_folds=2).fit(X)
-    there = NTKImputer(random_state=0, cv_max_folds=2, scheduler=client).fit(X)
+    here = NTKImputer(random_state=0, cv_folds=5, cv_max_folds=2).fit(X)  # 2 folds of 50 entries
+    there = NTKImputer(random_state=0, cv_folds=5, cv_max_folds=2, scheduler=client).fit(X)
     assert len(here.cv_results_) >= 8 and here.chosen_["mode"] == "stack"   # a real grid
     assert there.chosen_.keys() == here.chosen_.keys()
     for a, b in zip(there.chosen_["components"], here.chosen_["components"]):
