@@ -99,6 +99,9 @@ SCREEN_MARGIN = 1.10
 # "auto"'s second round (priors from the first combination) walks its ridge along this grid
 STACK_RIDGE_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 STACK_PRIORS = ("profile@stack", "profile:unscaled@stack")
+# the first round's completed training splits kept for the second round's sources (in this
+# process; beyond this the second round refits the first combination's components)
+KEPT_FITS_BYTES = 2**28
 # robust z-score (|x - median| / (1.4826 MAD)) above which an observed value is reported
 EXTREME_Z = 100.0
 
@@ -149,6 +152,11 @@ def _ntk_between_items(kernel, P, device):
     if P.shape[1] <= P.shape[0]:
         return np.asarray(kernel.ntk(P, device=device), dtype=np.float64)
     return full_kernel(kernel, FeatureGram(P), resolve_device(device)).numpy()
+
+
+def _mask_key(mask):
+    """A key of a mask for the caches of completions fitted on it (the same in every process)."""
+    return hashlib.sha1(mask.tobytes()).hexdigest()
 
 
 def _family(cfg):
@@ -428,7 +436,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         self._col_feats = self._aligned("col", self.col_features, cols)
         self._prior_values = self._validated_prior_matrix(values.shape, rows, cols)
         self._softimpute_cache, self._softimpute_fraction = {}, None
-        self._stack_cache, self._stack_source = {}, None
+        self._stack_cache, self._stack_source, self._kept_fits = {}, None, None
         with limited_threads(self._threads()):
             started = time.perf_counter()
             with connect(self.scheduler) as client:  # the workers are released before the final fit
@@ -604,7 +612,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                                  "covers the fitted rows only); fit_transform the stacked matrix")
             return self._prior_values
         if source == "stack":
-            key = hashlib.sha1(mask.tobytes()).hexdigest()
+            key = _mask_key(mask)
             if key not in self._stack_cache:
                 self._stack_fits(values, mask)
             return self._stack_cache[key]
@@ -614,17 +622,21 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         """The completions of the components of ``self._stack_source`` (the first combination,
         read by the @stack priors) fitted on ``values[mask]``, {repr(fit): completed matrix};
         their weighted sum, observed values kept, is cached per mask for those priors."""
-        source = self._stack_source
-        fits = {repr(c["fit"]): self._complete(values, mask, c["fit"])
-                for c in source["components"]}
+        source, key = self._stack_source, _mask_key(mask)
+        fits = {}
+        for c in source["components"]:
+            name = repr(c["fit"])
+            fits[name] = (self._kept_fits or {}).get((name, key))
+            if fits[name] is None:
+                fits[name] = self._complete(values, mask, c["fit"])
         done = sum(c["weight"] * fits[repr(c["fit"])] for c in source["components"])
-        self._stack_cache[hashlib.sha1(mask.tobytes()).hexdigest()] = np.where(mask, values, done)
+        self._stack_cache[key] = np.where(mask, values, done)
         return fits
 
     def _softimpute(self, values, mask):
         """SoftImpute completion of ``values[mask]``, cached per mask. Its shrinkage is chosen
         on the first mask seen (a CV training split when ``auto`` runs) and reused after."""
-        key = hashlib.sha1(mask.tobytes()).hexdigest()  # the same in every process
+        key = _mask_key(mask)
         if key not in self._softimpute_cache:
             flat, flat_mask = unfold(values, mask)  # vector entries: the (m, n * d) matrix
             if self._softimpute_fraction is None:
@@ -656,7 +668,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         ``targets`` before refining; when it returns True, None is returned instead."""
         if cfg["mode"] == "softimpute":
             Z = self._softimpute(values, mask)
-            return Z if targets is None else Z[targets]
+            return self._at(Z, mask, cfg, targets)
         baseline = additive_baseline(values, mask)
         if cfg["mode"] in CHAINED_AXIS:
             ridge = "loo" if cfg["ridge"] == "loo" else float(cfg["ridge"])
@@ -665,7 +677,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                             1 + self.refine, ridge, CHAINED_AXIS[cfg["mode"]], self.random_state,
                             neighbours="loo",
                             say=lambda line: self._say(f"    {cfg['mode']}: {line}"))
-            return Z if targets is None else Z[targets]
+            return self._at(Z, mask, cfg, targets)
         resid = values - baseline
         resid[~mask] = 0.0
         specs = [parse_prior(p) for p in cfg["prior"]] if isinstance(cfg["prior"], tuple) \
@@ -681,10 +693,20 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                     return None
                 source = np.where(fibre_mask(mask, values), values, baseline + pred)
                 source_mask = np.ones_like(mask)
-        if targets is not None:
-            return (baseline + pred)[targets] if pred.shape == baseline.shape \
-                else baseline[targets] + pred
-        return baseline + pred
+        if targets is not None and pred.shape != baseline.shape:  # joint mode at the targets
+            return baseline[targets] + pred
+        return self._at(baseline + pred, mask, cfg, targets)
+
+    def _at(self, done, mask, cfg, targets):
+        """``done`` (the completed matrix of ``cfg`` fitted on ``mask``) at ``targets`` (None:
+        all of it). A CV fit (targets given) is kept for the second round's sources while
+        ``self._kept_fits`` is a dict with room for it (KEPT_FITS_BYTES in all)."""
+        if targets is None:
+            return done
+        kept = self._kept_fits
+        if kept is not None and (len(kept) + 1) * done.nbytes <= KEPT_FITS_BYTES:
+            kept[repr(self._normalised(cfg)), _mask_key(mask)] = done
+        return done[targets]
 
     def _residual_fit(self, source, source_mask, mask, resid, cfg, specs, targets):
         """Kernel prediction of the residual ``resid`` (observed where ``mask``): shaped like
@@ -825,9 +847,11 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         """Selection on held-out observed entries: every candidate at the default depth/ridge,
         then the ridge and the depth of the best kernel-mode (rows, cols, joint) candidate
         (on the smaller AUTO_ grids when the mode is 'auto' too);
-        with ``stack`` > 1 the best fits of different families (mode, prior) are combined.
-        Nothing is cross-validated when there is a single fixed candidate. ``client``: the
-        Dask client whose workers fit the (candidate, fold) pairs, or None (here)."""
+        with ``stack`` > 1 the best fits of different families (mode, prior) are combined, and
+        in mode 'auto' with prior 'auto' a second round of candidates reads that combination
+        (:meth:`_second_round`). Nothing is cross-validated when there is a single fixed
+        candidate. ``client``: the Dask client whose workers fit the (candidate, fold) pairs,
+        or None (here)."""
         candidates = self._candidates(mask)
         results = []
         fixed_ridge = self.ridge != "auto" or candidates[0]["mode"] in CHAINED_AXIS
@@ -837,9 +861,11 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         folds = self._folds(mask)
         grid = CVGrid(self, values, mask, folds, client)
         scored = {}  # repr(cfg) -> (cfg, rmse, held-out predictions)
+        auto = self.mode == "auto"
+        second = auto and self.prior == "auto" and self.stack > 1 and values.ndim == 2
+        self._kept_fits = {} if second else None
         self._score(candidates, grid, scored, results)
         kernel_modes = ("rows", "cols", "joint")
-        auto = self.mode == "auto"
         if self.ridge == "auto":
             for best in self._ranking(scored, kernel_modes)[:1]:
                 ridges = AUTO_RIDGE_GRID if auto else RIDGE_GRID
@@ -849,7 +875,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                 depths = AUTO_DEPTH_GRID if auto else DEPTH_GRID
                 self._score([dict(best, depth=d) for d in depths], grid, scored, results)
         choice = self._combination(scored, values, folds)
-        if choice["mode"] == "stack" and auto and self.prior == "auto" and values.ndim == 2:
+        if choice["mode"] == "stack" and second:
             choice = self._second_round(choice, values, mask, folds, client, scored, results)
         return choice, results
 
@@ -883,11 +909,13 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         first combination) completed on each training split, each mode's better prior with its
         ridge walked along STACK_RIDGE_GRID; ranked with the first round's fits and combined
         again. The result keeps ``first`` as its ``source`` when a component reads it."""
-        self._say("  second round, priors from the profile of that combination")
-        self._stack_source = first
+        self._stack_source, started = first, time.perf_counter()
         for val in folds:  # each split's source in this process, before the grid ships it
             train = mask & ~val
             self._source_matrix("stack", np.where(train, values, np.nan), train)
+        self._kept_fits = None
+        self._say("  second round, priors from the profile of that combination (refitted on the "
+                  f"training split: {time.perf_counter() - started:.1f} s)")
         grid = CVGrid(self, values, mask, folds, client)
         depth = DEFAULT_DEPTH if self.depth == "auto" else int(self.depth)
         ridge = DEFAULT_RIDGE if self.ridge == "auto" else float(self.ridge)
