@@ -877,6 +877,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         choice = self._combination(scored, values, folds)
         if choice["mode"] == "stack" and second:
             choice = self._second_round(choice, values, mask, folds, client, scored, results)
+        self._kept_fits, self._stack_cache = None, {}  # the final fit needs neither
         return choice, results
 
     def _combination(self, scored, values, folds):
@@ -914,8 +915,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             train = mask & ~val
             self._source_matrix("stack", np.where(train, values, np.nan), train)
         self._kept_fits = None
-        self._say("  second round, priors from the profile of that combination (refitted on the "
-                  f"training split: {time.perf_counter() - started:.1f} s)")
+        self._say("  second round, priors from the profile of that combination (its completion "
+                  f"of the training split: {time.perf_counter() - started:.1f} s)")
         grid = CVGrid(self, values, mask, folds, client)
         depth = DEFAULT_DEPTH if self.depth == "auto" else int(self.depth)
         ridge = DEFAULT_RIDGE if self.ridge == "auto" else float(self.ridge)
