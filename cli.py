@@ -125,8 +125,8 @@ def _separator(ctx, param, value):
 @click.option("--col-features", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CSV of column features (first column = the matrix's column labels).")
 @click.option("--prior", default="auto", show_default=True,
-              help="onehot, features, profile, lowrank:K, BASE+identity:W, profile@softimpute, "
-              "profile@matrix (with --prior-matrix), or auto (CV).")
+              help="onehot, features, profile, profile:unscaled, lowrank:K, BASE+identity:W, "
+              "profile@softimpute, profile@matrix (with --prior-matrix), or auto (CV).")
 @click.option("--prior-matrix", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A completed matrix (CSV, same labels, no missing value) from another method, "
               "for the @matrix priors.")

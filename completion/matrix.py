@@ -21,7 +21,11 @@ between entries (``mode``):
   on held-out observed entries, the chained ones first; a refined candidate whose first round
   is already more than ``SCREEN_MARGIN`` behind the best score so far is not refined further
   (screened out); the best few are combined with convex weights fitted on those entries
-  (:mod:`completion.stacking`), then refitted on every observed entry.
+  (:mod:`completion.stacking`); then a second round: rows and cols mode with the profile
+  (``profile`` and ``profile:unscaled``) of that combination's completion as the prior
+  (``profile@stack``), their ridge walked along ``STACK_RIDGE_GRID``, scored on the same entries
+  and ranked with the first round's fits for a second combination; the chosen fits are then
+  refitted on every observed entry.
 
 Priors are spec strings (see :mod:`completion.priors`). Data-derived priors (``profile``,
 ``lowrank:k``) are refined ``refine`` times: the prior is recomputed from the matrix completed
@@ -102,6 +106,12 @@ AUTO_UNFOLDED_SVD_FLOPS = 2e9
 # "auto" stops refining a data-derived candidate whose held-out RMSE after its first round
 # exceeds this multiple of the best RMSE so far (refinement gained at most ~3% while developing)
 SCREEN_MARGIN = 1.10
+# "auto"'s second round (priors from the first combination) walks its ridge along this grid
+STACK_RIDGE_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+STACK_PRIORS = ("profile@stack", "profile:unscaled@stack")
+# the first round's completed training splits kept for the second round's sources (in this
+# process; beyond this the second round refits the first combination's components)
+KEPT_FITS_BYTES = 2**28
 # robust z-score (|x - median| / (1.4826 MAD)) above which an observed value is reported
 EXTREME_Z = 100.0
 
@@ -138,8 +148,9 @@ def _numerical_failure(err):
 def describe_choice(cfg):
     """One line for a configuration of ``chosen_`` (a single fit or a weighted stack)."""
     if cfg.get("mode") == "stack":
-        return "stack of " + "; ".join(f"{c['weight']:.2f} x ({describe_choice(c['fit'])})"
+        text = "stack of " + "; ".join(f"{c['weight']:.2f} x ({describe_choice(c['fit'])})"
                                        for c in cfg["components"])
+        return text + (f" [@stack = {describe_choice(cfg['source'])}]" if "source" in cfg else "")
     return ", ".join(f"{k}={v}" for k, v in cfg.items())
 
 
@@ -153,8 +164,14 @@ def _ntk_between_items(kernel, P, device):
     return full_kernel(kernel, FeatureGram(P), resolve_device(device)).numpy()
 
 
+def _mask_key(mask):
+    """A key of a mask for the caches of completions fitted on it (the same in every process)."""
+    return hashlib.sha1(mask.tobytes()).hexdigest()
+
+
 def _family(cfg):
-    return (cfg["mode"], str(cfg.get("prior")))
+    """(mode, prior source): ``profile`` and ``profile:unscaled`` are one family."""
+    return (cfg["mode"], str(cfg.get("prior")).replace(":unscaled", ""))
 
 
 class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
@@ -170,7 +187,9 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         ``(row_prior, col_prior)`` is also accepted); see :mod:`completion.priors`. "auto" tries
         profile and profile@softimpute (and profile@matrix with ``prior_matrix``), plus features
         and features+identity:0.5 when features are given for that side (one-hot only in joint
-        mode). Ignored by the chained modes (their prior is the other columns' estimates).
+        mode); with ``mode="auto"`` and ``stack`` > 1 also, in a second round, the profile of the
+        first combination's completion (``profile@stack``, ``profile:unscaled@stack``; module
+        docstring). Ignored by the chained modes (their prior is the other columns' estimates).
     depth : int >= 1 or "auto"
         Hidden layers of the network; "auto" chooses among 1, 2, 3 by CV (chained modes: 1,
         each column with or without a linear skip, by leave-one-out).
@@ -201,7 +220,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         a small table; :func:`completion.cv_grid.evaluated_folds`); K = full K-fold CV.
     refine : int >= 0, refinement rounds for data-derived priors (profile, lowrank); the chained
         modes run 1 + refine rounds over the columns.
-    stack : int >= 1, most fits ``mode="auto"`` combines (1 = the single best).
+    stack : int >= 1, most fits ``mode="auto"`` combines (1 = the single best, and no second
+        round).
     verbose : int, 0 silent, 1 logs the choices and CV scores (logger ``completion.matrix``,
         also printed to stderr when no handler is configured).
     scheduler : None, "local:N", a Dask scheduler address or a ``distributed.Client``
@@ -210,7 +230,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         with the same choice and completion as in this process. The final fit runs here.
 
     Attributes after ``fit``: ``chosen_`` (dict: mode, prior, depth, ridge, solver; or, for a
-    combination, mode="stack" and ``components``: a list of {"weight", "fit"}), ``cv_results_``
+    combination, mode="stack" and ``components``: a list of {"weight", "fit"}, plus ``source``,
+    the first combination, when a component's prior is @stack), ``cv_results_``
     (list of dicts: candidate and its CV RMSE), ``completed_`` ((m, n) array, or (m, n, d) for
     vector entries), ``baseline_``,
     ``n_features_in_``, ``feature_names_in_`` (when fitted on a DataFrame with string column
@@ -287,6 +308,9 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             for p in (self.prior if isinstance(self.prior, tuple) else (self.prior,)):
                 if parse_prior(p).source == "matrix" and self.prior_matrix is None:
                     raise ValueError(f"prior {p!r} needs prior_matrix (a completed matrix)")
+                if parse_prior(p).source == "stack":
+                    raise ValueError(f"prior {p!r}: @stack priors are chosen by prior='auto' "
+                                     "only (the profile of auto's first combination)")
         check_scheduler(self.scheduler)
 
     @staticmethod
@@ -426,6 +450,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         self._col_feats = self._aligned("col", self.col_features, cols)
         self._prior_values = self._validated_prior_matrix(values.shape, rows, cols)
         self._softimpute_cache, self._softimpute_fraction = {}, None
+        self._stack_cache, self._stack_source, self._kept_fits = {}, None, None
         with limited_threads(self._threads()):
             started = time.perf_counter()
             with connect(self.scheduler) as client:  # the workers are released before the final fit
@@ -466,7 +491,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         both_mask = observed_fibres(both)
         with limited_threads(self._threads()), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # fit has warned about the fitted rows
-            self._softimpute_cache = {}
+            self._softimpute_cache, self._stack_cache = {}, {}
             self._warn_unusual(values, mask, rows, cols)
             done = self._complete_chosen(both, both_mask, self.chosen_)[self.shape_[0]:]
         return self._as_output(np.where(np.isnan(values), done, values), rows, frame is not None)
@@ -600,12 +625,32 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                 raise ValueError("transform of new rows cannot use a @matrix prior (prior_matrix "
                                  "covers the fitted rows only); fit_transform the stacked matrix")
             return self._prior_values
+        if source == "stack":
+            key = _mask_key(mask)
+            if key not in self._stack_cache:
+                self._stack_fits(values, mask)
+            return self._stack_cache[key]
         return self._softimpute(values, mask)
+
+    def _stack_fits(self, values, mask):
+        """The completions of the components of ``self._stack_source`` (the first combination,
+        read by the @stack priors) fitted on ``values[mask]``, {repr(fit): completed matrix};
+        their weighted sum, observed values kept, is cached per mask for those priors."""
+        source, key = self._stack_source, _mask_key(mask)
+        fits = {}
+        for c in source["components"]:
+            name = repr(c["fit"])
+            fits[name] = (self._kept_fits or {}).get((name, key))
+            if fits[name] is None:
+                fits[name] = self._complete(values, mask, c["fit"])
+        done = sum(c["weight"] * fits[repr(c["fit"])] for c in source["components"])
+        self._stack_cache[key] = np.where(mask, values, done)
+        return fits
 
     def _softimpute(self, values, mask):
         """SoftImpute completion of ``values[mask]``, cached per mask. Its shrinkage is chosen
         on the first mask seen (a CV training split when ``auto`` runs) and reused after."""
-        key = hashlib.sha1(mask.tobytes()).hexdigest()  # the same in every process
+        key = _mask_key(mask)
         if key not in self._softimpute_cache:
             flat, flat_mask = unfold(values, mask)  # vector entries: the (m, n * d) matrix
             if self._softimpute_fraction is None:
@@ -617,9 +662,17 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         return self._softimpute_cache[key]
 
     def _complete_chosen(self, values, mask, chosen):
+        """Completed matrix of ``chosen`` (one fit or a combination); a combination with a
+        ``source`` (read by its @stack priors) fits that first, and reuses its fits."""
         if chosen["mode"] != "stack":
             return self._complete(values, mask, chosen)
-        return sum(c["weight"] * self._complete(values, mask, c["fit"]) for c in chosen["components"])
+        fits = {}
+        if "source" in chosen:
+            self._stack_source = chosen["source"]
+            fits = self._stack_fits(values, mask)
+        return sum(c["weight"] * (fits[repr(c["fit"])] if repr(c["fit"]) in fits
+                                  else self._complete(values, mask, c["fit"]))
+                   for c in chosen["components"])
 
     def _complete(self, values, mask, cfg, targets=None, screen=None):
         """Completed (m, n) matrix (baseline + prediction) for configuration ``cfg``, fitted on
@@ -629,7 +682,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         ``targets`` before refining; when it returns True, None is returned instead."""
         if cfg["mode"] == "softimpute":
             Z = self._softimpute(values, mask)
-            return Z if targets is None else Z[targets]
+            return self._at(Z, mask, cfg, targets)
         baseline = additive_baseline(values, mask)
         if cfg["mode"] in CHAINED_AXIS:
             ridge = "loo" if cfg["ridge"] == "loo" else float(cfg["ridge"])
@@ -639,7 +692,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                             neighbours="loo",
                             say=lambda line: self._say(f"    {cfg['mode']}: {line}"),
                             screen=screen and (lambda Z: screen(Z[targets])))
-            return Z if targets is None or Z is None else Z[targets]
+            return None if Z is None else self._at(Z, mask, cfg, targets)
         resid = values - baseline
         resid[~mask] = 0.0
         specs = [parse_prior(p) for p in cfg["prior"]] if isinstance(cfg["prior"], tuple) \
@@ -655,10 +708,20 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                     return None
                 source = np.where(fibre_mask(mask, values), values, baseline + pred)
                 source_mask = np.ones_like(mask)
-        if targets is not None:
-            return (baseline + pred)[targets] if pred.shape == baseline.shape \
-                else baseline[targets] + pred
-        return baseline + pred
+        if targets is not None and pred.shape != baseline.shape:  # joint mode at the targets
+            return baseline[targets] + pred
+        return self._at(baseline + pred, mask, cfg, targets)
+
+    def _at(self, done, mask, cfg, targets):
+        """``done`` (the completed matrix of ``cfg`` fitted on ``mask``) at ``targets`` (None:
+        all of it). A CV fit (targets given) is kept for the second round's sources while
+        ``self._kept_fits`` is a dict with room for it (KEPT_FITS_BYTES in all)."""
+        if targets is None:
+            return done
+        kept = self._kept_fits
+        if kept is not None and (len(kept) + 1) * done.nbytes <= KEPT_FITS_BYTES:
+            kept[repr(self._normalised(cfg)), _mask_key(mask)] = done
+        return done[targets]
 
     def _residual_fit(self, source, source_mask, mask, resid, cfg, specs, targets):
         """Kernel prediction of the residual ``resid`` (observed where ``mask``): shaped like
@@ -802,9 +865,11 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         """Selection on held-out observed entries: every candidate at the default depth/ridge,
         then the ridge and the depth of the best kernel-mode (rows, cols, joint) candidate
         (on the smaller AUTO_ grids when the mode is 'auto' too);
-        with ``stack`` > 1 the best fits of different families (mode, prior) are combined.
-        Nothing is cross-validated when there is a single fixed candidate. ``client``: the
-        Dask client whose workers fit the (candidate, fold) pairs, or None (here)."""
+        with ``stack`` > 1 the best fits of different families (mode, prior) are combined, and
+        in mode 'auto' with prior 'auto' a second round of candidates reads that combination
+        (:meth:`_second_round`). Nothing is cross-validated when there is a single fixed
+        candidate. ``client``: the Dask client whose workers fit the (candidate, fold) pairs,
+        or None (here)."""
         candidates = self._candidates(mask)
         results = []
         fixed_ridge = self.ridge != "auto" or candidates[0]["mode"] in CHAINED_AXIS
@@ -814,9 +879,11 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         folds = self._folds(mask)
         grid = CVGrid(self, values, mask, folds, client)
         scored = {}  # repr(cfg) -> (cfg, rmse, held-out predictions)
+        auto = self.mode == "auto"
+        second = auto and self.prior == "auto" and self.stack > 1 and values.ndim == 2
+        self._kept_fits = {} if second else None
         self._score(candidates, grid, scored, results)
         kernel_modes = ("rows", "cols", "joint")
-        auto = self.mode == "auto"
         if self.ridge == "auto":
             for best in self._ranking(scored, kernel_modes)[:1]:
                 ridges = AUTO_RIDGE_GRID if auto else RIDGE_GRID
@@ -825,6 +892,15 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             for best in self._ranking(scored, kernel_modes)[:1]:
                 depths = AUTO_DEPTH_GRID if auto else DEPTH_GRID
                 self._score([dict(best, depth=d) for d in depths], grid, scored, results)
+        choice = self._combination(scored, values, folds)
+        if choice["mode"] == "stack" and second:
+            choice = self._second_round(choice, values, mask, folds, client, scored, results)
+        self._kept_fits, self._stack_cache = None, {}  # the final fit needs neither
+        return choice, results
+
+    def _combination(self, scored, values, folds):
+        """The best ``stack`` families of ``scored`` (one fit each) combined with convex weights
+        fitted on the held-out entries: a single fit, or {"mode": "stack", "components"}."""
         ranking = self._ranking(scored)
         if not ranking:
             raise ValueError("every candidate configuration failed (the kernel plus ridge was "
@@ -833,19 +909,62 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         if len(top) == 1:
             if top[0]["mode"] == "softimpute":
                 raise ValueError("no kernel configuration could be fitted")
-            return self._normalised(top[0]), results
+            return self._normalised(top[0])
         truth = np.concatenate([values[np.nonzero(val)] for val in folds]).ravel()
         preds = np.column_stack([scored[repr(c)][2].ravel() for c in top])
         weights = convex_weights(preds, truth)
         keep = weights > 0.01
         if keep.sum() == 1:
-            return self._normalised(top[int(np.argmax(weights))]), results
+            return self._normalised(top[int(np.argmax(weights))])
         weights = weights[keep] / weights[keep].sum()
         rmse = float(np.sqrt(np.mean((preds[:, keep] @ weights - truth) ** 2)))
         self._say(f"  combination: held-out RMSE {rmse:.4f} (weights fitted on those entries)")
         components = [{"weight": float(w), "fit": self._normalised(c)}
                       for w, c in zip(weights, [c for c, k in zip(top, keep) if k])]
-        return {"mode": "stack", "components": components}, results
+        return {"mode": "stack", "components": components}
+
+    def _second_round(self, first, values, mask, folds, client, scored, results):
+        """Rows and cols mode with the priors of STACK_PRIORS, the profile of ``first`` (the
+        first combination) completed on each training split, each mode's better prior with its
+        ridge walked along STACK_RIDGE_GRID; ranked with the first round's fits and combined
+        again. The result keeps ``first`` as its ``source`` when a component reads it."""
+        self._stack_source, started = first, time.perf_counter()
+        for val in folds:  # each split's source in this process, before the grid ships it
+            train = mask & ~val
+            self._source_matrix("stack", np.where(train, values, np.nan), train)
+        self._kept_fits = None
+        self._say("  second round, priors from the profile of that combination (its completion "
+                  f"of the training split: {time.perf_counter() - started:.1f} s)")
+        grid = CVGrid(self, values, mask, folds, client)
+        depth = DEFAULT_DEPTH if self.depth == "auto" else int(self.depth)
+        ridge = DEFAULT_RIDGE if self.ridge == "auto" else float(self.ridge)
+        for mode in ("rows", "cols"):
+            cands = [{"mode": mode, "prior": p, "depth": depth, "ridge": ridge,
+                      "solver": self._solver_for(mode, p, int(mask.sum()))} for p in STACK_PRIORS]
+            self._score(cands, grid, scored, results)
+            best = min(cands, key=lambda c: scored[repr(c)][1])
+            if self.ridge == "auto" and np.isfinite(scored[repr(best)][1]):
+                self._walk_ridge(best, grid, scored, results)
+        choice = self._combination(scored, values, folds)
+        parts = choice["components"] if choice["mode"] == "stack" \
+            else [{"weight": 1.0, "fit": choice}]
+        if not any(_family(c["fit"])[1].endswith("@stack") for c in parts):
+            return choice
+        return {"mode": "stack", "components": parts, "source": first}
+
+    def _walk_ridge(self, cfg, grid, scored, results):
+        """Score ``cfg`` at the ridges of STACK_RIDGE_GRID next to its own (on the grid), then
+        on along the better direction while the held-out RMSE falls."""
+        at = STACK_RIDGE_GRID.index(cfg["ridge"])
+        score = lambda i: scored[repr(dict(cfg, ridge=STACK_RIDGE_GRID[i]))][1]
+        near = [i for i in (at - 1, at + 1) if 0 <= i < len(STACK_RIDGE_GRID)]
+        self._score([dict(cfg, ridge=STACK_RIDGE_GRID[i]) for i in near], grid, scored, results)
+        step = min(near, key=score) - at
+        while score(at + step) < score(at):
+            at += step
+            if not 0 <= at + step < len(STACK_RIDGE_GRID):
+                break
+            self._score([dict(cfg, ridge=STACK_RIDGE_GRID[at + step])], grid, scored, results)
 
     @staticmethod
     def _ranking(scored, modes=None):

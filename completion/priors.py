@@ -7,15 +7,19 @@ spec strings (:func:`parse_prior`):
 * ``"features"``: user features (array or DataFrame aligned by labels), columns standardised;
 * ``"profile"``: the item's observed values, gaps filled by the column means of the matrix
   (plus the item's own offset), centred per item, each coordinate standardised;
+  ``"profile:unscaled"``: the same with each coordinate centred only (a coordinate weighs by its
+  spread over the items);
 * ``"lowrank:k"``: rank-k embeddings U_k S_k^(1/2) from a quick low-rank fit of the observed
   entries (a few hard-impute SVD rounds on the column-mean-filled, centred matrix);
 * ``"BASE+identity:w"`` (BASE one of the above but onehot): [F / |F|, w e_i], rows renormalised,
   the concatenation with a weighted identity used by the reference drug-screening code;
 * ``"profile@softimpute"``, ``"lowrank:k@matrix"`` ...: a data-derived prior computed from a
   *completed* matrix instead of the observed entries (the reference code's "mixed priors"):
-  ``@softimpute``, the built-in low-rank completion (:mod:`completion.softimpute`), or
-  ``@matrix``, a completed matrix the user supplies. The caller passes that matrix (and an
-  all-True mask) to :func:`build_prior`; such priors are not refined.
+  ``@softimpute``, the built-in low-rank completion (:mod:`completion.softimpute`),
+  ``@matrix``, a completed matrix the user supplies, or ``@stack``, the combination that
+  ``mode="auto"`` chose among the fits with the other priors (chosen by auto only, see
+  :class:`completion.matrix.NTKImputer`). The caller passes that matrix (and an all-True mask)
+  to :func:`build_prior`; such priors are not refined.
 
 Every prior is returned with rows scaled to unit mean squared norm (unit norm for ``onehot`` and
 ``+identity`` priors), so that kernels with a homogeneous activation see a fixed input scale.
@@ -35,23 +39,26 @@ __all__ = ["PriorSpec", "parse_prior", "build_prior", "align_features", "profile
 
 _BASES = ("onehot", "features", "profile", "lowrank")
 DATA_DERIVED = ("profile", "lowrank")  # priors computed from the matrix values themselves
-SOURCES = ("softimpute", "matrix")  # completed matrices a data-derived prior may be computed from
-_SPEC = re.compile(r"^(onehot|features|profile|lowrank(?::(\d+))?)(?:\+identity(?::([0-9.eE+-]+))?)?"
-                   r"(?:@(\w+))?$")
+SOURCES = ("softimpute", "matrix", "stack")  # completed matrices a data-derived prior may be computed from
+_SPEC = re.compile(r"^(onehot|features|profile(?::unscaled)?|lowrank(?::(\d+))?)"
+                   r"(?:\+identity(?::([0-9.eE+-]+))?)?(?:@(\w+))?$")
 
 
 @dataclass(frozen=True)
 class PriorSpec:
     """A parsed prior: ``base`` in {onehot, features, profile, lowrank}, ``rank`` (lowrank only),
     ``identity_weight`` (None = no identity block), ``source`` (None = the observed entries,
-    else one of :data:`SOURCES`)."""
+    else one of :data:`SOURCES`), ``scaled`` (profile only: False = coordinates centred, not
+    standardised)."""
     base: str
     rank: int | None = None
     identity_weight: float | None = None
     source: str | None = None
+    scaled: bool = True
 
     def __str__(self):
         text = self.base + (f":{self.rank}" if self.rank is not None else "")
+        text += "" if self.scaled else ":unscaled"
         if self.identity_weight is not None:
             text += f"+identity:{self.identity_weight:g}"
         return text + (f"@{self.source}" if self.source else "")
@@ -63,15 +70,17 @@ class PriorSpec:
 
 
 def parse_prior(spec) -> PriorSpec:
-    """``"onehot"``, ``"features"``, ``"profile"``, ``"lowrank:10"``, ``"features+identity:0.5"``
-    (identity weight defaults to 1) -> :class:`PriorSpec`; a PriorSpec is returned as is."""
+    """``"onehot"``, ``"features"``, ``"profile"``, ``"profile:unscaled"``, ``"lowrank:10"``,
+    ``"features+identity:0.5"`` (identity weight defaults to 1) -> :class:`PriorSpec`; a
+    PriorSpec is returned as is."""
     if isinstance(spec, PriorSpec):
         return spec
     m = _SPEC.match(str(spec).strip().lower().replace(" ", ""))
     if not m:
         raise ValueError(f"cannot read prior {spec!r}; write one of onehot, features, profile, "
-                         "lowrank:K, optionally followed by +identity:W (e.g. 'features+identity:0.5') "
-                         "and, for profile and lowrank, by @softimpute or @matrix")
+                         "profile:unscaled, lowrank:K, optionally followed by +identity:W (e.g. "
+                         "'features+identity:0.5') and, for profile and lowrank, by @softimpute "
+                         "or @matrix")
     base = m.group(1).split(":")[0]
     rank = None
     if base == "lowrank":
@@ -86,13 +95,14 @@ def parse_prior(spec) -> PriorSpec:
         if not np.isfinite(weight) or weight < 0:
             raise ValueError(f"identity weight must be a finite number >= 0, got {m.group(3)}")
     source = m.group(4)
+    scaled = m.group(1) != "profile:unscaled"
     if source is not None:
         if source not in SOURCES:
             raise ValueError(f"prior {spec!r}: unknown source @{source}; use one of "
                              f"{['@' + s for s in SOURCES]}")
         if base not in DATA_DERIVED:
             raise ValueError(f"prior {spec!r}: only profile and lowrank priors take a @source")
-    return PriorSpec(base, rank, weight, source)
+    return PriorSpec(base, rank, weight, source, scaled)
 
 
 def align_features(features, labels, what="row"):
@@ -167,13 +177,13 @@ def _unit_mean_square(F):
     return F / scale if scale > 0 else F
 
 
-def profile_prior(X, mask):
+def profile_prior(X, mask, scaled=True):
     """(m, n) values with (m, n) bool mask -> (m, n) profiles (or (m, n, k) values with an
     (m, n, 1) mask -> (m, n, k), each feature's profiles): row i's values, each gap filled
     by its column's mean shifted by the row's mean offset from the column means (the additive
     row + column fit of the observed entries), each profile's own mean removed (rows compare by
     the shape of their profile, not by their level), then every coordinate standardised over
-    the rows. A coordinate with no observed entry is 0 (its column would be rounding noise,
+    the rows (``scaled=False``: centred only). A coordinate with no observed entry is 0 (its column would be rounding noise,
     which standardising blows up to unit variance); :class:`completion.prior_grams.ProfileGram`
     gives this prior's inner products from the observed entries alone."""
     counts = mask.sum(0)
@@ -181,7 +191,8 @@ def profile_prior(X, mask):
     rcounts = mask.sum(1)
     offset = np.where(mask, X - col_mean, 0.0).sum(1) / np.maximum(rcounts, 1)
     F = np.where(mask, X, col_mean + offset[:, None])
-    return np.where(counts > 0, _standardise(F - F.mean(1, keepdims=True)), 0.0)
+    F = F - F.mean(1, keepdims=True)
+    return np.where(counts > 0, _standardise(F) if scaled else F - F.mean(0), 0.0)
 
 
 def lowrank_prior(X, mask, rank, n_rounds=5):
@@ -223,7 +234,7 @@ def build_prior(spec, X, mask, features=None, labels=None, what="row"):
             raise ValueError(f"prior {str(spec)!r} for the {what}s needs {what}_features")
         F = _standardise(align_features(features, labels if labels is not None else range(m), what))
     elif spec.base == "profile":
-        F = profile_prior(X, fibre_mask(mask, X)).reshape(m, -1)
+        F = profile_prior(X, fibre_mask(mask, X), spec.scaled).reshape(m, -1)
     else:
         F = lowrank_prior(*unfold(X, mask), spec.rank)
     if spec.identity_weight is None:

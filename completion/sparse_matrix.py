@@ -97,7 +97,7 @@ def entry_baseline(e):
 def _prior_gram(spec, e, axis, features):
     """Gram of the prior of the rows (axis 0) or columns (axis 1) from the entries."""
     spec = parse_prior(spec)
-    if spec.base not in SPARSE_BASES or spec.source is not None:
+    if spec.base not in SPARSE_BASES or spec.source is not None or not spec.scaled:
         raise ValueError(f"prior {str(spec)!r} is not available for sparse input; use one of "
                          f"{list(SPARSE_BASES)} (features may take +identity:w)")
     items, coords = (e.rows, e.cols) if axis == 0 else (e.cols, e.rows)

@@ -142,26 +142,62 @@ def test_auto_default_is_a_convex_combination_of_refitted_components():
     weights = np.array([c["weight"] for c in comps])
     assert len(comps) >= 2 and np.all(weights > 0) and weights.sum() == pytest.approx(1.0)
     assert len({(c["fit"]["mode"], str(c["fit"].get("prior"))) for c in comps}) == len(comps)
-    # oracle: each component refitted on its own with its configuration given explicitly
+    np.testing.assert_allclose(imp.completed_, refitted(imp.chosen_, observed, imp),
+                               rtol=1e-6, atol=1e-8)
+
+
+def refitted(chosen, observed, imp):
+    """Oracle: a combination's completion from its components, each refitted on its own with its
+    configuration given explicitly; an @stack prior is the same prior @matrix with the source
+    combination's completion (refitted the same way, observed values kept) as prior_matrix."""
+    from completion.softimpute import FRACTIONS, soft_impute_path
     X = observed.to_numpy()
+    source = None
+    if "source" in chosen:
+        source = np.where(np.isnan(X), refitted(chosen["source"], observed, imp), X)
     total = np.zeros_like(X)
-    for c in comps:
+    for c in chosen["components"]:
         fit = c["fit"]
         if fit["mode"] == "softimpute":
-            from completion.softimpute import FRACTIONS, soft_impute_path
             frac = imp._softimpute_fraction
             *_, (_, part) = soft_impute_path(X, ~np.isnan(X), [f for f in FRACTIONS if f >= frac])
         else:
             kw = {k: fit[k] for k in ("mode", "depth", "ridge")}
             if fit["mode"] in ("rows", "cols", "joint"):
                 kw["prior"] = fit["prior"]
-            single = NTKImputer(random_state=0, refine=1, **kw)
+                if fit["prior"].endswith("@stack"):
+                    kw.update(prior=fit["prior"].replace("@stack", "@matrix"), prior_matrix=source)
             if fit["ridge"] == "loo":
                 kw["ridge"] = "auto"
-                single = NTKImputer(random_state=0, refine=1, **kw)
-            part = single.fit(observed).completed_
+            part = NTKImputer(random_state=0, refine=1, **kw).fit(observed).completed_
         total += c["weight"] * part
-    np.testing.assert_allclose(imp.completed_, total, rtol=1e-6, atol=1e-8)
+    return total
+
+
+def test_auto_second_round_reads_the_first_combination_and_walks_its_ridge():
+    """The second round's candidates (rows and cols mode, STACK_PRIORS) are scored after the
+    first combination; each walked ridge is a local minimum of the ridges scored for it, and
+    those ridges are contiguous on STACK_RIDGE_GRID; a chosen @stack component carries that
+    first combination as its source (whose completion is checked by the oracle above)."""
+    from completion.matrix import STACK_PRIORS, STACK_RIDGE_GRID
+    observed, _, _ = synthetic_screen(n_cells=50, n_drugs=16, seed=5)
+    imp = NTKImputer(random_state=0, refine=1).fit(observed)
+    second = [r for r in imp.cv_results_ if str(r.get("prior")).endswith("@stack")]
+    assert {(r["mode"], r["prior"]) for r in second} >= {(mo, p) for mo in ("rows", "cols")
+                                                         for p in STACK_PRIORS}
+    for mode in ("rows", "cols"):
+        walked = [r for r in second if r["mode"] == mode and r["ridge"] != 0.03]
+        assert len({r["prior"] for r in walked}) == 1   # the better prior only
+        ridges = {r["ridge"]: r["cv_rmse"] for r in second if r["mode"] == mode
+                  and r["prior"] == walked[0]["prior"]}
+        at = sorted(STACK_RIDGE_GRID.index(r) for r in ridges)
+        assert at == list(range(at[0], at[-1] + 1)) and len(at) >= 3
+        best = min(ridges, key=ridges.get)
+        assert best not in (STACK_RIDGE_GRID[at[0]], STACK_RIDGE_GRID[at[-1]]) or \
+            best in (STACK_RIDGE_GRID[0], STACK_RIDGE_GRID[-1])
+    assert imp.chosen_["mode"] == "stack"
+    if any(c["fit"].get("prior", "").endswith("@stack") for c in imp.chosen_["components"]):
+        assert imp.chosen_["source"]["mode"] == "stack"
 
 
 def test_tiny_matrices_complete_and_unrelated_errors_are_not_swallowed(monkeypatch):
@@ -271,6 +307,9 @@ def test_parse_prior():
     assert parse_prior("features+identity:0.5") == PriorSpec("features", None, 0.5)
     assert parse_prior("profile+identity") == PriorSpec("profile", None, 1.0)
     assert str(parse_prior("lowrank:3+identity:2")) == "lowrank:3+identity:2"
+    assert parse_prior("profile:unscaled@stack") == PriorSpec("profile", source="stack",
+                                                              scaled=False)
+    assert str(parse_prior("profile:unscaled@softimpute")) == "profile:unscaled@softimpute"
     for bad in ("pca", "lowrank:x", "onehot+identity:1", "features+identity:-1"):
         with pytest.raises(ValueError):
             parse_prior(bad)
@@ -284,6 +323,16 @@ def test_profile_prior_by_hand():
     filled -= filled.mean(1, keepdims=True)
     expected = (filled - filled.mean(0)) / filled.std(0)
     np.testing.assert_allclose(profile_prior(X, mask), expected)
+
+
+def test_unscaled_profile_is_the_profile_before_its_coordinates_are_scaled():
+    X = small_matrix(seed=3)
+    mask = ~np.isnan(X)
+    U = profile_prior(X, mask, scaled=False)
+    np.testing.assert_allclose(U.mean(0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(U / U.std(0), profile_prior(X, mask), atol=1e-12)
+    P = build_prior("profile:unscaled", X, mask)
+    np.testing.assert_allclose(P, U / np.sqrt(np.mean(np.sum(U**2, 1))))
 
 
 def test_identity_prior_rows_have_unit_norm_and_weight():
@@ -351,6 +400,7 @@ def test_categorical_features_are_encoded():
     ({"solver": "structured", "mode": "rows", "prior": "onehot"}, "does not apply"),
     ({"solver": "structured", "mode": "joint", "prior": "profile"}, "needs one-hot"),
     ({"cv_folds": 1}, "cv_folds"),
+    ({"prior": "profile@stack"}, "chosen by prior='auto' only"),
 ])
 def test_parameter_validation(params, message):
     kw = {"depth": 1, "ridge": 0.1, "prior": "onehot"}

@@ -239,6 +239,8 @@ def test_bad_sparse_input_is_refused_naming_the_entry():
         NTKImputer(mode="joint", prior="onehot", depth=1, ridge=0.1).fit(_ratings()[2])
     with pytest.raises(ValueError, match="not available for sparse input"):
         NTKImputer(mode="rows", prior="lowrank:3", depth=1, ridge=0.1).fit(_ratings()[2])
+    with pytest.raises(ValueError, match="not available for sparse input"):
+        NTKImputer(mode="rows", prior="profile:unscaled", depth=1, ridge=0.1).fit(_ratings()[2])
 
 
 def test_predict_entries_after_a_sparse_fit_checks_the_pairs():
