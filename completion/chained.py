@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from scipy.linalg import blas
 
-from models.device import check_fits, parse_bytes
+from models.device import check_fits, limited_blas_threads, parse_bytes
 
 __all__ = ["chained_fit", "chained_flops", "loo_ridge", "loo_errors", "LinearSkip", "RIDGE_GRID",
            "MAX_TRAIN_ROWS", "LOO_ROWS", "LOO_COLUMNS", "NEIGHBOUR_WEIGHT",
@@ -50,9 +50,12 @@ NEIGHBOUR_WEIGHT = 0.5
 # leave-one-out rows number at least this many together (all of them if fewer)
 NEIGHBOUR_PROBE_ROWS = 2400
 # each column's kernel system is solved with a float32 factor and float64 refinement steps
-# (_solve_lower): at most REFINE_STEPS, until the correction is below REFINE_TOLERANCE of x
+# (_solve_lower): at most REFINE_STEPS, until the correction is below REFINE_TOLERANCE of x;
+# from REFINE_MIN_ROWS training rows on (one thread: float64 0.5 ms at 200 rows, refined 0.8;
+# about even at 600; float64 20 ms at 1000, refined 17; on a busy machine)
 REFINE_STEPS = 5
 REFINE_TOLERANCE = 1e-11
+REFINE_MIN_ROWS = 500
 
 
 def _standardised_column(z):
@@ -151,24 +154,25 @@ def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, ran
     grid = RIDGE_GRID if ridge == "loo" else (float(ridge),)
     choices = _loo_choices(cands, grid, F, values, mask, baseline, todo, rng, say) \
         if len(cands) * len(grid) > 1 else dict.fromkeys(todo.tolist(), (0, grid[0]))
-    for _ in range(rounds):
-        for j in todo:
-            if stop is not None and stop.is_set():
-                return None
-            obs, miss = np.flatnonzero(mask[:, j]), np.flatnonzero(~mask[:, j])
-            if obs.size > max_train_rows:
-                obs = np.sort(rng.choice(obs, max_train_rows, replace=False))
-            which, lam = choices[j]
-            A, K_mo = _kernel_blocks(*cands[which], F, j, obs, miss)
-            A.diagonal().add_(lam * float(A.diagonal().mean()))
-            y = torch.from_numpy(values[obs, j] - baseline[obs, j])
-            alpha = _solve_lower(A, y)
-            if alpha is None:
-                raise ValueError(f"chained fit: the kernel of column {j} plus ridge {lam:g} "
-                                 "is not positive definite; increase ridge")
-            Z[miss, j] = (K_mo @ alpha).numpy() + baseline[miss, j]
-            F[:, j] = torch.from_numpy(_standardised_column(Z[:, j])) * scale
-    return Z
+    with limited_blas_threads(1):  # the residuals of _solve_lower: small calls
+        for _ in range(rounds):
+            for j in todo:
+                if stop is not None and stop.is_set():
+                    return None
+                obs, miss = np.flatnonzero(mask[:, j]), np.flatnonzero(~mask[:, j])
+                if obs.size > max_train_rows:
+                    obs = np.sort(rng.choice(obs, max_train_rows, replace=False))
+                which, lam = choices[j]
+                A, K_mo = _kernel_blocks(*cands[which], F, j, obs, miss)
+                A.diagonal().add_(lam * float(A.diagonal().mean()))
+                y = torch.from_numpy(values[obs, j] - baseline[obs, j])
+                alpha = _solve_lower(A, y)
+                if alpha is None:
+                    raise ValueError(f"chained fit: the kernel of column {j} plus ridge {lam:g} "
+                                     "is not positive definite; increase ridge")
+                Z[miss, j] = (K_mo @ alpha).numpy() + baseline[miss, j]
+                F[:, j] = torch.from_numpy(_standardised_column(Z[:, j])) * scale
+        return Z
 
 
 def _solve_lower(A, y):
@@ -178,9 +182,11 @@ def _solve_lower(A, y):
     iterative refinement in float64 (residual y - A x from the lower triangle, float64): the
     correction shrinks by about cond(A) x 6e-8 a step (1e-4 on digits' columns), and the steps
     stop when it is below REFINE_TOLERANCE of x; after REFINE_STEPS steps without getting
-    there, or when float32 cannot factor A, the float64 factor solves instead."""
+    there, or when float32 cannot factor A, the float64 factor solves instead, as it does
+    below REFINE_MIN_ROWS rows (where the steps cost more than the float32 factor saves)."""
     Ad = A.numpy().T  # column-major view: A's lower triangle is its upper one
-    L32, info = torch.linalg.cholesky_ex(A.to(torch.float32))
+    L32, info = torch.linalg.cholesky_ex(A.to(torch.float32)) if len(A) >= REFINE_MIN_ROWS \
+        else (None, 1)
     if int(info) == 0:
         x = torch.cholesky_solve(y[:, None].to(torch.float32), L32)[:, 0].to(torch.float64)
         for _ in range(REFINE_STEPS):

@@ -17,7 +17,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-from threadpoolctl import threadpool_limits
+
+from models.device import limited_blas_threads
 
 __all__ = ["FitsAhead"]
 
@@ -50,7 +51,7 @@ class FitsAhead:
             return
         half = self._threads // 2
         torch.set_num_threads(half)
-        self._blas = threadpool_limits(half, user_api="blas")
+        self._blas = limited_blas_threads(half)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="ntk-final-fit")
         for cfg in cfgs:
             stop = threading.Event()

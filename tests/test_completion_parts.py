@@ -78,21 +78,26 @@ def test_chained_solve_in_float32_with_refinement_equals_the_float64_solve():
     system (cond 1e11, beyond float32) falls back to the float64 factor, the same numbers as
     solving with it; a matrix that is not positive definite gives None."""
     rng = np.random.default_rng(3)
-    X = rng.standard_normal((300, 8)) / np.sqrt(8)
+    X = rng.standard_normal((600, 8)) / np.sqrt(8)
     K = FullyConnectedNTK(1).ntk(X)
-    y = torch.as_tensor(rng.standard_normal(300))
-    Q = np.linalg.qr(rng.standard_normal((300, 300)))[0]
-    stiff = (Q * np.geomspace(1.0, 1e-11, 300)) @ Q.T
-    for A, refined in ((K + 3e-3 * np.mean(np.diag(K)) * np.eye(300), True), (stiff, False)):
+    y = torch.as_tensor(rng.standard_normal(600))
+    Q = np.linalg.qr(rng.standard_normal((600, 600)))[0]
+    stiff = (Q * np.geomspace(1.0, 1e-11, 600)) @ Q.T
+    for A, refined in ((K + 3e-3 * np.mean(np.diag(K)) * np.eye(600), True), (stiff, False)):
         A = torch.as_tensor(A)
         garbage = A.tril() + 5.0 * torch.ones_like(A).triu(1)
         want = torch.cholesky_solve(y[:, None], torch.linalg.cholesky(A))[:, 0]
         got = _solve_lower(garbage, y)
         if refined:
             assert float((got - want).abs().max()) <= 1e-12 * float(want.abs().max())
+            assert not torch.equal(got, want)  # (the float32 path, not the fallback)
         else:
             assert torch.linalg.cond(A) > 1e9 and torch.equal(got, want)
-    assert _solve_lower(torch.as_tensor(K - 0.1 * np.eye(300)), y) is None
+    assert _solve_lower(torch.as_tensor(K - 0.1 * np.eye(600)), y) is None
+    # below REFINE_MIN_ROWS rows the float64 factor, the same numbers
+    small = torch.as_tensor(K[:100, :100] + 0.01 * np.eye(100))
+    assert torch.equal(_solve_lower(small, y[:100]), torch.cholesky_solve(
+        y[:100, None], torch.linalg.cholesky(small))[:, 0])
 
 
 def test_chained_mode_learns_a_nonlinear_column():

@@ -224,7 +224,8 @@ def test_one_layer_closed_form_map_equals_the_layers(activation, bias_var):
              (torch.as_tensor(X @ Y.T), qx[:, None].expand(len(X), len(Y)).clone(), qy[None, :]),
              (torch.as_tensor(X @ X.T), qx[:, None], qx[None, :]),
              (torch.tensor(0.3), torch.tensor(1.0), torch.tensor(0.5)),
-             (torch.as_tensor(X @ Y.T, dtype=torch.float32), qx[:, None].float(), qy[None, :].float())]
+             (torch.as_tensor(X @ Y.T, dtype=torch.float32), qx[:, None].float(),
+              qy[None, :].float())]
     for gram, sx, sy in cases:
         want = kern._propagate(gram.clone(), sx, sy, True).ntk
         got = kern._mapped(gram.clone(), sx, sy, True)
