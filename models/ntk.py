@@ -206,13 +206,16 @@ class FullyConnectedNTK:
             state = layer.update(state)
         return state
 
-    def _mapped(self, gram: torch.Tensor, sq_x, sq_y, with_ntk: bool) -> torch.Tensor:
+    def _mapped(self, gram: torch.Tensor, sq_x, sq_y, with_ntk: bool,
+                buffers=None) -> torch.Tensor:
         """The NTK (or NNGP) of one block, ``gram`` consumed: the layers (:meth:`_propagate`),
         or for the NTK of one hidden ReLU / leaky ReLU layer :func:`_one_layer_relu_ntk`, the
-        same map in closed form with fewer passes."""
+        same map in closed form with fewer passes (its work arrays from ``buffers``, see
+        :func:`_scratch`, when given)."""
         if with_ntk and self.depth == 1 and self.activation != "erf":
             slope = self.slope if self.activation == "leaky_relu" else 0.0
-            return _one_layer_relu_ntk(gram, sq_x, sq_y, self.weight_var, self.bias_var, slope)
+            return _one_layer_relu_ntk(gram, sq_x, sq_y, self.weight_var, self.bias_var, slope,
+                                       buffers)
         state = self._propagate(gram, sq_x, sq_y, with_ntk)
         return state.ntk if with_ntk else state.nngp
 
@@ -232,13 +235,16 @@ class FullyConnectedNTK:
         n, m = gram.shape
         entries = _CACHE_TILE_ENTRIES * torch.get_num_threads() if gram.device.type == "cpu" \
             else n * m
+        buffers = []  # a tile's work arrays, reused by the next (new ones cost page faults)
         start = 0
         while start < n:
             width = min(m, start + 256) if symmetric else m  # about the tile's columns
             stop = min(n, start + max(1, entries // max(width, 1)))
             tile = (slice(start, stop), slice(0, stop) if symmetric else slice(None))
-            work = gram[tile] if out is gram else gram[tile].clone()
-            block = self._mapped(work, _tile_of(sq_x, tile), _tile_of(sq_y, tile), with_ntk)
+            work = gram[tile] if out is gram else \
+                _scratch(buffers, 0, gram[tile].shape, gram).copy_(gram[tile])
+            block = self._mapped(work, _tile_of(sq_x, tile), _tile_of(sq_y, tile), with_ntk,
+                                 buffers)
             if block.data_ptr() != out[tile].data_ptr():
                 out[tile] = block
             if symmetric is True:  # the columns start:stop above the diagonal, from the rows mapped
@@ -398,7 +404,7 @@ def _kernel_tile(span, shared) -> np.ndarray:
         return net._tile(Xt, Yt, sq_x, sq_y, *span, with_ntk)
 
 
-def _one_layer_relu_ntk(gram, sq_x, sq_y, weight_var, bias_var, slope):
+def _one_layer_relu_ntk(gram, sq_x, sq_y, weight_var, bias_var, slope, buffers=None):
     """NTK of the net Dense, LeakyReLU(``slope``), Dense (0 = ReLU) as one map of ``gram``
     (consumed: the result is written over it) and the squared norms ``sq_x``, ``sq_y``
     (broadcastable against it): with c = w <x, y> + b, v = w |x|^2 + b, rho = c / sqrt(v_x v_y)
@@ -411,15 +417,19 @@ def _one_layer_relu_ntk(gram, sq_x, sq_y, weight_var, bias_var, slope):
     The same numbers as the layers up to rounding (about 3e-16 of the largest entry, tested):
     rho is computed as they do (so an input with itself still has correlation exactly 1), and
     arccos(rho) = pi/2 - arcsin(rho) (arcsin, and numpy's square roots, are faster on a CPU
-    than torch's arccos and square roots). About 12 passes over the block instead of 23."""
+    than torch's arccos and square roots). About 12 passes over the block instead of 23.
+    ``buffers``: optional list whose arrays 1-3 (:func:`_scratch`) hold the work arrays when
+    the squared norms broadcast to ``gram``'s shape."""
     w, b, s = weight_var, bias_var, slope
     c = gram.mul_(w)
     if b:
         c.add_(b)
-    scale = torch.mul(w * sq_x + b, w * sq_y + b)
+    own = buffers is not None and np.broadcast_shapes(sq_x.shape, sq_y.shape) == c.shape
+    work = [_scratch(buffers, i, c.shape, c) if own else None for i in (1, 2, 3)]
+    scale = torch.mul(w * sq_x + b, w * sq_y + b, out=work[0])
     _sqrt_(scale).clamp_(min=torch.finfo(scale.dtype).tiny)
-    rho = torch.div(c, scale).clamp_(-1.0, 1.0)
-    d = torch.arcsin(rho)
+    rho = torch.div(c, scale, out=work[1]).clamp_(-1.0, 1.0)
+    d = torch.arcsin(rho, out=work[2])
     sine = _sqrt_(torch.addcmul(torch.ones((), dtype=rho.dtype, device=rho.device), rho, rho,
                                 value=-1.0, out=rho)).mul_(scale)
     k1 = (1 - s) ** 2 / (2 * math.pi)
@@ -429,6 +439,17 @@ def _one_layer_relu_ntk(gram, sq_x, sq_y, weight_var, bias_var, slope):
     if b:
         nngp.add_(b)
     return t.mul_(w).add_(nngp)
+
+
+def _scratch(buffers, i, shape, like):
+    """Array ``i`` of the list ``buffers`` (flat tensors, made or grown as needed, of
+    ``like``'s dtype and device) as a contiguous tensor of ``shape``, its contents undefined."""
+    size = math.prod(shape)
+    buffers.extend(torch.empty(0, dtype=like.dtype, device=like.device)
+                   for _ in range(i + 1 - len(buffers)))
+    if buffers[i].numel() < size:
+        buffers[i] = torch.empty(size, dtype=like.dtype, device=like.device)
+    return buffers[i][:size].view(shape)
 
 
 def _sqrt_(t):

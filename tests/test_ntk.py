@@ -161,17 +161,19 @@ def test_tiling_does_not_change_the_result():
     np.testing.assert_allclose(kern.ntk(X, memory_budget=30_000), kern.ntk(X), rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("depth", [1, 2])
 @pytest.mark.parametrize("activation", ACTS)
-def test_cache_tiles_do_not_change_the_map(monkeypatch, activation):
+def test_cache_tiles_do_not_change_the_map(monkeypatch, activation, depth):
     """ntk_from_gram maps a block in row tiles of _CACHE_TILE_ENTRIES entries: tiles of one
     row, of three rows (a ragged last tile) and one tile give the same numbers, bit for bit
-    (each entry is mapped on its own), also with a zero input and a full (n, m) norm array."""
+    (each entry is mapped on its own, in work arrays reused from tile to tile), also with a
+    zero input and a full (n, m) norm array."""
     import models.ntk as ntk_module
     X = np.vstack([np.zeros(4), _points(9, 4, seed=3)])
     Y = _points(7, 4, seed=4)
     G = torch.as_tensor(X @ Y.T)
     qx, qy = torch.as_tensor((X**2).sum(1)), torch.as_tensor((Y**2).sum(1))
-    kern = FullyConnectedNTK(depth=2, activation=activation, slope=SLOPE, bias_var=0.1)
+    kern = FullyConnectedNTK(depth=depth, activation=activation, slope=SLOPE, bias_var=0.1)
     results = []
     for entries in (1, 3 * Y.shape[0], 10**6):
         monkeypatch.setattr(ntk_module, "_CACHE_TILE_ENTRIES", entries)
