@@ -61,6 +61,7 @@ from models.ntk import ACTIVATIONS, FullyConnectedNTK
 
 from .chained import LinearSkip, chained_fit, chained_flops
 from .cv_grid import CVGrid, evaluated_folds
+from .fits_ahead import FitsAhead
 from .fibres import fibre_mask, fold, observed_fibres, unfold
 from .prior_grams import FeatureGram, full_kernel
 from .priors import build_prior, parse_prior
@@ -451,14 +452,14 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         self._prior_values = self._validated_prior_matrix(values.shape, rows, cols)
         self._softimpute_cache, self._softimpute_fraction = {}, None
         self._stack_cache, self._stack_source, self._kept_fits = {}, None, None
-        with limited_threads(self._threads()):
+        with limited_threads(self._threads()), self._fits_ahead(values, mask) as ahead:
             started = time.perf_counter()
             with connect(self.scheduler) as client:  # the workers are released before the final fit
-                self.chosen_, self.cv_results_ = self._choose(values, mask, client)
+                self.chosen_, self.cv_results_ = self._choose(values, mask, client, ahead)
             self._say(f"chosen: {describe_choice(self.chosen_)} "
                       f"(selection {time.perf_counter() - started:.1f} s)")
             started = time.perf_counter()
-            self.completed_ = self._complete_chosen(values, mask, self.chosen_)
+            self.completed_ = self._complete_chosen(values, mask, self.chosen_, ahead)
             self._say(f"final fit: {time.perf_counter() - started:.1f} s")
         self.baseline_ = additive_baseline(values, mask)
         return self
@@ -632,15 +633,18 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             return self._stack_cache[key]
         return self._softimpute(values, mask)
 
-    def _stack_fits(self, values, mask):
+    def _stack_fits(self, values, mask, fitted=None):
         """The completions of the components of ``self._stack_source`` (the first combination,
         read by the @stack priors) fitted on ``values[mask]``, {repr(fit): completed matrix};
-        their weighted sum, observed values kept, is cached per mask for those priors."""
+        their weighted sum, observed values kept, is cached per mask for those priors.
+        ``fitted``: optional {repr(fit): completed matrix} of fits already at hand."""
         source, key = self._stack_source, _mask_key(mask)
         fits = {}
         for c in source["components"]:
             name = repr(c["fit"])
-            fits[name] = (self._kept_fits or {}).get((name, key))
+            fits[name] = (fitted or {}).get(name)
+            if fits[name] is None:
+                fits[name] = (self._kept_fits or {}).get((name, key))
             if fits[name] is None:
                 fits[name] = self._complete(values, mask, c["fit"])
         done = sum(c["weight"] * fits[repr(c["fit"])] for c in source["components"])
@@ -661,25 +665,42 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             self._softimpute_cache[key] = fold(Z, values.shape)
         return self._softimpute_cache[key]
 
-    def _complete_chosen(self, values, mask, chosen):
-        """Completed matrix of ``chosen`` (one fit or a combination); a combination with a
-        ``source`` (read by its @stack priors) fits that first, and reuses its fits."""
-        if chosen["mode"] != "stack":
-            return self._complete(values, mask, chosen)
-        fits = {}
-        if "source" in chosen:
-            self._stack_source = chosen["source"]
-            fits = self._stack_fits(values, mask)
-        return sum(c["weight"] * (fits[repr(c["fit"])] if repr(c["fit"]) in fits
-                                  else self._complete(values, mask, c["fit"]))
-                   for c in chosen["components"])
+    def _fits_ahead(self, values, mask):
+        """A :class:`~completion.fits_ahead.FitsAhead` for the final fits on ``values[mask]``,
+        with the current torch threads on a CPU (one, so none ahead, on a GPU)."""
+        threads = torch.get_num_threads() if resolve_device(self.device).type == "cpu" else 1
+        return FitsAhead(lambda cfg, stop: self._complete(values, mask, cfg, stop=stop), threads)
 
-    def _complete(self, values, mask, cfg, targets=None, screen=None):
+    def _complete_chosen(self, values, mask, chosen, ahead=None):
+        """The completed matrix of ``chosen`` (a fit or a weighted stack of fits). A stack with a
+        ``source`` (the first combination, read by its @stack priors) fits that source first and
+        reuses its fits; the fits that ``ahead`` (a :class:`~completion.fits_ahead.FitsAhead`)
+        started are taken from it (the others it started are stopped), the fits of the chosen
+        components after the others are done."""
+        fits = [chosen] if chosen["mode"] != "stack" else [c["fit"] for c in chosen["components"]]
+        source = [c["fit"] for c in chosen["source"]["components"]] if "source" in chosen else []
+        if ahead is not None:
+            ahead.keep(fits + source)
+        early = ahead.started if ahead is not None else lambda cfg: False
+        done = {}
+        if source:
+            self._stack_source = chosen["source"]
+            done = self._stack_fits(values, mask, {repr(f): ahead.result(f)
+                                                   for f in source if early(f)})
+        done.update({repr(f): self._complete(values, mask, f) for f in fits
+                     if not early(f) and repr(f) not in done})
+        done.update({repr(f): ahead.result(f) for f in fits if early(f) and repr(f) not in done})
+        if chosen["mode"] != "stack":
+            return done[repr(chosen)]
+        return sum(c["weight"] * done[repr(c["fit"])] for c in chosen["components"])
+
+    def _complete(self, values, mask, cfg, targets=None, screen=None, stop=None):
         """Completed (m, n) matrix (baseline + prediction) for configuration ``cfg``, fitted on
         ``values[mask]``; refined ``self.refine`` times for data-derived priors. ``targets``:
         optional (rows, cols) -> only those entries are returned (joint dense mode then
         predicts only them). ``screen``: optional test of the first round's predictions at
-        ``targets`` before refining; when it returns True, None is returned instead."""
+        ``targets`` before refining; when it returns True, None is returned instead.
+        ``stop``: optional ``threading.Event``; a chained fit returns None once it is set."""
         if cfg["mode"] == "softimpute":
             Z = self._softimpute(values, mask)
             return self._at(Z, mask, cfg, targets)
@@ -691,7 +712,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                             1 + self.refine, ridge, CHAINED_AXIS[cfg["mode"]], self.random_state,
                             neighbours="loo",
                             say=lambda line: self._say(f"    {cfg['mode']}: {line}"),
-                            screen=screen and (lambda Z: screen(Z[targets])))
+                            screen=screen and (lambda Z: screen(Z[targets])), stop=stop)
             return None if Z is None else self._at(Z, mask, cfg, targets)
         resid = values - baseline
         resid[~mask] = 0.0
@@ -861,7 +882,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             out.append({"mode": "softimpute"})  # a component for the combination only
         return out
 
-    def _choose(self, values, mask, client=None):
+    def _choose(self, values, mask, client=None, ahead=None):
         """Selection on held-out observed entries: every candidate at the default depth/ridge,
         then the ridge and the depth of the best kernel-mode (rows, cols, joint) candidate
         (on the smaller AUTO_ grids when the mode is 'auto' too);
@@ -869,7 +890,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         in mode 'auto' with prior 'auto' a second round of candidates reads that combination
         (:meth:`_second_round`). Nothing is cross-validated when there is a single fixed
         candidate. ``client``: the Dask client whose workers fit the (candidate, fold) pairs,
-        or None (here)."""
+        or None (here); ``ahead``: a :class:`~completion.fits_ahead.FitsAhead` that starts the
+        chained candidates' final fits before the cross-validation (in this process only)."""
         candidates = self._candidates(mask)
         results = []
         fixed_ridge = self.ridge != "auto" or candidates[0]["mode"] in CHAINED_AXIS
@@ -877,6 +899,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         if len(candidates) == 1 and fixed_ridge and fixed_depth:
             return self._normalised(candidates[0]), results
         folds = self._folds(mask)
+        if ahead is not None and client is None:
+            ahead.start([c for c in candidates if c["mode"] in CHAINED_AXIS])
         grid = CVGrid(self, values, mask, folds, client)
         scored = {}  # repr(cfg) -> (cfg, rmse, held-out predictions)
         auto = self.mode == "auto"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import re
 
@@ -139,6 +140,20 @@ def limited_threads(n=None):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+    return ThreadpoolController()  # (finding the libraries takes ~3 ms: once)
+
+
+def limited_blas_threads(n: int):
+    """numpy's and scipy's BLAS (OpenBLAS; torch's MKL follows :func:`limited_threads`) on
+    ``n`` threads until ``.restore_original_limits()`` or the end of the ``with`` block: for
+    small BLAS calls, where a second thread costs more than it saves (and, on a busy machine,
+    waits for a core)."""
+    return _blas_controller().limit(limits=int(n), user_api="blas")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from completion.chained import LinearSkip, chained_fit
+from completion.chained import LinearSkip, _solve_lower, chained_fit
 from completion.matrix import NTKImputer, additive_baseline
 from completion.priors import parse_prior, profile_prior
 from completion.softimpute import soft_impute_cv, soft_impute_path
@@ -54,8 +54,8 @@ def brute_force_chained_one_round(X, mask, base, ridge, depth=1):
     return Z
 
 
-@pytest.mark.parametrize("axis", [0, 1])
-def test_chained_fit_matches_the_regression_written_out(axis):
+@pytest.mark.parametrize("axis, depth", [(0, 2), (1, 2), (0, 1)])
+def test_chained_fit_matches_the_regression_written_out(axis, depth):
     rng = np.random.default_rng(1)
     X = rng.standard_normal((30, 6))
     X[:, 2] = np.sin(X[:, 0]) + X[:, 1] ** 2
@@ -65,11 +65,11 @@ def test_chained_fit_matches_the_regression_written_out(axis):
         X, mask = X.T.copy(), mask.T.copy()
     Xn = np.where(mask, X, np.nan)
     base = additive_baseline(Xn, mask)
-    got = chained_fit(FullyConnectedNTK(2), Xn, mask, base, rounds=1, ridge=0.05, axis=axis)
+    got = chained_fit(FullyConnectedNTK(depth), Xn, mask, base, rounds=1, ridge=0.05, axis=axis)
     if axis == 1:
-        expected = brute_force_chained_one_round(Xn.T, mask.T, base.T, 0.05, depth=2).T
+        expected = brute_force_chained_one_round(Xn.T, mask.T, base.T, 0.05, depth=depth).T
     else:
-        expected = brute_force_chained_one_round(Xn, mask, base, 0.05, depth=2)
+        expected = brute_force_chained_one_round(Xn, mask, base, 0.05, depth=depth)
     np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-9)
 
 
@@ -88,6 +88,34 @@ def test_chained_fit_recovers_an_exact_linear_column_despite_row_effects():
     got = chained_fit(LinearSkip(kern), Xn, mask, additive_baseline(Xn, mask), 1, ridge=1e-6)
     err = (got - X)[~mask]
     assert np.sqrt(np.mean(err ** 2)) < 0.05 * X[~mask].std()  # 0.022 (old offsets: 0.165)
+
+
+def test_chained_solve_in_float32_with_refinement_equals_the_float64_solve():
+    """_solve_lower: a float32 Cholesky factor refined in float64 gives the float64 solution
+    (to 1e-12) from the lower triangle alone (the upper one here garbage); an ill-conditioned
+    system (cond 1e11, beyond float32) falls back to the float64 factor, the same numbers as
+    solving with it; a matrix that is not positive definite gives None."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((600, 8)) / np.sqrt(8)
+    K = FullyConnectedNTK(1).ntk(X)
+    y = torch.as_tensor(rng.standard_normal(600))
+    Q = np.linalg.qr(rng.standard_normal((600, 600)))[0]
+    stiff = (Q * np.geomspace(1.0, 1e-11, 600)) @ Q.T
+    for A, refined in ((K + 3e-3 * np.mean(np.diag(K)) * np.eye(600), True), (stiff, False)):
+        A = torch.as_tensor(A)
+        garbage = A.tril() + 5.0 * torch.ones_like(A).triu(1)
+        want = torch.cholesky_solve(y[:, None], torch.linalg.cholesky(A))[:, 0]
+        got = _solve_lower(garbage, y)
+        if refined:
+            assert float((got - want).abs().max()) <= 1e-12 * float(want.abs().max())
+            assert not torch.equal(got, want)  # (the float32 path, not the fallback)
+        else:
+            assert torch.linalg.cond(A) > 1e9 and torch.equal(got, want)
+    assert _solve_lower(torch.as_tensor(K - 0.1 * np.eye(600)), y) is None
+    # below REFINE_MIN_ROWS rows the float64 factor, the same numbers
+    small = torch.as_tensor(K[:100, :100] + 0.01 * np.eye(100))
+    assert torch.equal(_solve_lower(small, y[:100]), torch.cholesky_solve(
+        y[:100, None], torch.linalg.cholesky(small))[:, 0])
 
 
 def test_chained_mode_learns_a_nonlinear_column():

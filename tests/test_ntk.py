@@ -161,17 +161,19 @@ def test_tiling_does_not_change_the_result():
     np.testing.assert_allclose(kern.ntk(X, memory_budget=30_000), kern.ntk(X), rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("depth", [1, 2])
 @pytest.mark.parametrize("activation", ACTS)
-def test_cache_tiles_do_not_change_the_map(monkeypatch, activation):
+def test_cache_tiles_do_not_change_the_map(monkeypatch, activation, depth):
     """ntk_from_gram maps a block in row tiles of _CACHE_TILE_ENTRIES entries: tiles of one
     row, of three rows (a ragged last tile) and one tile give the same numbers, bit for bit
-    (each entry is mapped on its own), also with a zero input and a full (n, m) norm array."""
+    (each entry is mapped on its own, in work arrays reused from tile to tile), also with a
+    zero input and a full (n, m) norm array."""
     import models.ntk as ntk_module
     X = np.vstack([np.zeros(4), _points(9, 4, seed=3)])
     Y = _points(7, 4, seed=4)
     G = torch.as_tensor(X @ Y.T)
     qx, qy = torch.as_tensor((X**2).sum(1)), torch.as_tensor((Y**2).sum(1))
-    kern = FullyConnectedNTK(depth=2, activation=activation, slope=SLOPE, bias_var=0.1)
+    kern = FullyConnectedNTK(depth=depth, activation=activation, slope=SLOPE, bias_var=0.1)
     results = []
     for entries in (1, 3 * Y.shape[0], 10**6):
         monkeypatch.setattr(ntk_module, "_CACHE_TILE_ENTRIES", entries)
@@ -200,8 +202,42 @@ def test_symmetric_map_is_the_mirrored_lower_triangle(monkeypatch, entries):
         got = mapping(G_garbage, q, q, symmetric=True)
         torch.testing.assert_close(got, mapping(lower, q, q), rtol=0, atol=0)
         assert torch.equal(got, got.T)
+        # "lower": the same lower triangle, nothing mirrored
+        assert torch.equal(mapping(G_garbage, q, q, symmetric="lower").tril(), got.tril())
+    with pytest.raises(ValueError, match="symmetric must be"):
+        kern.ntk_from_gram(G, q, q, symmetric="upper")
     with pytest.raises(ValueError, match="square"):
         kern.ntk_from_gram(G[:, :5], q, q[:5], symmetric=True)
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
+@pytest.mark.parametrize("bias_var", [0.0, 2.0])
+def test_one_layer_closed_form_map_equals_the_layers(activation, bias_var):
+    """The NTK of one hidden ReLU / leaky ReLU layer is mapped in closed form
+    (models.ntk._one_layer_relu_ntk): it equals the generic layer updates run on the same
+    blocks to 1e-15 of the largest entry, on a zero input, a repeated input (correlation 1 with
+    its twin), inputs of different norms, a full (n, m) norm array, scalars, and float32."""
+    X = np.vstack([np.zeros(4), _points(9, 4, seed=3)])
+    X[4] = X[7]
+    Y = np.vstack([_points(7, 4, seed=4), X[7]])
+    kern = FullyConnectedNTK(depth=1, activation=activation, slope=SLOPE, bias_var=bias_var)
+    qx, qy = torch.as_tensor((X**2).sum(1)), torch.as_tensor((Y**2).sum(1))
+    cases = [(torch.as_tensor(X @ Y.T), qx[:, None], qy[None, :]),
+             (torch.as_tensor(X @ Y.T), qx[:, None].expand(len(X), len(Y)).clone(), qy[None, :]),
+             (torch.as_tensor(X @ X.T), qx[:, None], qx[None, :]),
+             (torch.tensor(0.3), torch.tensor(1.0), torch.tensor(0.5)),
+             (torch.as_tensor(X @ Y.T, dtype=torch.float32), qx[:, None].float(),
+              qy[None, :].float())]
+    for gram, sx, sy in cases:
+        want = kern._propagate(gram.clone(), sx, sy, True).ntk
+        got = kern._mapped(gram.clone(), sx, sy, True)
+        tol = (1e-15 if gram.dtype == torch.float64 else 1e-6) * float(want.abs().max())
+        torch.testing.assert_close(got, want, rtol=0, atol=tol)
+    # the map is the one ntk_from_gram and ntk() use, and other kernels keep the layers
+    G = torch.as_tensor(X @ Y.T)
+    torch.testing.assert_close(kern.ntk_from_gram(G, qx, qy),
+                               kern._propagate(G.clone(), qx[:, None], qy[None, :], True).ntk,
+                               rtol=0, atol=1e-15 * float(G.abs().max() + 10))
 
 
 def test_refuses_when_one_row_tile_does_not_fit():
