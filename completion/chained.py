@@ -4,17 +4,10 @@ Rows mode with a per-column prior. Column j is a regression over the rows where 
 the input of row i is its vector of the *other* columns' current estimates (observed values,
 else the previous estimate), each column standardised over the rows and the whole scaled to
 unit mean squared norm, so that the very entries being predicted never enter their own kernel.
-The kernel ridge regression (NTK of a fully connected ReLU net) of the column's values minus
-their observed mean predicts the missing rows of column j, which immediately replace the
+The kernel ridge regression (NTK of a fully connected ReLU net) of the residual (values minus
+the additive baseline) predicts the missing rows of column j, which immediately replace the
 previous estimate (Gauss-Seidel order, as scikit-learn's IterativeImputer and MissForest do);
-a round visits every column with a missing entry, and ``rounds`` rounds are run. The first
-estimates are the additive baseline's (column means plus row effects). The offset of column
-j's regression is its own mean, not the baseline: a row effect fitted on the observed entries
-includes the row's value in column j itself where that is observed, and not where it is
-missing, so a regression of the values minus the baseline learns a target that holds part of
-what it predicts and is shrunk towards the baseline where it is applied (on the tables of
-benchmarks/RESULTS.md the column-mean offsets gave 2-4% less held-out error, macrodata 30%);
-a row's level is in its inputs, the other columns.
+a round visits every column with a missing entry, and ``rounds`` rounds are run.
 
 Each column's ridge (and, given several kernels, its kernel: ``NTKImputer`` offers the NTK with
 and without a linear skip, :class:`LinearSkip`) is chosen before the first round by exact
@@ -127,13 +120,12 @@ def chained_flops(shape, mask, rounds, axis=0):
 def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, random_state=0,
                 memory_budget=None, max_train_rows=MAX_TRAIN_ROWS, neighbours=False, say=None,
                 screen=None, stop=None):
-    """Completed (m, n) matrix (column mean + prediction at missing entries, observed values
-    kept).
+    """Completed (m, n) matrix (baseline + prediction at missing entries, observed values kept).
 
     ``kernel``: e.g. :class:`models.ntk.FullyConnectedNTK` (anything with ``ntk_from_gram``),
     or a sequence of them, one chosen per column by leave-one-out with the ridge; ``values``
     (m, n) with anything where unobserved; ``mask`` (m, n) bool, True = observed; ``baseline``
-    (m, n) first estimates (the additive fit); ``rounds`` >= 1;
+    (m, n) additive fit (the start and the offset of every regression); ``rounds`` >= 1;
     ``ridge``: 'loo' (per column, module docstring) or a number relative to the mean kernel
     diagonal of the column's training rows; ``axis`` 0 regresses columns over rows, 1 rows over
     columns; ``max_train_rows``: at most this many observed rows (a random subset) train each
@@ -159,12 +151,11 @@ def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, ran
                "Use mode 'rows' or 'cols', or raise memory_budget.")
     rng = np.random.default_rng(random_state)
     Z = np.where(mask, values, baseline)
-    offsets = np.where(mask, values, 0.0).sum(0) / np.maximum(mask.sum(0), 1)  # column means
     scale = max(n - 1, 1) ** -0.5
     F = torch.from_numpy(np.stack([_standardised_column(Z[:, j]) for j in range(n)], 1)) * scale
     todo = np.flatnonzero((~mask).any(0) & mask.any(0))
     grid = RIDGE_GRID if ridge == "loo" else (float(ridge),)
-    choices = _loo_choices(cands, grid, F, values, mask, offsets, todo, rng, say) \
+    choices = _loo_choices(cands, grid, F, values, mask, baseline, todo, rng, say) \
         if len(cands) * len(grid) > 1 else dict.fromkeys(todo.tolist(), (0, grid[0]))
     with limited_blas_threads(1):  # the residuals of _solve_lower: small calls
         for rnd in range(rounds):
@@ -179,12 +170,12 @@ def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, ran
                 which, lam = choices[j]
                 A, K_mo = _kernel_blocks(*cands[which], F, j, obs, miss)
                 A.diagonal().add_(lam * float(A.diagonal().mean()))
-                y = torch.from_numpy(values[obs, j] - offsets[j])
+                y = torch.from_numpy(values[obs, j] - baseline[obs, j])
                 alpha = _solve_lower(A, y)
                 if alpha is None:
                     raise ValueError(f"chained fit: the kernel of column {j} plus ridge {lam:g} "
                                      "is not positive definite; increase ridge")
-                Z[miss, j] = (K_mo @ alpha).numpy() + offsets[j]
+                Z[miss, j] = (K_mo @ alpha).numpy() + baseline[miss, j]
                 F[:, j] = torch.from_numpy(_standardised_column(Z[:, j])) * scale
         return Z
 
@@ -245,14 +236,13 @@ def _kernel_blocks(kernel, neighbours, F, j, rows_a, rows_b=None):
     return K_aa, kernel.ntk_from_gram(Fb @ Fa.T, (Fb * Fb).sum(1), sq_a)
 
 
-def _loo_choices(cands, grid, F, values, mask, offsets, todo, rng, say=None):
+def _loo_choices(cands, grid, F, values, mask, baseline, todo, rng, say=None):
     """{column: (candidate index, ridge)} with the least leave-one-out error on at most LOO_ROWS
     rows, for at most LOO_COLUMNS columns of ``todo``, among ``cands`` ((kernel, neighbours)
     pairs) of one input set (neighbours or not): the set with the least LOO error summed over
     the first of these columns that hold NEIGHBOUR_PROBE_ROWS LOO rows together (each column's
     best, relative to its mean square). The other columns get the candidate chosen most often
-    and the median ridge (as a grid position) of the columns that chose it. ``offsets``: (n,)
-    the columns' observed means, subtracted from the values regressed."""
+    and the median ridge (as a grid position) of the columns that chose it."""
     tuned = todo if todo.size <= LOO_COLUMNS else rng.choice(todo, LOO_COLUMNS, replace=False)
     sets = sorted({nb for _, nb in cands})
     members = [[c for c, (_, nb) in enumerate(cands) if nb == s] for s in sets]
@@ -268,7 +258,7 @@ def _loo_choices(cands, grid, F, values, mask, offsets, todo, rng, say=None):
             probed, (totals, allowed) = len(errors), least_total(errors.values())
         obs = np.flatnonzero(mask[:, j])
         sub = np.sort(rng.choice(obs, min(obs.size, LOO_ROWS), replace=False))
-        y = torch.from_numpy(values[sub, j] - offsets[j])
+        y = torch.from_numpy(values[sub, j] - baseline[sub, j])
         rows += sub.size
         errors[int(j)] = np.stack([
             loo_errors(_kernel_blocks(*cand, F, j, sub)[0], y, grid)
