@@ -116,10 +116,10 @@ SANITY = {
 }
 # checks added in session 6, after the defaults they check were chosen (``--check``): wine with
 # its rows in random order (the table is sorted by class), statsmodels' fertility (countries x
-# years 1960-2011, births per woman, raw values, 10% hidden: the protocol of issue 9's country-by-year
-# matrix) and four statsmodels tables, numeric columns standardised: star98 (303 x 22 school
-# districts), anes96 (944 x 11, survey answers on small integer scales), statecrime (51 x 7),
-# fair (6366 x 9, ordinal answers), and scikit-learn's iris (150 x 4)
+# years 1960-2011, births per woman, raw values, 10% hidden: the protocol of issue 9's
+# country-by-year matrix) and four statsmodels tables, numeric columns standardised: star98
+# (303 x 22 school districts), anes96 (944 x 10, survey answers on small integer scales),
+# statecrime (51 x 7), fair (6366 x 9, ordinal answers), and scikit-learn's iris (150 x 4)
 CHECK = {
     "wine_shuffled": (_shuffled_wine, 0.2, 3),
     "fertility": (_fertility, 0.1, 3),
