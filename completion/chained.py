@@ -119,13 +119,14 @@ def chained_flops(shape, mask, rounds, axis=0):
 
 def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, random_state=0,
                 memory_budget=None, max_train_rows=MAX_TRAIN_ROWS, neighbours=False, say=None,
-                screen=None, stop=None):
+                screen=None, stop=None, offsets="baseline"):
     """Completed (m, n) matrix (baseline + prediction at missing entries, observed values kept).
 
     ``kernel``: e.g. :class:`models.ntk.FullyConnectedNTK` (anything with ``ntk_from_gram``),
     or a sequence of them, one chosen per column by leave-one-out with the ridge; ``values``
     (m, n) with anything where unobserved; ``mask`` (m, n) bool, True = observed; ``baseline``
-    (m, n) additive fit (the start and the offset of every regression); ``rounds`` >= 1;
+    (m, n) additive fit (the start, and with ``offsets`` "baseline" the offset of every
+    regression); ``rounds`` >= 1;
     ``ridge``: 'loo' (per column, module docstring) or a number relative to the mean kernel
     diagonal of the column's training rows; ``axis`` 0 regresses columns over rows, 1 rows over
     columns; ``max_train_rows``: at most this many observed rows (a random subset) train each
@@ -133,13 +134,16 @@ def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, ran
     ``say``: optional callable given a line on the neighbours choice; ``screen``: optional test
     of the (m, n) estimates after the first of several rounds: when it returns True the fit
     stops there and returns None; ``stop``: optional ``threading.Event``, None is returned at
-    the next column once it is set. Refused before any work when the inputs and kernel blocks
-    exceed ``memory_budget``.
+    the next column once it is set; ``offsets``: "baseline" (each column regresses its values
+    minus ``baseline``) or "means" (minus the column's observed mean: the baseline's row effect
+    holds the regressed value where it is observed and not where it is predicted, a leak of
+    1 / (the row's observed count), large on narrow tables). Refused before any work when the
+    inputs and kernel blocks exceed ``memory_budget``.
     """
     if axis == 1:
         Z = chained_fit(kernel, values.T, mask.T, baseline.T, rounds, ridge, 0, random_state,
                         memory_budget, max_train_rows, neighbours, say,
-                        screen and (lambda Z: screen(Z.T)), stop)
+                        screen and (lambda Z: screen(Z.T)), stop, offsets)
         return None if Z is None else Z.T
     kernels = list(kernel) if isinstance(kernel, (list, tuple)) else [kernel]
     sets = (False, True) if neighbours == "loo" else (bool(neighbours),)
@@ -155,7 +159,14 @@ def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, ran
     F = torch.from_numpy(np.stack([_standardised_column(Z[:, j]) for j in range(n)], 1)) * scale
     todo = np.flatnonzero((~mask).any(0) & mask.any(0))
     grid = RIDGE_GRID if ridge == "loo" else (float(ridge),)
-    choices = _loo_choices(cands, grid, F, values, mask, baseline, todo, rng, say) \
+    if offsets == "means":  # column means of the observed values, for every row
+        means = np.where(mask, values, 0.0).sum(0) / np.maximum(mask.sum(0), 1)
+        offset = np.broadcast_to(means, values.shape)
+    elif offsets == "baseline":
+        offset = baseline
+    else:
+        raise ValueError(f"offsets must be 'baseline' or 'means', got {offsets!r}")
+    choices = _loo_choices(cands, grid, F, values, mask, offset, todo, rng, say) \
         if len(cands) * len(grid) > 1 else dict.fromkeys(todo.tolist(), (0, grid[0]))
     with limited_blas_threads(1):  # the residuals of _solve_lower: small calls
         for rnd in range(rounds):
@@ -170,12 +181,12 @@ def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, ran
                 which, lam = choices[j]
                 A, K_mo = _kernel_blocks(*cands[which], F, j, obs, miss)
                 A.diagonal().add_(lam * float(A.diagonal().mean()))
-                y = torch.from_numpy(values[obs, j] - baseline[obs, j])
+                y = torch.from_numpy(values[obs, j] - offset[obs, j])
                 alpha = _solve_lower(A, y)
                 if alpha is None:
                     raise ValueError(f"chained fit: the kernel of column {j} plus ridge {lam:g} "
                                      "is not positive definite; increase ridge")
-                Z[miss, j] = (K_mo @ alpha).numpy() + baseline[miss, j]
+                Z[miss, j] = (K_mo @ alpha).numpy() + offset[miss, j]
                 F[:, j] = torch.from_numpy(_standardised_column(Z[:, j])) * scale
         return Z
 
@@ -236,7 +247,7 @@ def _kernel_blocks(kernel, neighbours, F, j, rows_a, rows_b=None):
     return K_aa, kernel.ntk_from_gram(Fb @ Fa.T, (Fb * Fb).sum(1), sq_a)
 
 
-def _loo_choices(cands, grid, F, values, mask, baseline, todo, rng, say=None):
+def _loo_choices(cands, grid, F, values, mask, offset, todo, rng, say=None):
     """{column: (candidate index, ridge)} with the least leave-one-out error on at most LOO_ROWS
     rows, for at most LOO_COLUMNS columns of ``todo``, among ``cands`` ((kernel, neighbours)
     pairs) of one input set (neighbours or not): the set with the least LOO error summed over
@@ -258,7 +269,7 @@ def _loo_choices(cands, grid, F, values, mask, baseline, todo, rng, say=None):
             probed, (totals, allowed) = len(errors), least_total(errors.values())
         obs = np.flatnonzero(mask[:, j])
         sub = np.sort(rng.choice(obs, min(obs.size, LOO_ROWS), replace=False))
-        y = torch.from_numpy(values[sub, j] - baseline[sub, j])
+        y = torch.from_numpy(values[sub, j] - offset[sub, j])
         rows += sub.size
         errors[int(j)] = np.stack([
             loo_errors(_kernel_blocks(*cand, F, j, sub)[0], y, grid)

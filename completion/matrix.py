@@ -712,7 +712,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                             1 + self.refine, ridge, CHAINED_AXIS[cfg["mode"]], self.random_state,
                             neighbours="loo",
                             say=lambda line: self._say(f"    {cfg['mode']}: {line}"),
-                            screen=screen and (lambda Z: screen(Z[targets])), stop=stop)
+                            screen=screen and (lambda Z: screen(Z[targets])), stop=stop,
+                            offsets=cfg.get("offsets", "baseline"))
             return None if Z is None else self._at(Z, mask, cfg, targets)
         resid = values - baseline
         resid[~mask] = 0.0
@@ -877,6 +878,11 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                         mask.shape[mode == "cols"] ** 3 > DENSE_SHARED_FLOPS:
                     cfg["solver"] = "nystrom"
                 out.append(cfg)
+                # chained: also with column-mean offsets (chained_fit) where twice the cost fits;
+                # one family, so the better of the two counts
+                if chained and self.mode == "auto" and AUTO_CHAINED_FLOPS >= 2 * chained_flops(
+                        mask.shape, mask, 1 + self.refine, CHAINED_AXIS[mode]):
+                    out.append(dict(cfg, offsets="means"))
         if self.mode == "auto" and self.prior == "auto" and self.stack > 1 \
                 and self._softimpute_affordable():
             out.append({"mode": "softimpute"})  # a component for the combination only

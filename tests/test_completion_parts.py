@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from completion.chained import _solve_lower, chained_fit
+from completion.chained import LinearSkip, _solve_lower, chained_fit
 from completion.matrix import NTKImputer, additive_baseline
 from completion.priors import parse_prior, profile_prior
 from completion.softimpute import soft_impute_cv, soft_impute_path
@@ -70,6 +70,45 @@ def test_chained_fit_matches_the_regression_written_out(axis, depth):
     else:
         expected = brute_force_chained_one_round(Xn, mask, base, 0.05, depth=depth)
     np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-9)
+
+
+def test_chained_fit_with_mean_offsets_recovers_an_exact_linear_column():
+    """y = x + z exactly: offsets "means" (y's values minus y's mean regressed on (x, z))
+    recover the hidden y's; the baseline offsets do not: the row effect of a row with y
+    observed holds y itself, (x' + z' + y') / 3, that of a row with y missing only
+    (x' + z') / 2, so their prediction is 5/6 of the centred truth."""
+    rng = np.random.default_rng(5)
+    x, z = rng.standard_normal((2, 200))
+    X = np.column_stack([x, z, x + z + 3.0])
+    mask = np.ones_like(X, dtype=bool)
+    mask[rng.choice(200, 40, replace=False), 2] = False
+    Xn = np.where(mask, X, np.nan)
+    base = additive_baseline(Xn, mask)
+    kern = LinearSkip(FullyConnectedNTK(1))
+    rmse = {off: np.sqrt(np.mean((chained_fit(kern, Xn, mask, base, 1, ridge=1e-6,
+                                              offsets=off) - X)[~mask] ** 2))
+            for off in ("means", "baseline")}
+    assert rmse["means"] < 0.05 * X[~mask].std() < rmse["baseline"] / 2  # 0.022 and 0.165 sd
+    with pytest.raises(ValueError, match="offsets"):
+        chained_fit(kern, Xn, mask, base, 1, ridge=1e-6, offsets="rows")
+
+
+def test_auto_scores_the_chained_fits_with_both_offsets_as_one_family():
+    """mode auto on a small table: each chained candidate is also offered with offsets "means"
+    (scored on the same held-out entries); the combination holds at most one of the two."""
+    rng = np.random.default_rng(6)
+    Z = rng.standard_normal((80, 4))
+    X = np.column_stack([Z, Z[:, 0] - Z[:, 1] + 0.1 * rng.standard_normal(80)])
+    X[rng.random(X.shape) < 0.2] = np.nan
+    imp = NTKImputer(random_state=0).fit(X)
+    offered = [c.get("offsets", "baseline") for c in imp._candidates(~np.isnan(X))
+               if c["mode"] == "rows-chained"]
+    assert offered == ["baseline", "means"]
+    fits = [c["fit"] for c in imp.chosen_["components"]] if imp.chosen_["mode"] == "stack" \
+        else [imp.chosen_]
+    assert sum(f["mode"] == "rows-chained" for f in fits) <= 1
+    explicit = NTKImputer(mode="rows-chained", random_state=0).fit(X)
+    assert "offsets" not in explicit.chosen_  # an explicit chained mode keeps the baseline
 
 
 def test_chained_solve_in_float32_with_refinement_equals_the_float64_solve():

@@ -169,9 +169,23 @@ def refitted(chosen, observed, imp):
                     kw.update(prior=fit["prior"].replace("@stack", "@matrix"), prior_matrix=source)
             if fit["ridge"] == "loo":
                 kw["ridge"] = "auto"
-            part = NTKImputer(random_state=0, refine=1, **kw).fit(observed).completed_
+            if fit.get("offsets", "baseline") != "baseline":  # not an estimator parameter
+                part = chained_with_offsets(X, fit, refine=1)
+            else:
+                part = NTKImputer(random_state=0, refine=1, **kw).fit(observed).completed_
         total += c["weight"] * part
     return total
+
+
+def chained_with_offsets(X, fit, refine):
+    """A chained component with non-default offsets, refitted by chained_fit itself (the
+    kernels as NTKImputer builds them: the NTK with biases, with and without a linear skip)."""
+    from completion.chained import LinearSkip, chained_fit
+    mask = ~np.isnan(X)
+    kern = FullyConnectedNTK(fit["depth"], bias_var=matrix_module.CHAINED_BIAS_VAR)
+    return chained_fit((kern, LinearSkip(kern)), X, mask, matrix_module.additive_baseline(X, mask),
+                       1 + refine, "loo", matrix_module.CHAINED_AXIS[fit["mode"]], 0,
+                       neighbours="loo", offsets=fit["offsets"])
 
 
 def test_auto_second_round_reads_the_first_combination_and_walks_its_ridge():
