@@ -35,6 +35,8 @@ from scipy.linalg import blas
 
 from models.device import check_fits, limited_blas_threads, parse_bytes
 
+from .softimpute import column_means
+
 __all__ = ["chained_fit", "chained_flops", "loo_ridge", "loo_errors", "LinearSkip", "RIDGE_GRID",
            "MAX_TRAIN_ROWS", "LOO_ROWS", "LOO_COLUMNS", "NEIGHBOUR_WEIGHT",
            "NEIGHBOUR_PROBE_ROWS"]
@@ -160,8 +162,7 @@ def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, ran
     todo = np.flatnonzero((~mask).any(0) & mask.any(0))
     grid = RIDGE_GRID if ridge == "loo" else (float(ridge),)
     if offsets == "means":  # column means of the observed values, for every row
-        means = np.where(mask, values, 0.0).sum(0) / np.maximum(mask.sum(0), 1)
-        offset = np.broadcast_to(means, values.shape)
+        offset = np.broadcast_to(column_means(values, mask), values.shape)
     elif offsets == "baseline":
         offset = baseline
     else:

@@ -44,6 +44,24 @@ def evaluated_folds(n_observed, folds, max_folds):
     return int(min(max_folds, folds, max(1, math.ceil(MIN_VALIDATION_ENTRIES / per_fold))))
 
 
+def entry_folds(rows, cols, shape, folds, max_folds, random_state):
+    """Boolean (k,) validation selections of the k observed entries (``rows``, ``cols``: (k,)
+    int arrays in a matrix of ``shape``), :func:`evaluated_folds` of ``folds``: entry i is in
+    fold perm[i] % ``folds``, but an entry alone in its row or column always stays in training.
+    Refused when a fold would hold no entry or leave none for training."""
+    rng = np.random.default_rng(random_state)
+    fold = rng.permutation(rows.size) % folds
+    alone = (np.bincount(rows, minlength=shape[0])[rows] == 1) | \
+        (np.bincount(cols, minlength=shape[1])[cols] == 1)
+    fold[alone] = -1
+    out = [fold == f for f in range(evaluated_folds(rows.size, folds, max_folds))]
+    if not all(v.any() and (~v).any() for v in out):
+        raise ValueError(f"too few observed entries ({rows.size}) to hold any out for "
+                         f"{folds}-fold cross-validation; give mode, prior, depth and ridge "
+                         "explicitly")
+    return out
+
+
 @dataclasses.dataclass
 class FoldData:
     """What every (configuration, fold) task reads: the fitted ``imputer`` (parameters, aligned

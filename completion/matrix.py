@@ -60,7 +60,7 @@ from models.device import check_fits, limited_threads, parse_bytes, resolve_devi
 from models.ntk import ACTIVATIONS, FullyConnectedNTK
 
 from .chained import LinearSkip, chained_fit, chained_flops
-from .cv_grid import CVGrid, evaluated_folds
+from .cv_grid import CVGrid, entry_folds
 from .fits_ahead import FitsAhead
 from .fibres import fibre_mask, fold, observed_fibres, unfold
 from .prior_grams import FeatureGram, full_kernel
@@ -1016,24 +1016,15 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         return cfg
 
     def _folds(self, mask):
-        """List of boolean (m, n) masks of validation entries (:func:`evaluated_folds` of K).
-        Entries are assigned to folds at random, but an entry that is the only observed one of
-        its row or column always stays in training."""
-        rng = np.random.default_rng(self.random_state)
+        """List of boolean (m, n) masks of validation entries (:func:`.cv_grid.entry_folds`:
+        folds at random, an entry that is the only observed one of its row or column kept in
+        training)."""
         rows, cols = np.nonzero(mask)
-        fold = rng.permutation(rows.size) % self.cv_folds
-        alone = (np.bincount(rows, minlength=mask.shape[0])[rows] == 1) | \
-            (np.bincount(cols, minlength=mask.shape[1])[cols] == 1)
-        fold[alone] = -1
         out = []
-        for f in range(evaluated_folds(rows.size, self.cv_folds, self.cv_max_folds)):
+        for sel in entry_folds(rows, cols, mask.shape, self.cv_folds, self.cv_max_folds,
+                               self.random_state):
             val = np.zeros_like(mask)
-            val[rows[fold == f], cols[fold == f]] = True
-            train = mask & ~val
-            if not train.any() or not val.any():
-                raise ValueError(f"too few observed entries ({mask.sum()}) to hold any out for "
-                                 f"{self.cv_folds}-fold cross-validation; give mode, prior, "
-                                 "depth and ridge explicitly")
+            val[rows[sel], cols[sel]] = True
             out.append(val)
         return out
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .fibres import fibre_mask, unfold
+from .softimpute import column_means
 
 __all__ = ["PriorSpec", "parse_prior", "build_prior", "align_features", "profile_prior",
            "lowrank_prior", "DATA_DERIVED", "SOURCES"]
@@ -187,7 +188,7 @@ def profile_prior(X, mask, scaled=True):
     which standardising blows up to unit variance); :class:`completion.prior_grams.ProfileGram`
     gives this prior's inner products from the observed entries alone."""
     counts = mask.sum(0)
-    col_mean = np.where(counts > 0, np.where(mask, X, 0.0).sum(0) / np.maximum(counts, 1), 0.0)
+    col_mean = column_means(X, mask)
     rcounts = mask.sum(1)
     offset = np.where(mask, X - col_mean, 0.0).sum(1) / np.maximum(rcounts, 1)
     F = np.where(mask, X, col_mean + offset[:, None])
@@ -201,8 +202,7 @@ def lowrank_prior(X, mask, rank, n_rounds=5):
     Start from the column-mean-filled, column-centred matrix; each round replaces the missing
     entries by the rank-k reconstruction of the previous SVD. ``rank`` is capped at min(m, n).
     """
-    counts = mask.sum(0)
-    col_mean = np.where(counts > 0, np.where(mask, X, 0.0).sum(0) / np.maximum(counts, 1), 0.0)
+    col_mean = column_means(X, mask)
     R = np.where(mask, X - col_mean, 0.0)
     k = min(rank, *R.shape)
     # torch, not numpy: OpenBLAS after torch's OpenMP kernels was measured 5-20x slower here

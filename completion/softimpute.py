@@ -16,14 +16,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["soft_impute_path", "soft_impute_cv", "FRACTIONS", "PATIENCE"]
+__all__ = ["soft_impute_path", "soft_impute_cv", "column_means", "FRACTIONS", "PATIENCE"]
 
 # lambda / top singular value, from strong to weak shrinkage (warm-started in this order)
 FRACTIONS = (0.5, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.015, 0.01)
 PATIENCE = 2
 
 
-def _column_means(X, mask):
+def column_means(X, mask):
+    """(n,) means of the observed entries (``mask`` True) of each column of X, 0 for a column
+    with none."""
     counts = mask.sum(0)
     return np.where(counts > 0, np.where(mask, X, 0.0).sum(0) / np.maximum(counts, 1), 0.0)
 
@@ -35,7 +37,7 @@ def soft_impute_path(X, mask, fractions=FRACTIONS, max_iter=100, tol=1e-4):
     The completed matrix is the low-rank fit plus the column means, at every entry (observed
     ones included: the fit, not the observed value).
     """
-    mean = _column_means(X, mask)
+    mean = column_means(X, mask)
     R = np.where(mask, X - mean, 0.0)
     top = float(np.linalg.norm(R, 2)) if R.any() else 0.0
     # torch, not numpy: OpenBLAS after torch's OpenMP kernels was measured 5-20x slower here

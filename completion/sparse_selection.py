@@ -15,27 +15,11 @@ import time
 
 import numpy as np
 
-from .cv_grid import evaluated_folds
+from .cv_grid import entry_folds
 from .solvers import parse_solver
 from .sparse_matrix import fit_entries
 
-__all__ = ["holdout_entries", "select_on_entries", "fit_chosen"]
-
-
-def holdout_entries(e, folds, max_folds, random_state):
-    """Boolean (k,) validation selections of the entries (:func:`evaluated_folds` of
-    ``folds``): entry k is in fold perm[k] % ``folds``; an entry alone in its row or column
-    always stays in training."""
-    rng = np.random.default_rng(random_state)
-    fold = rng.permutation(e.values.size) % folds
-    alone = (np.bincount(e.rows, minlength=e.shape[0])[e.rows] == 1) | \
-        (np.bincount(e.cols, minlength=e.shape[1])[e.cols] == 1)
-    fold[alone] = -1
-    out = [fold == f for f in range(evaluated_folds(e.values.size, folds, max_folds))]
-    if not all(v.any() and (~v).any() for v in out):
-        raise ValueError(f"too few observed entries ({e.values.size}) to hold any out for "
-                         f"{folds}-fold cross-validation; give mode, prior, depth and ridge")
-    return out
+__all__ = ["select_on_entries", "fit_chosen"]
 
 
 def select_on_entries(e, est, kernel_of, grids, say):
@@ -60,7 +44,8 @@ def select_on_entries(e, est, kernel_of, grids, say):
                                "solver": est._solver_for(mode, prior, e.values.size)})
     if len(candidates) == 1 and est.depth != "auto" and est.ridge != "auto":
         return candidates[0], []
-    folds = holdout_entries(e, est.cv_folds, est.cv_max_folds, est.random_state)
+    folds = entry_folds(e.rows, e.cols, e.shape, est.cv_folds, est.cv_max_folds,
+                        est.random_state)
     scored, results = {}, []
 
     def score(cfg):
