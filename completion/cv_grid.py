@@ -31,15 +31,25 @@ KERNEL_MODES = ("rows", "cols", "joint")
 # the automatic choices evaluate folds until they hold out at least this many observed entries
 # (standard error of an RMSE estimate about 1 / sqrt(2 x 1000) = 2% of it), up to cv_max_folds
 MIN_VALIDATION_ENTRIES = 1000
+# ... at most AUTO_MAX_FOLDS of them (each costs a fit of every candidate), but on a matrix of
+# fewer than SMALL_CV_ENTRIES / AUTO_MAX_FOLDS observed entries as many as keep the folds'
+# observed entries together below SMALL_CV_ENTRIES (three such tables, 3 seeds: iris 0.5455 ->
+# 0.5298, statecrime 0.6380 -> 0.6163, elnino 0.3814 -> 0.3799; benchmarks/RESULTS.md)
+AUTO_MAX_FOLDS = 4
+SMALL_CV_ENTRIES = 10_000
 
 
-def evaluated_folds(n_observed, folds, max_folds):
+def evaluated_folds(n_observed, folds, max_folds="auto"):
     """How many of ``folds`` folds of ``n_observed`` entries the CV evaluates: the fewest whose
     entries number MIN_VALIDATION_ENTRIES, at least 1, at most ``max_folds``. Many small folds
     (``NTKImputer``'s default, 20) keep each validation fit's training entries close to the
     final fit's (a 20% fold on a table missing 20% fits on 36% missing, where a chained
     regression's inputs are worse and a low-rank fit looks better than at 20%); a large matrix
-    needs one fold, a small table several."""
+    needs one fold, a small table several. ``max_folds`` "auto": AUTO_MAX_FOLDS, or on a small
+    matrix up to SMALL_CV_ENTRIES // n_observed (its fits are cheap and its folds hold few
+    entries: iris' 480 observed entries are all held out once, 96 with 4 folds)."""
+    if max_folds == "auto":
+        max_folds = max(AUTO_MAX_FOLDS, SMALL_CV_ENTRIES // max(n_observed, 1))
     per_fold = max(n_observed / folds, 1.0)
     return int(min(max_folds, folds, max(1, math.ceil(MIN_VALIDATION_ENTRIES / per_fold))))
 

@@ -28,7 +28,8 @@ class FitsAhead:
 
     ``complete(cfg, stop)``: the completed (m, n) matrix of configuration ``cfg`` on the whole
     matrix, or None when the ``threading.Event`` ``stop`` was set while it ran; ``threads``:
-    the torch threads the ``fit`` runs with (fewer than 2: nothing is started ahead)."""
+    the torch threads the two Python threads share (fewer than 2: nothing is started ahead);
+    ``close`` restores the count that ``start`` found."""
 
     def __init__(self, complete, threads):
         self._complete = complete
@@ -50,6 +51,7 @@ class FitsAhead:
         if self._threads < 2 or not cfgs or self._pool is not None:
             return
         half = self._threads // 2
+        self._restore = torch.get_num_threads()
         torch.set_num_threads(half)
         self._blas = limited_blas_threads(half)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="ntk-final-fit")
@@ -81,4 +83,4 @@ class FitsAhead:
         self._pool.shutdown(wait=True)
         self._pool = None
         self._blas.restore_original_limits()
-        torch.set_num_threads(self._threads)
+        torch.set_num_threads(self._restore)

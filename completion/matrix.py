@@ -56,7 +56,8 @@ import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from models.device import check_fits, limited_threads, parse_bytes, resolve_device
+from models.device import (check_fits, limited_threads, parse_bytes, resolve_device,
+                           threads_chosen_by_default, usable_cores)
 from models.ntk import ACTIVATIONS, FullyConnectedNTK
 
 from .chained import LinearSkip, chained_fit, chained_flops
@@ -94,6 +95,10 @@ CHAINED_BIAS_VAR = 2.0
 # "auto" skips a chained candidate whose estimated cost (chained.chained_flops) exceeds this
 # (digits' 1797 x 64 rows-chained fit, 1.4e11, took about 60 s on one loaded core)
 AUTO_CHAINED_FLOPS = 1.5e11
+# "auto" leaves out a chained mode whose regressions have fewer observed points than this on
+# average (cols-chained on a table of a few columns: each row regressed on those few values; on
+# statecrime, 51 x 7, it scored 1.04 against 0.76 and took 21 of 29 s under 20-fold CV)
+CHAINED_MIN_POINTS = 20
 # solver "auto" on a dense matrix takes Nystrom for rows (cols) mode when the exact solver's
 # N x N inverse over the N rows (cols) would cost more than this many flops, N^3 (N above about
 # 4,600): statsmodels' fair table (6,366 rows) took 26 s per rows-mode fit exact, 5 s with
@@ -216,9 +221,10 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     cv_folds : int >= 2, K of the K-fold split of the observed entries used by the "auto" choices
         (each validation fit leaves out 1/K of them: with the default 20, it sees nearly the
         final fit's missing entries).
-    cv_max_folds : int >= 1, at most this many of the K folds are evaluated: the fewest that
-        hold out ``cv_grid.MIN_VALIDATION_ENTRIES`` entries (one on a large matrix, several on
-        a small table; :func:`completion.cv_grid.evaluated_folds`); K = full K-fold CV.
+    cv_max_folds : int >= 1 or "auto", at most this many of the K folds are evaluated: the
+        fewest that hold out ``cv_grid.MIN_VALIDATION_ENTRIES`` entries (one on a large matrix,
+        several on a small table; :func:`completion.cv_grid.evaluated_folds`); K = full K-fold
+        CV; "auto": 4, more on a matrix with fewer than 2,500 observed entries.
     refine : int >= 0, refinement rounds for data-derived priors (profile, lowrank); the chained
         modes run 1 + refine rounds over the columns.
     stack : int >= 1, most fits ``mode="auto"`` combines (1 = the single best, and no second
@@ -261,8 +267,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
 
     def __init__(self, *, mode="auto", prior="auto", depth="auto", ridge="auto", activation="relu",
                  row_features=None, col_features=None, prior_matrix=None, solver="auto",
-                 device="auto", random_state=None, cv_folds=20, cv_max_folds=4, refine=2, stack=3,
-                 verbose=0, threads=None, scheduler=None):
+                 device="auto", random_state=None, cv_folds=20, cv_max_folds="auto", refine=2,
+                 stack=3, verbose=0, threads=None, scheduler=None):
         self.mode = mode
         self.prior = prior
         self.depth = depth
@@ -303,8 +309,11 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             raise ValueError(f"ridge must be 'auto' or a finite number >= 0, got {self.ridge!r}")
         for name, low in (("cv_folds", 2), ("cv_max_folds", 1), ("refine", 0), ("stack", 1)):
             value = getattr(self, name)
+            if name == "cv_max_folds" and value == "auto":
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+                raise ValueError(f"{name} must be {'auto or ' if name == 'cv_max_folds' else ''}"
+                                 f"an integer >= {low}, got {value!r}")
         if self.prior != "auto":
             for p in (self.prior if isinstance(self.prior, tuple) else (self.prior,)):
                 if parse_prior(p).source == "matrix" and self.prior_matrix is None:
@@ -667,8 +676,14 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
 
     def _fits_ahead(self, values, mask):
         """A :class:`~completion.fits_ahead.FitsAhead` for the final fits on ``values[mask]``,
-        with the current torch threads on a CPU (one, so none ahead, on a GPU)."""
+        with the current torch threads on a CPU (one, so none ahead, on a GPU), and at least two
+        where the thread count is the default and two cores are there: the load average may
+        have given the fit one thread (``default_threads``: spinning OpenMP threads on busy
+        cores), but the fits ahead run one torch thread on each of two Python threads, which
+        do not spin."""
         threads = torch.get_num_threads() if resolve_device(self.device).type == "cpu" else 1
+        if threads_chosen_by_default(self.threads):
+            threads = max(threads, min(2, usable_cores()))
         return FitsAhead(lambda cfg, stop: self._complete(values, mask, cfg, stop=stop), threads)
 
     def _complete_chosen(self, values, mask, chosen, ahead=None):
@@ -849,7 +864,11 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         chained = []  # scored first: on tables their score screens the others
         for mode, axis in CHAINED_AXIS.items():
             flops = chained_flops(mask.shape, mask, 1 + self.refine, axis)
-            if flops <= AUTO_CHAINED_FLOPS:
+            points = float(mask.sum(axis).mean())  # observed points of a regression, on average
+            if points < CHAINED_MIN_POINTS:
+                self._say(f"  {mode} left out: its regressions have {points:.1f} observed "
+                          f"points on average (fewer than {CHAINED_MIN_POINTS})")
+            elif flops <= AUTO_CHAINED_FLOPS:
                 chained.append(mode)
             else:
                 self._say(f"  {mode} left out: about {flops:.1e} flops")

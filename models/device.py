@@ -94,6 +94,16 @@ def check_fits(needed_bytes: float, budget_bytes: int, what: str, advice: str) -
 THREADS_ENV = "NTK_THREADS"
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the platform tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def threads_chosen_by_default(threads=None) -> bool:
+    """True when neither ``threads`` nor ``$NTK_THREADS`` sets the thread count."""
+    return threads is None and not os.environ.get(THREADS_ENV, "").strip()
+
+
 def default_threads() -> int:
     """The cores this process may use that the 1-minute load average leaves idle, at least 1.
 
@@ -101,7 +111,7 @@ def default_threads() -> int:
     two threads ran 5.8-6.9x slower than one (OpenMP threads spin while they wait for a core);
     so a busy machine gets 1 thread and an idle one all its cores. Not measured on a quiet
     many-core machine; ``threads=`` / ``$NTK_THREADS`` / ``--threads`` override it."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     try:
         busy = os.getloadavg()[0]
     except (AttributeError, OSError):  # no load average on this platform
@@ -114,11 +124,10 @@ def resolve_threads(threads=None) -> int:
     the environment variable ``NTK_THREADS`` when set, else :func:`default_threads`; never
     more than the machine's cores. Bad values are refused naming where they came from."""
     source = "threads"
+    if threads_chosen_by_default(threads):
+        return default_threads()
     if threads is None:
-        value = os.environ.get(THREADS_ENV, "").strip()
-        if not value:
-            return default_threads()
-        source, threads = f"${THREADS_ENV}", value
+        source, threads = f"${THREADS_ENV}", os.environ[THREADS_ENV].strip()
     try:
         if isinstance(threads, (bool, float)):
             raise ValueError

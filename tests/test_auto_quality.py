@@ -184,3 +184,17 @@ def test_neighbour_prior_is_chosen_for_a_sequence_and_not_for_shuffled_rows():
     with_loo, _, lines = fit(shuffled, "loo")
     assert "inputs declined" in lines[0]
     np.testing.assert_array_equal(with_loo, fit(shuffled, False)[0])
+
+
+def test_chained_mode_with_too_few_points_per_regression_is_left_out():
+    """A chained mode whose regressions average fewer than CHAINED_MIN_POINTS observed points
+    is not a candidate: on a 120 x 7 table cols-chained (each row regressed on its ~5.6
+    observed values) is left out and rows-chained (~96 rows a column) scored; transposed, the
+    other way round."""
+    Xn = _table(m=120)
+    counts = (~np.isnan(Xn)).sum(0).mean(), (~np.isnan(Xn)).sum(1).mean()
+    assert counts[1] < matrix_module.CHAINED_MIN_POINTS <= counts[0]
+    for X, kept, left in ((Xn, "rows-chained", "cols-chained"),
+                          (Xn.T, "cols-chained", "rows-chained")):
+        modes = {r["mode"] for r in NTKImputer(random_state=0).fit(X).cv_results_}
+        assert kept in modes and left not in modes

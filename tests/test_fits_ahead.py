@@ -62,6 +62,7 @@ def test_fits_not_kept_are_stopped_and_one_thread_starts_none():
 
     slow, quick = {"mode": "slow"}, {"mode": "quick"}
     before = torch.get_num_threads()
+    torch.set_num_threads(3)  # neither the 2 given nor the 1 of each thread
     with FitsAhead(complete, 2) as ahead:
         ahead.start([slow, quick])
         assert ahead.started(slow) and ahead.started(quick)
@@ -71,7 +72,7 @@ def test_fits_not_kept_are_stopped_and_one_thread_starts_none():
         assert not ahead.started(slow)
         np.testing.assert_array_equal(ahead.result(quick), np.ones((2, 2)))
         assert time.perf_counter() - started < 5
-    assert torch.get_num_threads() == 2  # the count it was given
+    assert torch.get_num_threads() == 3  # the count start() found
     torch.set_num_threads(before)
     with FitsAhead(complete, 1) as ahead:
         ahead.start([quick])
@@ -86,3 +87,31 @@ def test_chained_fit_returns_none_once_stopped():
     base = additive_baseline(X, mask)
     assert chained_fit(FullyConnectedNTK(1), X, mask, base, 1, 0.1, stop=stop) is None
     assert chained_fit(FullyConnectedNTK(1), X, mask, base, 1, 0.1, axis=1, stop=stop) is None
+
+
+def test_default_thread_count_of_one_still_fits_ahead_on_two_cores(monkeypatch):
+    """threads None and no $NTK_THREADS: a load average that gives the fit one torch thread
+    still runs the final fits ahead on a second Python thread where two cores are there; an
+    explicit threads=1 (or $NTK_THREADS=1) does not."""
+    import models.device
+    names = []
+
+    def recorded(*args, **kwargs):
+        names.append(threading.current_thread().name)
+        return chained_fit(*args, **kwargs)
+
+    monkeypatch.setattr(matrix_module, "chained_fit", recorded)
+    monkeypatch.setattr(models.device, "default_threads", lambda: 1)
+    monkeypatch.setattr(matrix_module, "usable_cores", lambda: 2)
+    monkeypatch.delenv("NTK_THREADS", raising=False)
+    X = _table(seed=1)
+    default = NTKImputer(random_state=0).fit(X)
+    assert any(name.startswith("ntk-final-fit") for name in names)
+    names.clear()
+    one = NTKImputer(random_state=0, threads=1).fit(X)
+    assert names and not any(name.startswith("ntk-final-fit") for name in names)
+    monkeypatch.setenv("NTK_THREADS", "1")
+    names.clear()
+    NTKImputer(random_state=0).fit(X)
+    assert names and not any(name.startswith("ntk-final-fit") for name in names)
+    np.testing.assert_array_equal(default.completed_, one.completed_)

@@ -453,22 +453,27 @@ def test_cv_folds_keep_single_observations_in_training():
     assert np.isfinite(imp.fit(X).transform()).all()
 
 
-@pytest.mark.parametrize("shape, expected", [((40, 10), 4), ((300, 40), 3), ((1200, 40), 1)])
+@pytest.mark.parametrize("shape, expected", [((40, 10), 20), ((120, 40), 4), ((300, 40), 3),
+                                             ((1200, 40), 1)])
 def test_default_cv_holds_out_small_folds_until_enough_entries(shape, expected):
     """Default CV: folds of 1/20 of the observed entries (each validation fit sees nearly the
-    final fit's missing entries), as many as hold out MIN_VALIDATION_ENTRIES, at most 4."""
-    from completion.cv_grid import MIN_VALIDATION_ENTRIES, evaluated_folds
+    final fit's missing entries), as many as hold out MIN_VALIDATION_ENTRIES, at most 4, or on a
+    small matrix as many as keep the evaluated folds' observed entries within SMALL_CV_ENTRIES
+    (all 20 on 40 x 10, 4 on 120 x 40)."""
+    from completion.cv_grid import MIN_VALIDATION_ENTRIES, SMALL_CV_ENTRIES, evaluated_folds
     X = small_matrix(*shape, seed=2)
     mask = ~np.isnan(X)
     imp = NTKImputer(random_state=0)
     folds = imp._folds(mask)
     n = int(mask.sum())
-    assert len(folds) == expected == evaluated_folds(n, 20, 4)
+    assert len(folds) == expected == evaluated_folds(n, 20, "auto")
+    assert expected <= max(4, SMALL_CV_ENTRIES // n)
     sizes = [int(f.sum()) for f in folds]
     assert all(abs(s - n / 20) <= 1 for s in sizes)  # no entry here is alone in its row/column
-    assert sum(sizes) >= min(MIN_VALIDATION_ENTRIES, 4 * n // 20)
+    assert sum(sizes) >= min(MIN_VALIDATION_ENTRIES, expected * n // 20)
     assert not np.logical_and(folds[0], folds[-1]).any() or len(folds) == 1
     assert evaluated_folds(n, 20, 1) == 1 and evaluated_folds(n, 3, 4) <= 3
+    assert evaluated_folds(n, 20, 4) == min(4, expected)  # an explicit cap holds
 
 
 def test_auto_solver_takes_nystrom_where_the_dense_exact_inverse_costs_too_much(monkeypatch):
