@@ -45,13 +45,15 @@ def evaluated_folds(n_observed, folds, max_folds="auto"):
     (``NTKImputer``'s default, 20) keep each validation fit's training entries close to the
     final fit's (a 20% fold on a table missing 20% fits on 36% missing, where a chained
     regression's inputs are worse and a low-rank fit looks better than at 20%); a large matrix
-    needs one fold, a small table several. ``max_folds`` "auto": AUTO_MAX_FOLDS, or on a small
+    needs one fold, a small table several; never more than ``n_observed`` (a fold of one
+    entry each). ``max_folds`` "auto": AUTO_MAX_FOLDS, or on a small
     matrix up to SMALL_CV_ENTRIES // n_observed (its fits are cheap and its folds hold few
     entries: iris' 480 observed entries are all held out once, 96 with 4 folds)."""
     if max_folds == "auto":
         max_folds = max(AUTO_MAX_FOLDS, SMALL_CV_ENTRIES // max(n_observed, 1))
     per_fold = max(n_observed / folds, 1.0)
-    return int(min(max_folds, folds, max(1, math.ceil(MIN_VALIDATION_ENTRIES / per_fold))))
+    return int(min(max_folds, folds, max(1, n_observed),
+                   max(1, math.ceil(MIN_VALIDATION_ENTRIES / per_fold))))
 
 
 def entry_folds(rows, cols, shape, folds, max_folds, random_state):

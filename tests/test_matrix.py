@@ -131,7 +131,10 @@ def test_auto_single_best_chooses_by_cv_and_reports():
     best = min(kernel_results, key=lambda r: r["cv_rmse"])
     assert {k: best[k] for k in imp.chosen_} == imp.chosen_
     modes = {r["mode"] for r in imp.cv_results_}
-    assert {"rows", "cols", "joint", "rows-chained", "cols-chained"} <= modes
+    assert {"rows", "cols", "joint", "rows-chained"} <= modes
+    # each of the 60 rows has about 16 observed drugs: too few points for cols-chained
+    per_row = (~np.isnan(observed)).sum(1).mean()
+    assert per_row < matrix_module.CHAINED_MIN_POINTS and "cols-chained" not in modes
 
 
 def test_auto_default_is_a_convex_combination_of_refitted_components():
