@@ -102,9 +102,12 @@ def _table(seed=0, m=120):
 
 def test_screening_never_changes_the_choice_of_the_unscreened_search(monkeypatch):
     Xn = _table()
-    screened = NTKImputer(random_state=0, verbose=0).fit(Xn)
+    full = NTKImputer(random_state=0).fit(Xn)  # its first fold, 33 entries: nothing screened
     monkeypatch.setattr(matrix_module, "SCREEN_MARGIN", np.inf)
-    full = NTKImputer(random_state=0).fit(Xn)
+    assert NTKImputer(random_state=0).fit(Xn).cv_results_ == full.cv_results_
+    monkeypatch.setattr(matrix_module, "SCREEN_MARGIN", 1.10)
+    monkeypatch.setattr(matrix_module, "SCREEN_MIN_ENTRIES", 1)  # screening on so small a fold
+    screened = NTKImputer(random_state=0, verbose=0).fit(Xn)
     scored_full = {repr(NTKImputer._normalised(r | {"cv_rmse": 0}) ): r["cv_rmse"]
                    for r in full.cv_results_}
     # the screening must have fired here (else this test shows nothing) ...

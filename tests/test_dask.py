@@ -431,6 +431,7 @@ def test_screening_on_workers_screens_what_in_process_screens(client, monkeypatc
     X = low_rank_with_gaps(seed=3)
     kw = dict(random_state=0, depth=1, ridge=0.03, stack=2)
     monkeypatch.setattr(matrix_module, "SCREEN_MARGIN", np.inf)
+    monkeypatch.setattr(matrix_module, "SCREEN_MIN_ENTRIES", 1)  # this matrix's folds are small
     unscreened = NTKImputer(**kw).fit(X)
     monkeypatch.setattr(matrix_module, "SCREEN_MARGIN", 1.0001)
     here = NTKImputer(**kw).fit(X)
