@@ -20,7 +20,7 @@ between entries (``mode``):
   ``profile@softimpute``, features when given, and the SoftImpute completion itself) are scored
   on held-out observed entries, the chained ones first; a refined candidate whose first round
   is already more than ``SCREEN_MARGIN`` behind the best score so far is not refined further
-  (screened out); the best few are combined with convex weights fitted on those entries
+  (screened out; judged where the first fold holds ``SCREEN_MIN_ENTRIES`` entries); the best few are combined with convex weights fitted on those entries
   (:mod:`completion.stacking`); then a second round: rows and cols mode with the profile
   (``profile`` and ``profile:unscaled``) of that combination's completion as the prior
   (``profile@stack``), their ridge walked along ``STACK_RIDGE_GRID``, scored on the same entries
@@ -686,9 +686,11 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         have given the fit one thread (``default_threads``: spinning OpenMP threads on busy
         cores), but the fits ahead run one torch thread on each of two Python threads, which
         do not spin."""
-        threads = torch.get_num_threads() if resolve_device(self.device).type == "cpu" else 1
-        if threads_chosen_by_default(self.threads):
-            threads = max(threads, min(2, usable_cores()))
+        threads = 1
+        if resolve_device(self.device).type == "cpu":
+            threads = torch.get_num_threads()
+            if threads_chosen_by_default(self.threads):
+                threads = max(threads, min(2, usable_cores()))
         return FitsAhead(lambda cfg, stop: self._complete(values, mask, cfg, stop=stop), threads)
 
     def _complete_chosen(self, values, mask, chosen, ahead=None):
