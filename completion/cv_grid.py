@@ -46,9 +46,9 @@ def evaluated_folds(n_observed, folds, max_folds="auto"):
     final fit's (a 20% fold on a table missing 20% fits on 36% missing, where a chained
     regression's inputs are worse and a low-rank fit looks better than at 20%); a large matrix
     needs one fold, a small table several; never more than ``n_observed`` (a fold of one
-    entry each). ``max_folds`` "auto": AUTO_MAX_FOLDS, or on a small
-    matrix up to SMALL_CV_ENTRIES // n_observed (its fits are cheap and its folds hold few
-    entries: iris' 480 observed entries are all held out once, 96 with 4 folds)."""
+    entry each). ``max_folds`` "auto": AUTO_MAX_FOLDS, or on a small matrix up to
+    SMALL_CV_ENTRIES // n_observed (its fits are cheap and its folds hold few entries: iris'
+    480 observed entries are all held out once, 96 with 4 folds)."""
     if max_folds == "auto":
         max_folds = max(AUTO_MAX_FOLDS, SMALL_CV_ENTRIES // max(n_observed, 1))
     per_fold = max(n_observed / folds, 1.0)

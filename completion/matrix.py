@@ -22,11 +22,11 @@ between entries (``mode``):
   is already more than ``SCREEN_MARGIN`` behind the best score so far is not refined further
   (screened out; judged where the first fold holds ``SCREEN_MIN_ENTRIES`` entries); the
   best few are combined with convex weights fitted on those entries (:mod:`completion.stacking`);
-  then a second round: rows and cols mode with the profile
-  (``profile`` and ``profile:unscaled``) of that combination's completion as the prior
-  (``profile@stack``), their ridge walked along ``STACK_RIDGE_GRID``, scored on the same entries
-  and ranked with the first round's fits for a second combination; the chosen fits are then
-  refitted on every observed entry.
+  then a second round: rows and cols mode with the profile (``profile`` and
+  ``profile:unscaled``) of that combination's completion as the prior (``profile@stack``), their
+  ridge walked along ``STACK_RIDGE_GRID``, scored on the same entries and ranked with the first
+  round's fits for a second combination; the chosen fits are then refitted on every observed
+  entry.
 
 Priors are spec strings (see :mod:`completion.priors`). Data-derived priors (``profile``,
 ``lowrank:k``) are refined ``refine`` times: the prior is recomputed from the matrix completed
