@@ -1,7 +1,8 @@
 """Where the default's time goes: ``NTKImputer(random_state=seed).fit`` on one bench_matrices
 data set (its MCAR split of ``seed``), with its wall time, the process's CPU time, and the CPU
 time of the main thread and of the thread that runs the final fits started ahead of the choice
-(completion.fits_ahead; with two or more threads). On a shared machine the per-thread CPU times
+(completion.fit_threads; with two or more threads; the cross-validation's two threads take the
+rest of the process's CPU time). On a shared machine the per-thread CPU times
 say what a quiet machine's wall time would be (the larger of the two, about); the wall time
 says only how busy the machine was. ``--ops`` times the single operations of one chained column
 step instead (one thread, CPU time, best of 7 x 10). ``--code DIR`` imports the package from
@@ -29,8 +30,10 @@ def fit_times(dataset, seed, threads):
     from completion.holdout import holdout_mask
     import completion.matrix as matrix
     ahead = []
-    if hasattr(matrix, "FitsAhead"):
-        class Timed(matrix.FitsAhead):
+    # FitsAhead: its name in older checkouts (--code)
+    threads_class = getattr(matrix, "FitThreads", getattr(matrix, "FitsAhead", None))
+    if threads_class is not None:
+        class Timed(threads_class):
             def __init__(self, complete, threads):
                 def timed(cfg, stop):
                     started = time.thread_time()
@@ -39,7 +42,7 @@ def fit_times(dataset, seed, threads):
                     finally:
                         ahead.append(time.thread_time() - started)
                 super().__init__(timed, threads)
-        matrix.FitsAhead = Timed
+        setattr(matrix, threads_class.__name__, Timed)
     load, fraction, _ = DATASETS[dataset]
     X = load()
     observed = ~np.isnan(X)

@@ -51,10 +51,14 @@ NEIGHBOUR_WEIGHT = 0.5
 # the input set (with or without the neighbours) is chosen on the first tuned columns whose
 # leave-one-out rows number at least this many together (all of them if fewer)
 NEIGHBOUR_PROBE_ROWS = 2400
-# each column's kernel system is solved with a float32 factor and float64 refinement steps
-# (_solve_lower): at most REFINE_STEPS, until the correction is below REFINE_TOLERANCE of x;
-# from REFINE_MIN_ROWS training rows on (one thread: float64 0.5 ms at 200 rows, refined 0.8;
-# about even at 600; float64 20 ms at 1000, refined 17; on a busy machine)
+# the kernel map (from float64 Gram matrices, rounded once: the same float32 kernel whatever the
+# thread count), the leave-one-out eigendecompositions and the Cholesky factors are float32
+# (digits' rows-chained fit, 2 rounds on one thread: 11.3 s -> 8.3 s, held-out RMSE the same to
+# 4 digits; benchmarks/RESULTS.md); each column's system is solved by its float32 factor and
+# float64 refinement steps (_solve_lower): at most REFINE_STEPS, until the correction is below
+# REFINE_TOLERANCE of x; from REFINE_MIN_ROWS training rows on (below, a float64 factor is
+# faster: one thread, 0.5 ms at 200 rows against 0.8 refined; about even at 600)
+KERNEL_DTYPE = torch.float32
 REFINE_STEPS = 5
 REFINE_TOLERANCE = 1e-11
 REFINE_MIN_ROWS = 500
@@ -182,26 +186,28 @@ def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, ran
                 which, lam = choices[j]
                 A, K_mo = _kernel_blocks(*cands[which], F, j, obs, miss)
                 A.diagonal().add_(lam * float(A.diagonal().mean()))
-                y = torch.from_numpy(values[obs, j] - offset[obs, j])
-                alpha = _solve_lower(A, y)
+                alpha = _solve_lower(A, torch.from_numpy(values[obs, j] - offset[obs, j]))
                 if alpha is None:
                     raise ValueError(f"chained fit: the kernel of column {j} plus ridge {lam:g} "
                                      "is not positive definite; increase ridge")
-                Z[miss, j] = (K_mo @ alpha).numpy() + offset[miss, j]
+                Z[miss, j] = (K_mo @ alpha.to(K_mo.dtype)).numpy() + offset[miss, j]
                 F[:, j] = torch.from_numpy(_standardised_column(Z[:, j])) * scale
         return Z
 
 
 def _solve_lower(A, y):
-    """(t,) solution of A x = y for the symmetric positive definite (t, t) float64 tensor
-    ``A`` given by its lower triangle (the strict upper one is not read), or None when A is not
-    positive definite. A float32 Cholesky factor (half the time of a float64 one) with
-    iterative refinement in float64 (residual y - A x from the lower triangle, float64): the
-    correction shrinks by about cond(A) x 6e-8 a step (1e-4 on digits' columns), and the steps
-    stop when it is below REFINE_TOLERANCE of x; after REFINE_STEPS steps without getting
-    there, or when float32 cannot factor A, the float64 factor solves instead, as it does
-    below REFINE_MIN_ROWS rows (where the steps cost more than the float32 factor saves)."""
-    Ad = A.numpy().T  # column-major view: A's lower triangle is its upper one
+    """(t,) solution of A x = y for the symmetric positive definite (t, t) float32 tensor ``A``
+    given by its lower triangle (the strict upper one is not read), or None when A is not
+    positive definite: its float32 Cholesky factor with iterative refinement in float64
+    (residual y - A x from A's lower triangle), so that x is A's solution to float64 accuracy
+    whatever the thread count (a float32 solve's rounding, amplified by A's condition number,
+    would change x by about 1e-4 of it from one thread count to another). The correction
+    shrinks by about cond(A) x 6e-8 a step (1e-4 on digits' columns), and the steps stop when
+    it is below REFINE_TOLERANCE of x; after REFINE_STEPS steps without getting there, or when
+    float32 cannot factor A, the float64 factor solves instead, as it does below
+    REFINE_MIN_ROWS rows."""
+    A64 = A.to(torch.float64)
+    Ad = A64.numpy().T  # column-major view: A's lower triangle is its upper one
     L32, info = torch.linalg.cholesky_ex(A.to(torch.float32)) if len(A) >= REFINE_MIN_ROWS \
         else (None, 1)
     if int(info) == 0:
@@ -212,7 +218,7 @@ def _solve_lower(A, y):
             x += dx.to(torch.float64)
             if float(dx.abs().max()) <= REFINE_TOLERANCE * float(x.abs().max()):
                 return x
-    L, info = torch.linalg.cholesky_ex(A)
+    L, info = torch.linalg.cholesky_ex(A64)
     return torch.cholesky_solve(y[:, None], L)[:, 0] if int(info) == 0 else None
 
 
@@ -239,13 +245,14 @@ def _kernel_blocks(kernel, neighbours, F, j, rows_a, rows_b=None):
     """NTK between rows ``rows_a`` (and ``rows_b``) on column j's inputs (:func:`_inputs`):
     (K_aa, K_ba) tensors (K_ba None without ``rows_b``); only K_aa's lower triangle is
     computed (its strict upper triangle is unspecified: Cholesky and eigh read the lower)."""
+    dt = KERNEL_DTYPE
     Fa = _inputs(F, j, rows_a, neighbours)
-    sq_a = (Fa * Fa).sum(1)
-    K_aa = kernel.ntk_from_gram(Fa @ Fa.T, sq_a, sq_a, symmetric="lower")
+    sq_a = (Fa * Fa).sum(1).to(dt)
+    K_aa = kernel.ntk_from_gram((Fa @ Fa.T).to(dt), sq_a, sq_a, symmetric="lower")
     if rows_b is None:
         return K_aa, None
     Fb = _inputs(F, j, rows_b, neighbours)
-    return K_aa, kernel.ntk_from_gram(Fb @ Fa.T, (Fb * Fb).sum(1), sq_a)
+    return K_aa, kernel.ntk_from_gram((Fb @ Fa.T).to(dt), (Fb * Fb).sum(1).to(dt), sq_a)
 
 
 def _loo_choices(cands, grid, F, values, mask, offset, todo, rng, say=None):
@@ -270,7 +277,7 @@ def _loo_choices(cands, grid, F, values, mask, offset, todo, rng, say=None):
             probed, (totals, allowed) = len(errors), least_total(errors.values())
         obs = np.flatnonzero(mask[:, j])
         sub = np.sort(rng.choice(obs, min(obs.size, LOO_ROWS), replace=False))
-        y = torch.from_numpy(values[sub, j] - offset[sub, j])
+        y = torch.from_numpy(values[sub, j] - offset[sub, j]).to(KERNEL_DTYPE)
         rows += sub.size
         errors[int(j)] = np.stack([
             loo_errors(_kernel_blocks(*cand, F, j, sub)[0], y, grid)

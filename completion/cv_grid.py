@@ -13,13 +13,17 @@ Screening (mode "auto", ``NTKImputer._screen``): a configuration whose first ref
 the first fold is more than ``SCREEN_MARGIN`` times the best score before it (in the order of
 scoring) is not refined further and scores inf. In this process it then stops early; on Dask every pair runs in full
 and returns its first round too, and the same test is applied here, in the same order, so the
-scores and the choice do not depend on where the fits ran.
+scores and the choice do not depend on where the fits ran. Fits two at a time on threads of this
+process (:class:`~completion.fit_threads.FitThreads`) are screened in their first refinement
+round, as one after the other: the fit waits there until the configurations before it are scored.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
+from concurrent.futures import Future
 
 import numpy as np
 
@@ -127,11 +131,14 @@ def uses_softimpute(cfg) -> bool:
 
 class CVGrid:
     """Fold predictions for the rounds of candidate configurations of one fit: in this process
-    when ``client`` is None, else on the workers of that ``distributed.Client``."""
+    when ``client`` is None (two at a time on the threads of ``threads``, a
+    :class:`~completion.fit_threads.FitThreads`, when it has two or more torch threads), else on
+    the workers of that ``distributed.Client``."""
 
-    def __init__(self, imputer, values, mask, folds, client=None):
+    def __init__(self, imputer, values, mask, folds, client=None, threads=None):
         self.data = FoldData(imputer, values, mask, folds)
         self.client = client
+        self.threads = threads
         self._scattered = None
 
     def predictions(self, cfgs, screens=lambda: None):
@@ -140,9 +147,16 @@ class CVGrid:
         out by ``screens()`` (called when that configuration's turn comes, after the previous
         ones were consumed; it returns a test of first-round predictions, or None for none);
         taking a fold whose fit failed raises that fit's exception. In this process a fold is
-        fitted when taken (a candidate stops at its first failure or when screened out); on Dask
-        every fold of every configuration of ``cfgs`` is fitted at once, on the workers."""
+        fitted when taken (a candidate stops at its first failure or when screened out); on the
+        threads of ``threads`` (a :class:`~completion.fit_threads.FitThreads` with two or more
+        torch threads) every fold is started at once (:meth:`_on_threads`); on Dask every fold
+        of every configuration of ``cfgs`` is fitted in full, started at once, and screened
+        here when taken."""
         count = len(self.data.folds)
+        if self.client is None and self.threads is not None and self.threads.parallel \
+                and len(cfgs) * count > 1:
+            yield from self._on_threads(cfgs, screens)
+            return
         if self.client is None:
             for cfg in cfgs:
                 yield cfg, _fitted_when_taken(cfg, self.data, screens())
@@ -153,14 +167,51 @@ class CVGrid:
         for i, cfg in enumerate(cfgs):
             yield cfg, _raising(outcomes[i * count:(i + 1) * count], screens())
 
+    def _on_threads(self, cfgs, screens):
+        """:meth:`predictions` with the (configuration, fold) fits run by ``self.threads``, all
+        submitted at once. A configuration's first fold, after its first refinement round,
+        waits for its turn (its slot freed meanwhile), when ``screens()`` gives the same test as
+        one after the other; its other folds are fitted in full."""
+        count = len(self.data.folds)
+        self._softimpute_first(cfgs, range(count))
+        turns = [Future() for _ in cfgs]  # each configuration's screen test, when its turn comes
+
+        def fit(pair):
+            i, k = pair
+            return fold_prediction((cfgs[i], k), self.data, None if k else
+                                   functools.partial(self._screened, turns[i]))
+
+        futures = self.threads.map(fit, [(i, k) for i in range(len(cfgs)) for k in range(count)])
+        try:
+            for i, cfg in enumerate(cfgs):
+                turns[i].set_result(screens())
+                yield cfg, _taken(futures[i * count:(i + 1) * count])
+        finally:  # stopped early (an error): the fits still waiting for their turn stop there
+            for turn in turns:
+                if not turn.done():
+                    turn.set_result(lambda pred: True)
+
+    def _screened(self, turn, pred):
+        """Whether first-round predictions ``pred`` are screened out, by the test ``turn`` (a
+        Future) gives when its configuration's turn comes (None: no test)."""
+        with self.threads.waiting():
+            test = turn.result()
+        return test is not None and bool(test(pred))
+
+    def _softimpute_first(self, cfgs, folds):
+        """SoftImpute's completions of the training splits of ``folds`` (and so its shrinkage,
+        on the first of them), here, before the fits that read them run anywhere else."""
+        if any(uses_softimpute(cfg) for cfg in cfgs):
+            for k in folds:
+                self.data.imputer._softimpute(*training_split(self.data, k))
+
     def _shared(self, cfgs):
         """The data scattered to the workers (once per fit). SoftImpute's shrinkage is chosen
         first, here, on the first fold's training split, as the in-process loop does when its
         first candidate needing SoftImpute (all are in the first round) fits its first fold."""
         if self._scattered is None:
             data = self.data
-            if any(uses_softimpute(cfg) for cfg in cfgs):
-                data.imputer._softimpute(*training_split(data, 0))
+            self._softimpute_first(cfgs, [0])
             shipped = copy.copy(data.imputer)
             shipped.scheduler = None  # a worker fits where it is
             shipped._softimpute_cache = dict(data.imputer._softimpute_cache)  # its own (threads)
@@ -171,6 +222,16 @@ class CVGrid:
 def _fitted_when_taken(cfg, data, screen):
     for k in range(len(data.folds)):
         pred = fold_prediction((cfg, k), data, screen if k == 0 else None)
+        yield pred
+        if pred is None:
+            return
+
+
+def _taken(futures):
+    """The fold predictions of ``futures`` in order (waiting for each; a failed fit's exception
+    raised), up to a None (screened out)."""
+    for future in futures:
+        pred = future.result()
         yield pred
         if pred is None:
             return

@@ -62,8 +62,8 @@ from models.device import (check_fits, limited_threads, parse_bytes, resolve_dev
 from models.ntk import ACTIVATIONS, FullyConnectedNTK
 
 from .chained import LinearSkip, chained_fit, chained_flops
-from .cv_grid import CVGrid, entry_folds
-from .fits_ahead import FitsAhead
+from .cv_grid import CVGrid, entry_folds, uses_softimpute
+from .fit_threads import FitThreads
 from .fibres import fibre_mask, fold, observed_fibres, unfold
 from .prior_grams import FeatureGram, full_kernel
 from .priors import build_prior, parse_prior
@@ -467,14 +467,14 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         self._prior_values = self._validated_prior_matrix(values.shape, rows, cols)
         self._softimpute_cache, self._softimpute_fraction = {}, None
         self._stack_cache, self._stack_source, self._kept_fits = {}, None, None
-        with limited_threads(self._threads()), self._fits_ahead(values, mask) as ahead:
+        with limited_threads(self._threads()), self._fit_threads(values, mask) as threads:
             started = time.perf_counter()
             with connect(self.scheduler) as client:  # the workers are released before the final fit
-                self.chosen_, self.cv_results_ = self._choose(values, mask, client, ahead)
+                self.chosen_, self.cv_results_ = self._choose(values, mask, client, threads)
             self._say(f"chosen: {describe_choice(self.chosen_)} "
                       f"(selection {time.perf_counter() - started:.1f} s)")
             started = time.perf_counter()
-            self.completed_ = self._complete_chosen(values, mask, self.chosen_, ahead)
+            self.completed_ = self._complete_chosen(values, mask, self.chosen_, threads)
             self._say(f"final fit: {time.perf_counter() - started:.1f} s")
         self.baseline_ = additive_baseline(values, mask)
         return self
@@ -680,42 +680,55 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             self._softimpute_cache[key] = fold(Z, values.shape)
         return self._softimpute_cache[key]
 
-    def _fits_ahead(self, values, mask):
-        """A :class:`~completion.fits_ahead.FitsAhead` for the final fits on ``values[mask]``,
-        with the current torch threads on a CPU (one, so none ahead, on a GPU), and at least two
-        where the thread count is the default and two cores are there: the load average may
-        have given the fit one thread (``default_threads``: spinning OpenMP threads on busy
-        cores), but the fits ahead run one torch thread on each of two Python threads, which
-        do not spin."""
+    def _fit_threads(self, values, mask):
+        """A :class:`~completion.fit_threads.FitThreads` for the final fits on ``values[mask]``
+        and the cross-validation's fits, with the current torch threads on a CPU (one, so no
+        other thread, on a GPU), and at least two where the thread count is the default and two
+        cores are there: the load average may have given the fit one thread
+        (``default_threads``: spinning OpenMP threads on busy cores), but the fits on other
+        Python threads run one torch thread each, which do not spin."""
         threads = 1
         if resolve_device(self.device).type == "cpu":
             threads = torch.get_num_threads()
             if threads_chosen_by_default(self.threads):
                 threads = max(threads, min(2, usable_cores()))
-        return FitsAhead(lambda cfg, stop: self._complete(values, mask, cfg, stop=stop), threads)
+        return FitThreads(lambda cfg, stop: self._complete(values, mask, cfg, stop=stop), threads)
 
-    def _complete_chosen(self, values, mask, chosen, ahead=None):
+    def _complete_chosen(self, values, mask, chosen, threads=None):
         """The completed matrix of ``chosen`` (a fit or a weighted stack of fits). A stack with a
         ``source`` (the first combination, read by its @stack priors) fits that source first and
-        reuses its fits; the fits that ``ahead`` (a :class:`~completion.fits_ahead.FitsAhead`)
-        started are taken from it (the others it started are stopped), the fits of the chosen
-        components after the others are done."""
+        reuses its fits; the fits that ``threads`` (a :class:`~completion.fit_threads.FitThreads`)
+        started ahead are taken from it (the others it started are stopped), the other fits of
+        the source, then those of the chosen components, are fitted on its threads (one after
+        the other without them)."""
         fits = [chosen] if chosen["mode"] != "stack" else [c["fit"] for c in chosen["components"]]
         source = [c["fit"] for c in chosen["source"]["components"]] if "source" in chosen else []
-        if ahead is not None:
-            ahead.keep(fits + source)
-        early = ahead.started if ahead is not None else lambda cfg: False
+        if threads is not None:
+            threads.keep(fits + source)
+        early = threads.started if threads is not None else lambda cfg: False
         done = {}
         if source:
             self._stack_source = chosen["source"]
-            done = self._stack_fits(values, mask, {repr(f): ahead.result(f)
-                                                   for f in source if early(f)})
-        done.update({repr(f): self._complete(values, mask, f) for f in fits
-                     if not early(f) and repr(f) not in done})
-        done.update({repr(f): ahead.result(f) for f in fits if early(f) and repr(f) not in done})
+            done = self._fitted(values, mask, [f for f in source if not early(f)], threads)
+            done.update({repr(f): threads.result(f) for f in source if early(f)})
+            self._stack_fits(values, mask, done)
+        done.update(self._fitted(values, mask, [f for f in fits if not early(f)
+                                                and repr(f) not in done], threads))
+        done.update({repr(f): threads.result(f) for f in fits if early(f) and repr(f) not in done})
         if chosen["mode"] != "stack":
             return done[repr(chosen)]
         return sum(c["weight"] * done[repr(c["fit"])] for c in chosen["components"])
+
+    def _fitted(self, values, mask, cfgs, threads=None):
+        """{repr(cfg): completed matrix} of each of ``cfgs`` fitted on ``values[mask]``, on the
+        threads of ``threads`` (a :class:`~completion.fit_threads.FitThreads`) when it has them
+        (SoftImpute's completion, which several may read, first, here)."""
+        if threads is None or not threads.parallel or len(cfgs) < 2:
+            return {repr(cfg): self._complete(values, mask, cfg) for cfg in cfgs}
+        if any(uses_softimpute(cfg) for cfg in cfgs):
+            self._softimpute(values, mask)
+        futures = threads.map(lambda cfg: self._complete(values, mask, cfg), cfgs)
+        return {repr(cfg): future.result() for cfg, future in zip(cfgs, futures)}
 
     def _complete(self, values, mask, cfg, targets=None, screen=None, stop=None):
         """Completed (m, n) matrix (baseline + prediction) for configuration ``cfg``, fitted on
@@ -915,7 +928,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             out.append({"mode": "softimpute"})  # a component for the combination only
         return out
 
-    def _choose(self, values, mask, client=None, ahead=None):
+    def _choose(self, values, mask, client=None, threads=None):
         """Selection on held-out observed entries: every candidate at the default depth/ridge,
         then the ridge and the depth of the best kernel-mode (rows, cols, joint) candidate
         (on the smaller AUTO_ grids when the mode is 'auto' too);
@@ -923,8 +936,9 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         in mode 'auto' with prior 'auto' a second round of candidates reads that combination
         (:meth:`_second_round`). Nothing is cross-validated when there is a single fixed
         candidate. ``client``: the Dask client whose workers fit the (candidate, fold) pairs,
-        or None (here); ``ahead``: a :class:`~completion.fits_ahead.FitsAhead` that starts the
-        chained candidates' final fits before the cross-validation (in this process only)."""
+        or None (here); ``threads``: a :class:`~completion.fit_threads.FitThreads` that starts
+        the chained candidates' final fits before the cross-validation and fits the
+        cross-validation's candidates two at a time (in this process only)."""
         candidates = self._candidates(mask)
         results = []
         fixed_ridge = self.ridge != "auto" or candidates[0]["mode"] in CHAINED_AXIS
@@ -932,9 +946,9 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         if len(candidates) == 1 and fixed_ridge and fixed_depth:
             return self._normalised(candidates[0]), results
         folds = self._folds(mask)
-        if ahead is not None and client is None:
-            ahead.start([c for c in candidates if c["mode"] in CHAINED_AXIS])
-        grid = CVGrid(self, values, mask, folds, client)
+        if threads is not None and client is None:
+            threads.start([c for c in candidates if c["mode"] in CHAINED_AXIS])
+        grid = CVGrid(self, values, mask, folds, client, None if client else threads)
         scored = {}  # repr(cfg) -> (cfg, rmse, held-out predictions)
         auto = self.mode == "auto"
         second = auto and self.prior == "auto" and self.stack > 1 and values.ndim == 2
@@ -951,7 +965,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                 self._score([dict(best, depth=d) for d in depths], grid, scored, results)
         choice = self._combination(scored, values, folds)
         if choice["mode"] == "stack" and second:
-            choice = self._second_round(choice, values, mask, folds, client, scored, results)
+            choice = self._second_round(choice, values, mask, folds, grid, scored, results)
         self._kept_fits, self._stack_cache = None, {}  # the final fit needs neither
         return choice, results
 
@@ -980,11 +994,13 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                       for w, c in zip(weights, [c for c, k in zip(top, keep) if k])]
         return {"mode": "stack", "components": components}
 
-    def _second_round(self, first, values, mask, folds, client, scored, results):
+    def _second_round(self, first, values, mask, folds, first_grid, scored, results):
         """Rows and cols mode with the priors of STACK_PRIORS, the profile of ``first`` (the
         first combination) completed on each training split, each mode's better prior with its
         ridge walked along STACK_RIDGE_GRID; ranked with the first round's fits and combined
-        again. The result keeps ``first`` as its ``source`` when a component reads it."""
+        again. The result keeps ``first`` as its ``source`` when a component reads it.
+        ``first_grid``: the first round's :class:`~completion.cv_grid.CVGrid` (the second round
+        runs where it ran)."""
         self._stack_source, started = first, time.perf_counter()
         for val in folds:  # each split's source in this process, before the grid ships it
             train = mask & ~val
@@ -992,16 +1008,17 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         self._kept_fits = None
         self._say("  second round, priors from the profile of that combination (its completion "
                   f"of the training split: {time.perf_counter() - started:.1f} s)")
-        grid = CVGrid(self, values, mask, folds, client)
+        grid = CVGrid(self, values, mask, folds, first_grid.client, first_grid.threads)
         depth = DEFAULT_DEPTH if self.depth == "auto" else int(self.depth)
         ridge = DEFAULT_RIDGE if self.ridge == "auto" else float(self.ridge)
-        for mode in ("rows", "cols"):
-            cands = [{"mode": mode, "prior": p, "depth": depth, "ridge": ridge,
-                      "solver": self._solver_for(mode, p, int(mask.sum()))} for p in STACK_PRIORS]
-            self._score(cands, grid, scored, results)
-            best = min(cands, key=lambda c: scored[repr(c)][1])
-            if self.ridge == "auto" and np.isfinite(scored[repr(best)][1]):
-                self._walk_ridge(best, grid, scored, results)
+        cands = {mode: [{"mode": mode, "prior": p, "depth": depth, "ridge": ridge,
+                         "solver": self._solver_for(mode, p, int(mask.sum()))}
+                        for p in STACK_PRIORS] for mode in ("rows", "cols")}
+        self._score(cands["rows"] + cands["cols"], grid, scored, results)
+        best = [min(pair, key=lambda c: scored[repr(c)][1]) for pair in cands.values()]
+        if self.ridge == "auto":
+            self._walk_ridges([c for c in best if np.isfinite(scored[repr(c)][1])], grid, scored,
+                              results)
         choice = self._combination(scored, values, folds)
         parts = choice["components"] if choice["mode"] == "stack" \
             else [{"weight": 1.0, "fit": choice}]
@@ -1009,19 +1026,42 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             return choice
         return {"mode": "stack", "components": parts, "source": first}
 
-    def _walk_ridge(self, cfg, grid, scored, results):
-        """Score ``cfg`` at the ridges of STACK_RIDGE_GRID next to its own (on the grid), then
-        on along the better direction while the held-out RMSE falls."""
-        at = STACK_RIDGE_GRID.index(cfg["ridge"])
-        score = lambda i: scored[repr(dict(cfg, ridge=STACK_RIDGE_GRID[i]))][1]
-        near = [i for i in (at - 1, at + 1) if 0 <= i < len(STACK_RIDGE_GRID)]
-        self._score([dict(cfg, ridge=STACK_RIDGE_GRID[i]) for i in near], grid, scored, results)
-        step = min(near, key=score) - at
-        while score(at + step) < score(at):
-            at += step
-            if not 0 <= at + step < len(STACK_RIDGE_GRID):
-                break
-            self._score([dict(cfg, ridge=STACK_RIDGE_GRID[at + step])], grid, scored, results)
+    def _walk_ridges(self, cfgs, grid, scored, results):
+        """Score each of ``cfgs`` at the ridges of STACK_RIDGE_GRID next to its own (on the
+        grid), then on along its better direction two ridges at a time: to the better of the
+        two while it beats the current one, on again from the farther one. The walks step
+        together (each step's fits scored as one round, which the grid may run at once)."""
+        ridges = STACK_RIDGE_GRID
+        score = lambda cfg, i: scored[repr(dict(cfg, ridge=ridges[i]))][1]
+        walks = []  # [cfg, its ridge's index, its step]
+        for cfg in cfgs:
+            at = ridges.index(cfg["ridge"])
+            walks.append([cfg, at, [i for i in (at - 1, at + 1) if 0 <= i < len(ridges)]])
+        self._score([dict(c, ridge=ridges[i]) for c, _, near in walks for i in near], grid,
+                    scored, results)
+        for walk in walks:
+            cfg, at, near = walk
+            walk[2] = min(near, key=functools.partial(score, cfg)) - at
+            if score(cfg, at + walk[2]) >= score(cfg, at):
+                walk[2] = 0  # neither neighbour is better: this walk ends here
+            else:
+                walk[1] += walk[2]
+        while True:
+            walks = [w for w in walks if w[2] and 0 <= w[1] + w[2] < len(ridges)]
+            if not walks:
+                return
+            ahead = [[i for i in (at + step, at + 2 * step) if 0 <= i < len(ridges)]
+                     for _, at, step in walks]
+            self._score([dict(w[0], ridge=ridges[i]) for w, idx in zip(walks, ahead) for i in idx],
+                        grid, scored, results)
+            for walk, idx in zip(walks, ahead):
+                cfg, at, step = walk
+                best = min(idx, key=functools.partial(score, cfg))
+                if score(cfg, best) >= score(cfg, at):
+                    walk[2] = 0
+                else:
+                    walk[1] = best
+                    walk[2] = step if best == idx[-1] and len(idx) == 2 else 0
 
     @staticmethod
     def _ranking(scored, modes=None):
