@@ -193,9 +193,11 @@ class CVGrid:
 
     def _screened(self, turn, pred):
         """Whether first-round predictions ``pred`` are screened out, by the test ``turn`` (a
-        Future) gives when its configuration's turn comes (None: no test)."""
-        with self.threads.waiting():
-            test = turn.result()
+        Future) gives when its configuration's turn comes (None: no test); True (stop) when the
+        threads are closed before that (the fit was given up)."""
+        if not self.threads.wait_freed(turn):
+            return True
+        test = turn.result()
         return test is not None and bool(test(pred))
 
     def _softimpute_first(self, cfgs, folds):

@@ -11,15 +11,15 @@ use them better than one two-thread fit (a 1000 x 1000 Cholesky factor or an ele
 gains far less than 2x from a second thread). A fit is a pure function of the data and its
 configuration (its random draws come from ``random_state``), so where and when it runs does not
 change its numbers. The final fits the choice does not keep are stopped at their next column
-and dropped.
+and dropped. The final fits ahead run at a lower priority (:data:`AHEAD_NICE`, Linux): they are
+needed only once the choice is made, and the cross-validation decides when that is.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import torch
 
@@ -32,8 +32,9 @@ CV_THREADS = 2  # the cross-validation's fits run this many at a time (each on h
 # its place among the CV_THREADS for the fits after it
 CV_POOL = 8
 # the thread of the final fits started ahead runs at this nice value (Linux, where it is a
-# thread's own): they are needed only once the choice is made, so they take what the
-# cross-validation, which decides when that is, leaves idle
+# thread's own): digits on 2 cores, 4 runs each on a noisy machine, nice 0 20.8 s on average,
+# 5 19.5 s, 10 about the same as 5 (the fits ahead then end after the choice: the final fit
+# waits for them); benchmarks/RESULTS.md
 AHEAD_NICE = 5
 
 
@@ -52,6 +53,7 @@ class FitThreads:
         self._ahead = None  # the executor of the final fits started ahead
         self._cv = None  # the executor of the cross-validation's fits
         self._blas = None
+        self._closed = Future()  # done once close() is called
 
     def __enter__(self):
         return self
@@ -102,15 +104,16 @@ class FitThreads:
         with self._running:
             return fn(item)
 
-    @contextlib.contextmanager
-    def waiting(self):
-        """In a call run by :meth:`map`: the block (a wait) does not count among the
-        CV_THREADS running."""
+    def wait_freed(self, future) -> bool:
+        """In a call run by :meth:`map`: wait for ``future`` with this call's place among the
+        CV_THREADS running given up meanwhile; True once it is done, False when :meth:`close`
+        came first (the caller should then stop)."""
         self._running.release()
         try:
-            yield
+            wait([future, self._closed], return_when=FIRST_COMPLETED)
         finally:
             self._running.acquire()
+        return future.done()
 
     def started(self, cfg) -> bool:
         return repr(cfg) in self._jobs
@@ -131,6 +134,8 @@ class FitThreads:
     def close(self):
         """Stop what still runs, wait for the threads, and give the torch and BLAS threads
         back."""
+        if not self._closed.done():
+            self._closed.set_result(None)
         self.keep([])
         for pool in (self._ahead, self._cv):
             if pool is not None:

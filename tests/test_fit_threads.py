@@ -174,3 +174,32 @@ def test_a_fit_waiting_for_its_turn_frees_its_place():
         got = [(cfg["mode"], [None if p is None else float(p[0]) for p in preds])
                for cfg, preds in grid.predictions(cfgs, lambda: next(tests))]
     assert got == [("first", [1.0]), ("second", [None]), ("third", [3.0])]
+
+
+def test_an_error_while_a_fit_waits_for_its_turn_ends_without_a_hang():
+    """A candidate's fit fails while a later one waits for its screening turn: the error comes
+    out of the grid, and closing the threads gives the waiting fit up instead of waiting for a
+    turn that never comes (the grid's generator is still referenced here, as an exception's
+    traceback references it)."""
+    from completion.cv_grid import CVGrid
+
+    class Stub:
+        def _complete(self, values, train, cfg, targets, screen=None):
+            if cfg["mode"] == "bad":
+                time.sleep(0.2)  # the other fit is waiting by then
+                raise RuntimeError("boom")
+            if screen is not None and screen(np.zeros(1)):
+                return None
+            return np.zeros(len(targets[0]))
+
+    values = np.arange(12.0).reshape(3, 4)
+    fold = np.zeros((3, 4), bool)
+    fold[0, 0] = True
+    started = time.perf_counter()
+    with pytest.raises(RuntimeError, match="boom"):
+        with FitThreads(None, 2) as threads:
+            grid = CVGrid(Stub(), values, np.ones((3, 4), bool), [fold], threads=threads)
+            taken = grid.predictions([{"mode": "bad"}, {"mode": "waits"}], lambda: None)
+            for _, preds in taken:
+                list(preds)
+    assert time.perf_counter() - started < 10
