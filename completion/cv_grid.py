@@ -169,17 +169,30 @@ class CVGrid:
 
     def _on_threads(self, cfgs, screens):
         """:meth:`predictions` with the (configuration, fold) fits run by ``self.threads``, all
-        submitted at once. A configuration's first fold, after its first refinement round,
-        waits for its turn (its slot freed meanwhile), when ``screens()`` gives the same test as
-        one after the other; its other folds are fitted in full."""
+        submitted at once, screened as one after the other: after its first refinement round a
+        configuration's first fold waits for its turn (its place among the running fits freed
+        meanwhile), when ``screens()`` gives the test; its other folds start once the first one
+        has passed that test or finished (one after the other they would not run at all once
+        it is screened out or has failed)."""
         count = len(self.data.folds)
         self._softimpute_first(cfgs, range(count))
         turns = [Future() for _ in cfgs]  # each configuration's screen test, when its turn comes
+        stopped = [Future() for _ in cfgs]  # whether its first fold was screened out or failed
 
         def fit(pair):
             i, k = pair
-            return fold_prediction((cfgs[i], k), self.data, None if k else
-                                   functools.partial(self._screened, turns[i]))
+            if k:
+                if not self.threads.wait_freed(stopped[i]) or stopped[i].result():
+                    return None
+                return fold_prediction((cfgs[i], k), self.data)
+            pred = None
+            try:
+                pred = fold_prediction((cfgs[i], 0), self.data,
+                                       functools.partial(self._screened, turns[i], stopped[i]))
+                return pred
+            finally:
+                if not stopped[i].done():
+                    stopped[i].set_result(pred is None)
 
         futures = self.threads.map(fit, [(i, k) for i in range(len(cfgs)) for k in range(count)])
         try:
@@ -191,14 +204,14 @@ class CVGrid:
                 if not turn.done():
                     turn.set_result(lambda pred: True)
 
-    def _screened(self, turn, pred):
-        """Whether first-round predictions ``pred`` are screened out, by the test ``turn`` (a
-        Future) gives when its configuration's turn comes (None: no test); True (stop) when the
-        threads are closed before that (the fit was given up)."""
-        if not self.threads.wait_freed(turn):
-            return True
-        test = turn.result()
-        return test is not None and bool(test(pred))
+    def _screened(self, turn, stopped, pred):
+        """Whether a first fold's first-round predictions ``pred`` are screened out, by the test
+        the Future ``turn`` gives when its configuration's turn comes (None: no test); the
+        outcome is set on the Future ``stopped``. True (stop) when the threads are closed first
+        (the fit was given up)."""
+        test = turn.result() if self.threads.wait_freed(turn) else (lambda pred: True)
+        stopped.set_result(test is not None and bool(test(pred)))
+        return stopped.result()
 
     def _softimpute_first(self, cfgs, folds):
         """SoftImpute's completions of the training splits of ``folds`` (and so its shrinkage,

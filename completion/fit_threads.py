@@ -3,7 +3,8 @@ choice is made, and the cross-validation's fits two at a time.
 
 In the automatic choice the chained candidates are the slowest fits, and tables usually choose
 them, so their final fit (on every observed entry) would otherwise start only after the
-cross-validation; and the cross-validation's candidates are independent fits. With two or more
+cross-validation (``NTKImputer`` starts them ahead where they are of one chained mode); and the
+cross-validation's candidates are independent fits. With two or more
 torch threads, :class:`FitThreads` runs the final fits started ahead on a thread of their own
 and the cross-validation's (configuration, fold) fits on two more, every thread with half the
 torch (and BLAS) threads: torch and numpy release the GIL, and on two cores two one-thread fits
@@ -121,10 +122,16 @@ class FitThreads:
     def keep(self, cfgs):
         """Stop and drop the final fits started ahead that are not among ``cfgs``."""
         keys = {repr(cfg) for cfg in cfgs}
-        for key in [k for k in self._jobs if k not in keys]:
-            stop, job = self._jobs.pop(key)
-            stop.set()
-            job.cancel()
+        self.drop([k for k in self._jobs if k not in keys])
+
+    def drop(self, cfgs):
+        """Stop and drop the final fits of ``cfgs`` (or their reprs) started ahead, if any: a
+        candidate out of the running."""
+        for key in (cfg if isinstance(cfg, str) else repr(cfg) for cfg in cfgs):
+            if key in self._jobs:
+                stop, job = self._jobs.pop(key)
+                stop.set()
+                job.cancel()
 
     def result(self, cfg):
         """The completed matrix of ``cfg``'s fit started ahead (waiting for it); its

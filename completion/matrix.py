@@ -936,9 +936,11 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         in mode 'auto' with prior 'auto' a second round of candidates reads that combination
         (:meth:`_second_round`). Nothing is cross-validated when there is a single fixed
         candidate. ``client``: the Dask client whose workers fit the (candidate, fold) pairs,
-        or None (here); ``threads``: a :class:`~completion.fit_threads.FitThreads` that starts
-        the chained candidates' final fits before the cross-validation and fits the
-        cross-validation's candidates two at a time (in this process only)."""
+        or None (here); ``threads``: a :class:`~completion.fit_threads.FitThreads` that fits
+        the cross-validation's candidates two at a time and, where the chained candidates are
+        of one mode, starts their final fits before the cross-validation (in this process
+        only; with both modes, the fits ahead cost fertility 28.6 s against 21.0 s without,
+        benchmarks/RESULTS.md)."""
         candidates = self._candidates(mask)
         results = []
         fixed_ridge = self.ridge != "auto" or candidates[0]["mode"] in CHAINED_AXIS
@@ -946,8 +948,9 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         if len(candidates) == 1 and fixed_ridge and fixed_depth:
             return self._normalised(candidates[0]), results
         folds = self._folds(mask)
-        if threads is not None and client is None:
-            threads.start([c for c in candidates if c["mode"] in CHAINED_AXIS])
+        chained = [c for c in candidates if c["mode"] in CHAINED_AXIS]
+        if threads is not None and client is None and len({c["mode"] for c in chained}) == 1:
+            threads.start(chained)  # (with both chained modes, most of such fits would be wasted)
         grid = CVGrid(self, values, mask, folds, client, None if client else threads)
         scored = {}  # repr(cfg) -> (cfg, rmse, held-out predictions)
         auto = self.mode == "auto"
@@ -1105,6 +1108,13 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         truth = values[np.nonzero(val)]
         return lambda pred: float(np.sqrt(np.mean((pred - truth) ** 2))) > SCREEN_MARGIN * best
 
+    def _out_of_running(self, cfg, grid, scored, why):
+        """``cfg`` scores inf (``why`` said); its final fit started ahead, if any, is stopped."""
+        self._say(f"  {why}")
+        scored[repr(cfg)] = (cfg, np.inf, None)
+        if grid.threads is not None:
+            grid.threads.drop([cfg])
+
     def _score(self, cfgs, grid, scored, results):
         """Held-out RMSE of each configuration of ``cfgs`` not yet in ``scored`` over the folds
         of ``grid`` (a :class:`~completion.cv_grid.CVGrid`), cached in ``scored``, in order. A
@@ -1125,12 +1135,11 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             except ValueError as err:
                 if not _numerical_failure(err):
                     raise
-                self._say(f"  skipped {describe_choice(cfg)}: {err}")
-                scored[key] = (cfg, np.inf, None)
+                self._out_of_running(cfg, grid, scored, f"skipped {describe_choice(cfg)}: {err}")
                 continue
             if preds[0] is None:
-                self._say(f"  screened out after its first round: {describe_choice(cfg)}")
-                scored[key] = (cfg, np.inf, None)
+                self._out_of_running(cfg, grid, scored, "screened out after its first round: "
+                                     + describe_choice(cfg))
                 continue
             pred = np.concatenate(preds)
             rmse = float(np.sqrt(np.mean((pred - truth) ** 2)))
