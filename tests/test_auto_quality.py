@@ -155,7 +155,7 @@ def test_chained_neighbour_inputs_match_the_regression_written_out():
     alpha = np.linalg.solve(K + 0.05 * np.mean(np.diag(K)) * np.eye(obs.size),
                             X[obs, j0] - base[obs, j0])
     Z[miss, j0] = kern.ntk(F[miss], F[obs], device="cpu") @ alpha + base[miss, j0]
-    np.testing.assert_allclose(got, Z, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(got, Z, rtol=1e-5, atol=1e-7)  # float32 kernel entries in the fit
 
 
 def test_neighbour_prior_is_chosen_for_a_sequence_and_not_for_shuffled_rows():

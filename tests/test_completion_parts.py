@@ -69,7 +69,9 @@ def test_chained_fit_matches_the_regression_written_out(axis, depth):
         expected = brute_force_chained_one_round(Xn.T, mask.T, base.T, 0.05, depth=depth).T
     else:
         expected = brute_force_chained_one_round(Xn, mask, base, 0.05, depth=depth)
-    np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-9)
+    # the fit's kernel entries are float32 (chained.KERNEL_DTYPE), the oracle's float64: they
+    # agree to float32 rounding, amplified by the ridge system (here 2e-6 relative at most)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
 
 
 def test_chained_fit_with_mean_offsets_recovers_an_exact_linear_column():
