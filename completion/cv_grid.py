@@ -173,14 +173,17 @@ class CVGrid:
         configuration's first fold waits for its turn (its place among the running fits freed
         meanwhile), when ``screens()`` gives the test; its other folds start once the first one
         has passed that test or finished (one after the other they would not run at all once
-        it is screened out or has failed)."""
+        it is screened out or has failed). SoftImpute's completions are computed here while
+        the fits that do not read them start."""
         count = len(self.data.folds)
-        self._softimpute_first(cfgs, range(count))
         turns = [Future() for _ in cfgs]  # each configuration's screen test, when its turn comes
         stopped = [Future() for _ in cfgs]  # whether its first fold was screened out or failed
+        softimpute = Future()  # done once SoftImpute's completions are there (computed here)
 
         def fit(pair):
             i, k = pair
+            if uses_softimpute(cfgs[i]) and not self.threads.wait_freed(softimpute):
+                return None
             if k:
                 if not self.threads.wait_freed(stopped[i]) or stopped[i].result():
                     return None
@@ -196,6 +199,10 @@ class CVGrid:
 
         futures = self.threads.map(fit, [(i, k) for i in range(len(cfgs)) for k in range(count)])
         try:
+            try:  # while the fits that do not read it run
+                self._softimpute_first(cfgs, range(count))
+            finally:
+                softimpute.set_result(None)
             for i, cfg in enumerate(cfgs):
                 turns[i].set_result(screens())
                 yield cfg, _taken(futures[i * count:(i + 1) * count])
