@@ -92,7 +92,7 @@ class FitThreads:
     def map(self, fn, items):
         """Futures of ``fn(item)`` for each of ``items``, run :data:`CV_THREADS` at a time (about
         in order) on threads of their own (needs :attr:`parallel`); a call may wait for
-        something with its place given up (:meth:`waiting`)."""
+        something with its place given up (:meth:`wait_freed`)."""
         if not self.parallel:
             raise RuntimeError("map needs two or more threads")
         self._split()
@@ -122,16 +122,20 @@ class FitThreads:
     def keep(self, cfgs):
         """Stop and drop the final fits started ahead that are not among ``cfgs``."""
         keys = {repr(cfg) for cfg in cfgs}
-        self.drop([k for k in self._jobs if k not in keys])
+        for key in [k for k in self._jobs if k not in keys]:
+            self._stop(key)
 
     def drop(self, cfgs):
-        """Stop and drop the final fits of ``cfgs`` (or their reprs) started ahead, if any: a
-        candidate out of the running."""
-        for key in (cfg if isinstance(cfg, str) else repr(cfg) for cfg in cfgs):
+        """Stop and drop the final fits of ``cfgs`` started ahead, if any: candidates out of
+        the running."""
+        for key in map(repr, cfgs):
             if key in self._jobs:
-                stop, job = self._jobs.pop(key)
-                stop.set()
-                job.cancel()
+                self._stop(key)
+
+    def _stop(self, key):
+        stop, job = self._jobs.pop(key)
+        stop.set()
+        job.cancel()
 
     def result(self, cfg):
         """The completed matrix of ``cfg``'s fit started ahead (waiting for it); its

@@ -649,10 +649,11 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         return self._softimpute(values, mask)
 
     def _stack_fits(self, values, mask, fitted=None):
-        """The completions of the components of ``self._stack_source`` (the first combination,
-        read by the @stack priors) fitted on ``values[mask]``, {repr(fit): completed matrix};
-        their weighted sum, observed values kept, is cached per mask for those priors.
-        ``fitted``: optional {repr(fit): completed matrix} of fits already at hand."""
+        """Cache, per mask, the weighted sum (observed values kept) of the completions of the
+        components of ``self._stack_source`` (the first combination, read by the @stack priors)
+        fitted on ``values[mask]``, for those priors. ``fitted``: optional {repr(fit): completed
+        matrix} of fits already at hand; the others are taken from the CV's kept fits or fitted
+        here."""
         source, key = self._stack_source, _mask_key(mask)
         fits = {}
         for c in source["components"]:
@@ -664,7 +665,6 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                 fits[name] = self._complete(values, mask, c["fit"])
         done = sum(c["weight"] * fits[repr(c["fit"])] for c in source["components"])
         self._stack_cache[key] = np.where(mask, values, done)
-        return fits
 
     def _softimpute(self, values, mask):
         """SoftImpute completion of ``values[mask]``, cached per mask. Its shrinkage is chosen
