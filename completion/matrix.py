@@ -97,9 +97,13 @@ CHAINED_BIAS_VAR = 2.0
 # (digits' 1797 x 64 rows-chained fit, 1.4e11, took about 60 s on one loaded core)
 AUTO_CHAINED_FLOPS = 1.5e11
 # "auto" leaves out a chained mode whose regressions have fewer observed points than this on
-# average (cols-chained on a table of a few columns: each row regressed on those few values; on
-# statecrime, 51 x 7, it scored 1.04 against 0.76 and took 21 of 29 s under 20-fold CV)
-CHAINED_MIN_POINTS = 20
+# average. cols-chained regresses each row (a sample, in scikit-learn's convention) over the
+# columns, on the other rows' values: on a table of a few columns each row has those few values
+# (statecrime, 51 x 7: it scored 1.04 against 0.76 and took 21 of 29 s under 20-fold CV; on
+# wine, 10.4 points, and star98, 17.6, admitting it took 4-6 times as long and did not help).
+# rows-chained is IterativeImputer's orientation (a column over the samples) and is kept on
+# tables of 13-25 rows: longley (16 x 7) 0.461 -> 0.343 (benchmarks/RESULTS.md)
+CHAINED_MIN_POINTS = {"rows-chained": 10, "cols-chained": 20}
 # solver "auto" on a dense matrix takes Nystrom for rows (cols) mode when the exact solver's
 # N x N inverse over the N rows (cols) would cost more than this many flops, N^3 (N above about
 # 4,600): statsmodels' fair table (6,366 rows) took 26 s per rows-mode fit exact, 5 s with
@@ -886,9 +890,9 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         for mode, axis in CHAINED_AXIS.items():
             flops = chained_flops(mask.shape, mask, 1 + self.refine, axis)
             points = float(mask.sum(axis).mean())  # observed points of a regression, on average
-            if points < CHAINED_MIN_POINTS:
+            if points < CHAINED_MIN_POINTS[mode]:
                 self._say(f"  {mode} left out: its regressions have {points:.1f} observed "
-                          f"points on average (fewer than {CHAINED_MIN_POINTS})")
+                          f"points on average (fewer than {CHAINED_MIN_POINTS[mode]})")
             elif flops <= AUTO_CHAINED_FLOPS:
                 chained.append(mode)
             else:

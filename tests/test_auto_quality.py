@@ -2,6 +2,8 @@
 the NTK and the NTK with a linear skip (against brute-force leave-one-out), the screening of
 far-behind refined candidates (it never changes the choice of the unscreened search), and a
 choice that reproduces with a fixed random_state."""
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -190,14 +192,34 @@ def test_neighbour_prior_is_chosen_for_a_sequence_and_not_for_shuffled_rows():
 
 
 def test_chained_mode_with_too_few_points_per_regression_is_left_out():
-    """A chained mode whose regressions average fewer than CHAINED_MIN_POINTS observed points
-    is not a candidate: on a 120 x 7 table cols-chained (each row regressed on its ~5.6
+    """A chained mode whose regressions average fewer than CHAINED_MIN_POINTS[mode] observed
+    points is not a candidate: on a 120 x 7 table cols-chained (each row regressed on its ~5.6
     observed values) is left out and rows-chained (~96 rows a column) scored; transposed, the
     other way round."""
     Xn = _table(m=120)
     counts = (~np.isnan(Xn)).sum(0).mean(), (~np.isnan(Xn)).sum(1).mean()
-    assert counts[1] < matrix_module.CHAINED_MIN_POINTS <= counts[0]
+    assert counts[1] < min(matrix_module.CHAINED_MIN_POINTS.values())
+    assert counts[0] >= max(matrix_module.CHAINED_MIN_POINTS.values())
     for X, kept, left in ((Xn, "rows-chained", "cols-chained"),
                           (Xn.T, "cols-chained", "rows-chained")):
         modes = {r["mode"] for r in NTKImputer(random_state=0).fit(X).cv_results_}
         assert kept in modes and left not in modes
+
+
+def test_rows_chained_needs_fewer_points_than_cols_chained(caplog):
+    """On a 16 x 16 table with 13 observed points a regression in either orientation,
+    rows-chained (each column over the rows: IterativeImputer's orientation) is scored and
+    cols-chained left out, with a -v line that says why."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(16, 3)) @ rng.normal(size=(3, 16)) + 0.1 * rng.normal(size=(16, 16))
+    X[rng.random(X.shape) < 0.19] = np.nan
+    points = (~np.isnan(X)).sum(0).mean(), (~np.isnan(X)).sum(1).mean()
+    low, high = matrix_module.CHAINED_MIN_POINTS["rows-chained"], \
+        matrix_module.CHAINED_MIN_POINTS["cols-chained"]
+    assert low <= min(points) and max(points) < high
+    caplog.set_level(logging.INFO, logger=matrix_module.log.name)
+    imp = NTKImputer(random_state=0, verbose=1, refine=0, stack=1).fit(X)
+    lines = [r.getMessage() for r in caplog.records]
+    modes = {r["mode"] for r in imp.cv_results_}
+    assert "rows-chained" in modes and "cols-chained" not in modes
+    assert any("cols-chained left out" in line and f"fewer than {high}" in line for line in lines)
