@@ -970,15 +970,16 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             for best in self._ranking(scored, kernel_modes)[:1]:
                 depths = AUTO_DEPTH_GRID if auto else DEPTH_GRID
                 self._score([dict(best, depth=d) for d in depths], grid, scored, results)
-        choice = self._combination(scored, values, folds)
+        choice, rmse = self._combination(scored, values, folds)
         if choice["mode"] == "stack" and second:
-            choice = self._second_round(choice, values, mask, folds, grid, scored, results)
+            choice = self._second_round(choice, rmse, values, mask, folds, grid, scored, results)
         self._kept_fits, self._stack_cache = None, {}  # the final fit needs neither
         return choice, results
 
     def _combination(self, scored, values, folds):
         """The best ``stack`` families of ``scored`` (one fit each) combined with convex weights
-        fitted on the held-out entries: a single fit, or {"mode": "stack", "components"}."""
+        fitted on the held-out entries: (a single fit, or {"mode": "stack", "components"}; its
+        held-out RMSE)."""
         ranking = self._ranking(scored)
         if not ranking:
             raise ValueError("every candidate configuration failed (the kernel plus ridge was "
@@ -987,25 +988,28 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         if len(top) == 1:
             if top[0]["mode"] == "softimpute":
                 raise ValueError("no kernel configuration could be fitted")
-            return self._normalised(top[0])
+            return self._normalised(top[0]), scored[repr(top[0])][1]
         truth = np.concatenate([values[np.nonzero(val)] for val in folds]).ravel()
         preds = np.column_stack([scored[repr(c)][2].ravel() for c in top])
         weights = convex_weights(preds, truth)
         keep = weights > 0.01
         if keep.sum() == 1:
-            return self._normalised(top[int(np.argmax(weights))])
+            best = top[int(np.argmax(weights))]
+            return self._normalised(best), scored[repr(best)][1]
         weights = weights[keep] / weights[keep].sum()
         rmse = float(np.sqrt(np.mean((preds[:, keep] @ weights - truth) ** 2)))
         self._say(f"  combination: held-out RMSE {rmse:.4f} (weights fitted on those entries)")
         components = [{"weight": float(w), "fit": self._normalised(c)}
                       for w, c in zip(weights, [c for c, k in zip(top, keep) if k])]
-        return {"mode": "stack", "components": components}
+        return {"mode": "stack", "components": components}, rmse
 
-    def _second_round(self, first, values, mask, folds, first_grid, scored, results):
+    def _second_round(self, first, first_rmse, values, mask, folds, first_grid, scored, results):
         """Rows and cols mode with the priors of STACK_PRIORS, the profile of ``first`` (the
         first combination) completed on each training split, each mode's better prior with its
         ridge walked along STACK_RIDGE_GRID; ranked with the first round's fits and combined
-        again. The result keeps ``first`` as its ``source`` when a component reads it.
+        again; ``first`` (held-out RMSE ``first_rmse``) stays the choice unless that second
+        combination's held-out RMSE is lower. The result keeps ``first`` as its ``source``
+        when a component reads it.
         ``first_grid``: the first round's :class:`~completion.cv_grid.CVGrid` (the second round
         runs where it ran)."""
         self._stack_source, started = first, time.perf_counter()
@@ -1026,7 +1030,11 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         if self.ridge == "auto":
             self._walk_ridges([c for c in best if np.isfinite(scored[repr(c)][1])], grid, scored,
                               results)
-        choice = self._combination(scored, values, folds)
+        choice, rmse = self._combination(scored, values, folds)
+        if rmse >= first_rmse:
+            self._say(f"  the first combination is kept (held-out RMSE {first_rmse:.4f}, the "
+                      f"second {rmse:.4f})")
+            return first
         parts = choice["components"] if choice["mode"] == "stack" \
             else [{"weight": 1.0, "fit": choice}]
         if not any(_family(c["fit"])[1].endswith("@stack") for c in parts):

@@ -218,6 +218,32 @@ def test_auto_second_round_reads_the_first_combination_and_walks_its_ridge():
         assert imp.chosen_["source"]["mode"] == "stack"
 
 
+def test_auto_second_combination_is_taken_only_when_its_held_out_rmse_is_lower(monkeypatch):
+    """The second round's combination replaces the first only where it scores better on the
+    held-out entries: on a drug-screen-like matrix the two differ by 1e-6 the wrong way and
+    the first is kept; on a table the second is better and is taken (with its source)."""
+    from test_auto_quality import _table
+    calls = []
+    combination = NTKImputer._combination
+
+    def recorded(self, *args):
+        calls.append(combination(self, *args))
+        return calls[-1]
+    monkeypatch.setattr(NTKImputer, "_combination", recorded)
+    screen = synthetic_screen(n_cells=40, n_drugs=12, seed=3)[0].to_numpy()
+    outcomes = []
+    for X in (screen, _table(seed=2, m=60)):
+        calls.clear()
+        chosen = NTKImputer(random_state=0, refine=1).fit(X).chosen_
+        (first, first_rmse), (second, second_rmse) = calls
+        if second_rmse >= first_rmse:
+            assert chosen == first
+        else:
+            assert chosen["components"] == second["components"] and chosen["source"] == first
+        outcomes.append(second_rmse < first_rmse)
+    assert outcomes == [False, True]
+
+
 def test_tiny_matrices_complete_and_unrelated_errors_are_not_swallowed(monkeypatch):
     X = np.array([[1.0, 2.0, np.nan], [2.0, np.nan, 4.0], [3.0, 4.0, 5.0]])
     for kw in ({}, {"mode": "rows"}, {"mode": "rows", "ridge": 1.0}, {"mode": "cols"}):
