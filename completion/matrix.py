@@ -696,7 +696,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             threads = torch.get_num_threads()
             if threads_chosen_by_default(self.threads):
                 threads = max(threads, min(2, usable_cores()))
-        return FitThreads(lambda cfg, stop: self._complete(values, mask, cfg, stop=stop), threads)
+        return FitThreads(lambda cfg, stop: self._complete(values, mask, cfg, stop=stop, final=True),
+                          threads)
 
     def _complete_chosen(self, values, mask, chosen, threads=None):
         """The completed matrix of ``chosen`` (a fit or a weighted stack of fits). A stack with a
@@ -728,19 +729,21 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         threads of ``threads`` (a :class:`~completion.fit_threads.FitThreads`) when it has them
         (SoftImpute's completion, which several may read, first, here)."""
         if threads is None or not threads.parallel or len(cfgs) < 2:
-            return {repr(cfg): self._complete(values, mask, cfg) for cfg in cfgs}
+            return {repr(cfg): self._complete(values, mask, cfg, final=True) for cfg in cfgs}
         if any(uses_softimpute(cfg) for cfg in cfgs):
             self._softimpute(values, mask)
-        futures = threads.map(lambda cfg: self._complete(values, mask, cfg), cfgs)
+        futures = threads.map(lambda cfg: self._complete(values, mask, cfg, final=True), cfgs)
         return {repr(cfg): future.result() for cfg, future in zip(cfgs, futures)}
 
-    def _complete(self, values, mask, cfg, targets=None, screen=None, stop=None):
+    def _complete(self, values, mask, cfg, targets=None, screen=None, stop=None, final=False):
         """Completed (m, n) matrix (baseline + prediction) for configuration ``cfg``, fitted on
         ``values[mask]``; refined ``self.refine`` times for data-derived priors. ``targets``:
         optional (rows, cols) -> only those entries are returned (joint dense mode then
         predicts only them). ``screen``: optional test of the first round's predictions at
         ``targets`` before refining; when it returns True, None is returned instead.
-        ``stop``: optional ``threading.Event``; a chained fit returns None once it is set."""
+        ``stop``: optional ``threading.Event``; a chained fit returns None once it is set.
+        ``final``: a fit of the final completion: a chained one says its row-order choice (-v),
+        which the cross-validation's fits do not (up to 20 folds of them)."""
         if cfg["mode"] == "softimpute":
             Z = self._softimpute(values, mask)
             return self._at(Z, mask, cfg, targets)
@@ -751,7 +754,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             Z = chained_fit((kernel, LinearSkip(kernel)), values, mask, baseline,
                             1 + self.refine, ridge, CHAINED_AXIS[cfg["mode"]], self.random_state,
                             neighbours="loo",
-                            say=lambda line: self._say(f"    {cfg['mode']}: {line}"),
+                            say=(lambda line: self._say(f"    final fit ({describe_choice(cfg)}): "
+                                                        + line)) if final else None,
                             screen=screen and (lambda Z: screen(Z[targets])), stop=stop,
                             offsets=cfg.get("offsets", "baseline"))
             return None if Z is None else self._at(Z, mask, cfg, targets)

@@ -191,6 +191,26 @@ def test_neighbour_prior_is_chosen_for_a_sequence_and_not_for_shuffled_rows():
     np.testing.assert_array_equal(with_loo, fit(shuffled, False)[0])
 
 
+def test_verbose_says_the_neighbour_choice_once_per_final_chained_fit(caplog):
+    """-v gives the row-order choice of the final fit of each chained configuration (a chosen
+    one, or one started ahead of the choice), not one line per cross-validation fold (a small
+    table is cross-validated on up to 20 folds)."""
+    caplog.set_level(logging.INFO, logger=matrix_module.log.name)
+    imp = NTKImputer(random_state=0, verbose=1).fit(_table(m=60))
+    chosen = imp.chosen_
+    fits = [c["fit"] for c in chosen.get("components", [])] + \
+        [c["fit"] for c in chosen.get("source", {}).get("components", [])] \
+        if chosen["mode"] == "stack" else [chosen]
+    chained = {matrix_module.describe_choice(f) for f in fits
+               if f["mode"] in matrix_module.CHAINED_AXIS}
+    scored = {matrix_module.describe_choice({k: v for k, v in r.items() if k != "cv_rmse"})
+              for r in imp.cv_results_ if r["mode"] in matrix_module.CHAINED_AXIS}
+    lines = [r.getMessage() for r in caplog.records if "neighbour inputs" in r.getMessage()]
+    said = [line[line.index("(") + 1:line.index("): ")] for line in lines]
+    assert chained and all(said.count(text) == 1 for text in chained)
+    assert set(said) <= scored and len(said) == len(set(said))
+
+
 def test_chained_mode_with_too_few_points_per_regression_is_left_out():
     """A chained mode whose regressions average fewer than CHAINED_MIN_POINTS[mode] observed
     points is not a candidate: on a 120 x 7 table cols-chained (each row regressed on its ~5.6
