@@ -13,7 +13,8 @@ includes every choice made by cross-validation). Data sets:
 * sanity sets not used while developing (``--sanity``): statsmodels' macrodata (203 quarters x
   12 series, standardised) and scikit-learn's make_friedman1 (500 x 10 features + target,
   standardised);
-* check sets added after the defaults were chosen (``--check``, see ``CHECK``).
+* check sets added after the defaults were chosen (``--check``, see ``CHECK``), and small
+  tables added in session 9 (``--small``, see ``SMALL``).
 
 Methods: NTKImputer() with its defaults (what ``ntk-complete matrix`` runs), SoftImpute with its
 shrinkage chosen by CV (:mod:`completion.softimpute`), scikit-learn's IterativeImputer with
@@ -24,6 +25,7 @@ Run (repository root; one thread):
     python benchmarks/bench_matrices.py --datasets gdsc       # GDSC, 10% hidden, 5 seeds
     python benchmarks/bench_matrices.py --sanity              # the two sanity sets
     python benchmarks/bench_matrices.py --check               # the session-6 check sets
+    python benchmarks/bench_matrices.py --small               # the session-9 small tables
     OMP_NUM_THREADS=2 python benchmarks/bench_matrices.py --threads 2 --only NTK   # two cores
 """
 from __future__ import annotations
@@ -82,10 +84,15 @@ def _friedman():
     return _standardised(np.column_stack([X, y]))
 
 
-def _statsmodels_table(name, drop=()):
+def _statsmodels_table(name, drop=(), rows=None):
+    """statsmodels' table ``name``: its numeric columns but ``drop``, standardised; ``rows``:
+    a random sample of that many rows (seed 0)."""
     import statsmodels.api as sm
     data = getattr(sm.datasets, name).load_pandas().data.select_dtypes("number")
-    return _standardised(data.drop(columns=list(drop)).to_numpy(dtype=np.float64))
+    values = data.drop(columns=list(drop)).to_numpy(dtype=np.float64)
+    if rows is not None:
+        values = values[np.random.default_rng(0).choice(len(values), rows, replace=False)]
+    return _standardised(values)
 
 
 def _fertility():
@@ -94,6 +101,12 @@ def _fertility():
     values = data.select_dtypes("number").to_numpy(dtype=np.float64)
     values = values[:, ~np.isnan(values).all(0)]  # the last two years are empty
     return values[~np.isnan(values).all(1)]
+
+
+def _linnerud():
+    import sklearn.datasets as ds
+    data = ds.load_linnerud()
+    return _standardised(np.column_stack([data.data, data.target]))
 
 
 def _shuffled_wine():
@@ -128,6 +141,23 @@ CHECK = {
     "statecrime": (lambda: _statsmodels_table("statecrime"), 0.2, 3),
     "fair": (lambda: _statsmodels_table("fair"), 0.2, 3),
     "iris": (lambda: _sklearn("iris"), 0.2, 3),
+}
+# more checks, added in session 9 (``--small``; numeric columns standardised, 20% hidden): ten
+# small statsmodels tables and scikit-learn's linnerud (exercise and physiology, 20 x 6). After
+# their first run two choices read them: rows-chained's lower point count (longley, committee,
+# linnerud, cpunish) and the second round taken only where it scores better
+SMALL = {
+    "modechoice": (lambda: _statsmodels_table("modechoice", drop=("individual",)), 0.2, 3),
+    "randhie": (lambda: _statsmodels_table("randhie", rows=2000), 0.2, 3),
+    "scotland": (lambda: _statsmodels_table("scotland"), 0.2, 3),
+    "cpunish": (lambda: _statsmodels_table("cpunish"), 0.2, 3),
+    "copper": (lambda: _statsmodels_table("copper"), 0.2, 3),
+    "ccard": (lambda: _statsmodels_table("ccard"), 0.2, 3),
+    "danish_data": (lambda: _statsmodels_table("danish_data"), 0.2, 3),
+    "longley": (lambda: _statsmodels_table("longley"), 0.2, 3),
+    "grunfeld": (lambda: _statsmodels_table("grunfeld"), 0.2, 3),
+    "committee": (lambda: _statsmodels_table("committee"), 0.2, 3),
+    "linnerud": (_linnerud, 0.2, 3),
 }
 
 
@@ -229,11 +259,14 @@ def report(table):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS) + list(SANITY) + list(CHECK),
+    parser.add_argument("--datasets", nargs="+",
+                        choices=list(DATASETS) + list(SANITY) + list(CHECK) + list(SMALL),
                         default=[d for d in DATASETS if d != "gdsc"])
     parser.add_argument("--sanity", action="store_true", help="run the sanity sets instead")
     parser.add_argument("--check", action="store_true",
                         help="run the check sets (added after the defaults were chosen) instead")
+    parser.add_argument("--small", action="store_true",
+                        help="run the small tables added in session 9 instead")
     parser.add_argument("--seeds", type=int, help="number of seeds (default: per data set)")
     parser.add_argument("--only", nargs="*", help="substrings of the method names to run")
     parser.add_argument("--threads", type=int, default=1,
@@ -242,8 +275,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ["NTK_THREADS"] = str(torch.get_num_threads())  # the package's setting too
-    pool = {**DATASETS, **SANITY, **CHECK}
-    names = list(SANITY) if args.sanity else list(CHECK) if args.check else args.datasets
+    pool = {**DATASETS, **SANITY, **CHECK, **SMALL}
+    names = list(SANITY) if args.sanity else list(CHECK) if args.check else \
+        list(SMALL) if args.small else args.datasets
     methods = {k: v for k, v in METHODS.items()
                if not args.only or any(s.lower() in k.lower() for s in args.only)}
     report(run({n: pool[n] for n in names}, methods, args.seeds))

@@ -345,10 +345,10 @@ class FailsAtRidge001(NTKImputer):
     does not): the candidate fails on a worker as it would here."""
     message = "the kernel plus ridge is not positive definite; increase ridge"
 
-    def _complete(self, values, mask, cfg, targets=None, screen=None):
+    def _complete(self, values, mask, cfg, targets=None, screen=None, **kwargs):
         if targets is not None and cfg.get("ridge") == 0.01:
             raise ValueError(self.message)
-        return super()._complete(values, mask, cfg, targets, screen)
+        return super()._complete(values, mask, cfg, targets, screen, **kwargs)
 
 
 class BrokenAtRidge001(FailsAtRidge001):
