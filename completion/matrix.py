@@ -25,8 +25,10 @@ between entries (``mode``):
   then a second round: rows and cols mode with the profile (``profile`` and
   ``profile:unscaled``) of that combination's completion as the prior (``profile@stack``), their
   ridge walked along ``STACK_RIDGE_GRID``, scored on the same entries and ranked with the first
-  round's fits for a second combination; the chosen fits are then refitted on every observed
-  entry.
+  round's fits for a second combination, which is taken where its held-out RMSE is the lower
+  of the two; the chosen fits are then refitted on every observed entry. A chained mode is a
+  candidate where its regressions average ``CHAINED_MIN_POINTS`` observed points and its
+  estimated cost is at most ``AUTO_CHAINED_FLOPS`` flops.
 
 Priors are spec strings (see :mod:`completion.priors`). Data-derived priors (``profile``,
 ``lowrank:k``) are refined ``refine`` times: the prior is recomputed from the matrix completed
