@@ -913,8 +913,17 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         m, width = self._values.shape[0], self._values[0].size
         return 4.0 * m * width * min(m, width) <= AUTO_UNFOLDED_SVD_FLOPS
 
+    def _dense_solver_for(self, mode, prior, mask):
+        """:meth:`_solver_for` on a dense matrix observed where ``mask``: where it would take
+        the exact 'shared' solver by itself, rows (cols) mode takes 'nystrom' once the N x N
+        inverse over the N rows (cols) costs more than DENSE_SHARED_FLOPS."""
+        solver = self._solver_for(mode, prior, int(mask.sum()))
+        if solver == "shared" and self.solver == "auto" and \
+                mask.shape[mode == "cols"] ** 3 > DENSE_SHARED_FLOPS:
+            return "nystrom"
+        return solver
+
     def _candidates(self, mask):
-        n_obs = int(mask.sum())
         depth = DEFAULT_DEPTH if self.depth == "auto" else int(self.depth)
         ridge = DEFAULT_RIDGE if self.ridge == "auto" else float(self.ridge)
         out = []
@@ -923,10 +932,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                 chained = mode in CHAINED_AXIS
                 cfg = {"mode": mode, "prior": prior, "depth": 1 if chained and self.depth == "auto"
                        else depth, "ridge": "loo" if chained and self.ridge == "auto" else ridge}
-                cfg["solver"] = self._solver_for(mode, prior, n_obs)
-                if cfg["solver"] == "shared" and self.solver == "auto" and \
-                        mask.shape[mode == "cols"] ** 3 > DENSE_SHARED_FLOPS:
-                    cfg["solver"] = "nystrom"
+                cfg["solver"] = self._dense_solver_for(mode, prior, mask)
                 out.append(cfg)
                 # chained: also with column-mean offsets (chained_fit) where twice the cost fits;
                 # one family, so the better of the two counts
@@ -1029,7 +1035,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         depth = DEFAULT_DEPTH if self.depth == "auto" else int(self.depth)
         ridge = DEFAULT_RIDGE if self.ridge == "auto" else float(self.ridge)
         cands = {mode: [{"mode": mode, "prior": p, "depth": depth, "ridge": ridge,
-                         "solver": self._solver_for(mode, p, int(mask.sum()))}
+                         "solver": self._dense_solver_for(mode, p, mask)}
                         for p in STACK_PRIORS] for mode in ("rows", "cols")}
         self._score(cands["rows"] + cands["cols"], grid, scored, results)
         best = [min(pair, key=lambda c: scored[repr(c)][1]) for pair in cands.values()]

@@ -515,5 +515,11 @@ def test_auto_solver_takes_nystrom_where_the_dense_exact_inverse_costs_too_much(
     assert NTKImputer(mode="rows", **fixed).fit(X).chosen_["solver"] == "nystrom"
     assert NTKImputer(mode="cols", **fixed).fit(X).chosen_["solver"] == "shared"
     assert NTKImputer(mode="rows", solver="shared", **fixed).fit(X).chosen_["solver"] == "shared"
+    # auto: both rounds (the second's priors read the first combination) follow the same rule
+    results = NTKImputer(random_state=0, refine=0).fit(X).cv_results_
+    solvers = {(r["mode"], str(r["prior"]).endswith("@stack"), r["solver"]) for r in results
+               if r["mode"] in ("rows", "cols")}
+    assert solvers == {(mode, second, solver) for mode, solver in (("rows", "nystrom"),
+                       ("cols", "shared")) for second in (False, True)}
     monkeypatch.setattr(matrix_module, "DENSE_SHARED_FLOPS", 1e11)
     assert NTKImputer(mode="rows", **fixed).fit(X).chosen_["solver"] == "shared"
