@@ -138,6 +138,11 @@ def _separator(ctx, param, value):
               help="shared (exact, rows/cols), structured (joint one-hot), exact, cg, nystrom or "
               "nystrom:R (R landmarks; memory O(N R) for large or sparse matrices), or auto "
               "(exact while the kernel fits the memory budget).")
+@click.option("--scale", type=click.Choice(["auto", "columns", "none"]), default="auto",
+              show_default=True,
+              help="columns: fit on columns standardised over their observed entries (columns "
+              "in different units), mapped back after; none: the input's units; auto: columns "
+              "where the columns' standard deviations differ more than 10-fold.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @_threads_option
 @click.option("--seed", default=0, show_default=True, help="Seed of the CV folds and --holdout.")
@@ -165,8 +170,8 @@ def _separator(ctx, param, value):
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors, warnings and --holdout "
               "scores (not the choices made).")
 def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_features,
-                   col_features, prior, prior_matrix, depth, ridge, solver, device, threads, seed,
-                   holdout, na_values, long_columns, pairs_csv, scheduler, verbose, quiet):
+                   col_features, prior, prior_matrix, depth, ridge, solver, scale, device, threads,
+                   seed, holdout, na_values, long_columns, pairs_csv, scheduler, verbose, quiet):
     """Fill the missing entries of the matrix in IN.csv (row labels in the first column, column
     labels in the header; blank cells and NA tokens are missing; '-' reads standard input) and
     write the completed matrix. Observed entries are written unchanged. The input is never
@@ -178,6 +183,7 @@ def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_fe
       ntk-complete matrix ic50.csv -o out.csv --mode cols --prior profile@matrix --prior-matrix f.csv
       ntk-complete matrix ic50.csv -o - --row-features cells.csv --prior features+identity:0.5
       ntk-complete matrix ic50.csv -o completed.csv --holdout 0.1 --seed 0
+      ntk-complete matrix survey.csv -o completed.csv --scale columns
       ntk-complete matrix ratings.tsv -o completed.tsv --no-row-labels --encoding latin-1
       ntk-complete matrix ic50.csv -o completed.csv --scheduler local:4
       cat ic50.csv | ntk-complete matrix - -o - -q > completed.csv
@@ -197,6 +203,7 @@ def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_fe
     if long_columns is not None or pairs_csv is not None:
         _check_long_options(long_columns, pairs_csv, holdout, no_row_labels, prior_matrix)
         imputer_options = dict(mode=mode, prior=prior, depth=depth, ridge=ridge, solver=solver,
+                               scale=None if scale == "none" else scale,
                                device=device, threads=threads, random_state=seed,
                                verbose=int(verbose), scheduler=scheduler)
         try:
@@ -217,7 +224,8 @@ def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_fe
         rf = read_features_csv(row_features, tokens, **csv_options) if row_features else None
         cf = read_features_csv(col_features, tokens, **csv_options) if col_features else None
         imputer = NTKImputer(mode=mode, prior=prior, depth=depth, ridge=ridge, solver=solver,
-                             device=device, threads=threads,
+                             scale=None if scale == "none" else scale, device=device,
+                             threads=threads,
                              row_features=rf, col_features=cf, prior_matrix=given,
                              random_state=seed, verbose=int(verbose), scheduler=scheduler)
         if holdout is not None:

@@ -106,6 +106,14 @@ AUTO_CHAINED_FLOPS = 1.5e11
 # rows-chained is IterativeImputer's orientation (a column over the samples) and is kept on
 # tables of 13-25 rows: longley (16 x 7) 0.461 -> 0.343 (benchmarks/RESULTS.md)
 CHAINED_MIN_POINTS = {"rows-chained": 10, "cols-chained": 20}
+# scale="auto" fits on standardised columns where the columns' standard deviations (observed
+# entries) differ by more than this factor: columns in different units. A raw table of mixed
+# units otherwise has an additive baseline whose row effects come from its widest columns (on
+# ccard, 5 columns with standard deviations 0.48-316, a 0/1 column was predicted 26 units off)
+# and CV scores that see only those columns. Below it (GDSC's 265 drugs: 5.6, in one unit)
+# the columns keep their units: standardising GDSC's columns gave 0.8341 against 0.8305
+# (benchmarks/RESULTS.md)
+SCALE_RATIO = 10.0
 # solver "auto" on a dense matrix takes Nystrom for rows (cols) mode when the exact solver's
 # N x N inverse over the N rows (cols) would cost more than this many flops, N^3 (N above about
 # 4,600): statsmodels' fair table (6,366 rows) took 26 s per rows-mode fit exact, 5 s with
@@ -241,6 +249,12 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         modes run 1 + refine rounds over the columns.
     stack : int >= 1, most fits ``mode="auto"`` combines (1 = the single best, and no second
         round).
+    scale : "auto", "columns" or None
+        "columns": every fit and CV score is on columns centred and divided by their standard
+        deviation over the observed entries, and the completion is mapped back to the input's
+        units; None: the input's units; "auto": "columns" where the columns' standard
+        deviations differ by more than ``SCALE_RATIO`` (columns in different units), else None.
+        Dense 2-D input only (vector entries and sparse input keep their units).
     verbose : int, 0 silent, 1 logs the choices and CV scores (logger ``completion.matrix``,
         also printed to stderr when no handler is configured).
     scheduler : None, "local:N", a Dask scheduler address or a ``distributed.Client``
@@ -251,8 +265,9 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     Attributes after ``fit``: ``chosen_`` (dict: mode, prior, depth, ridge, solver; or, for a
     combination, mode="stack" and ``components``: a list of {"weight", "fit"}, plus ``source``,
     the first combination, when a component's prior is @stack), ``cv_results_``
-    (list of dicts: candidate and its CV RMSE), ``completed_`` ((m, n) array, or (m, n, d) for
-    vector entries), ``baseline_``,
+    (list of dicts: candidate and its CV RMSE, in standardised units when ``scale_`` is set),
+    ``completed_`` ((m, n) array, or (m, n, d) for vector entries), ``baseline_``, ``scale_``
+    (None, or the (means, standard deviations) of the columns the fit was made on),
     ``n_features_in_``, ``feature_names_in_`` (when fitted on a DataFrame with string column
     labels).
 
@@ -280,7 +295,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     def __init__(self, *, mode="auto", prior="auto", depth="auto", ridge="auto", activation="relu",
                  row_features=None, col_features=None, prior_matrix=None, solver="auto",
                  device="auto", random_state=None, cv_folds=20, cv_max_folds="auto", refine=2,
-                 stack=3, verbose=0, threads=None, scheduler=None):
+                 stack=3, scale="auto", verbose=0, threads=None, scheduler=None):
         self.mode = mode
         self.prior = prior
         self.depth = depth
@@ -296,6 +311,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         self.cv_max_folds = cv_max_folds
         self.refine = refine
         self.stack = stack
+        self.scale = scale
         self.verbose = verbose
         self.threads = threads
         self.scheduler = scheduler
@@ -326,6 +342,9 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"{name} must be {'auto or ' if name == 'cv_max_folds' else ''}"
                                  f"an integer >= {low}, got {value!r}")
+        if not (self.scale is None or (isinstance(self.scale, str) and
+                                       self.scale in ("auto", "columns"))):
+            raise ValueError(f"scale must be 'auto', 'columns' or None, got {self.scale!r}")
         if self.prior != "auto":
             for p in (self.prior if isinstance(self.prior, tuple) else (self.prior,)):
                 if parse_prior(p).source == "matrix" and self.prior_matrix is None:
@@ -470,17 +489,22 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         self._values, self._mask = values, mask
         self._row_feats = self._aligned("row", self.row_features, rows)
         self._col_feats = self._aligned("col", self.col_features, cols)
+        self.scale_ = self._column_scale(values, mask)
+        work = self._scaled(values)
         self._prior_values = self._validated_prior_matrix(values.shape, rows, cols)
+        if self._prior_values is not None:
+            self._prior_values = self._scaled(self._prior_values)
         self._softimpute_cache, self._softimpute_fraction = {}, None
         self._stack_cache, self._stack_source, self._kept_fits = {}, None, None
-        with limited_threads(self._threads()), self._fit_threads(values, mask) as threads:
+        with limited_threads(self._threads()), self._fit_threads(work, mask) as threads:
             started = time.perf_counter()
             with connect(self.scheduler) as client:  # the workers are released before the final fit
-                self.chosen_, self.cv_results_ = self._choose(values, mask, client, threads)
+                self.chosen_, self.cv_results_ = self._choose(work, mask, client, threads)
             self._say(f"chosen: {describe_choice(self.chosen_)} "
                       f"(selection {time.perf_counter() - started:.1f} s)")
             started = time.perf_counter()
-            self.completed_ = self._complete_chosen(values, mask, self.chosen_, threads)
+            self.completed_ = self._unscaled(self._complete_chosen(work, mask, self.chosen_,
+                                                                   threads))
             self._say(f"final fit: {time.perf_counter() - started:.1f} s")
         self.baseline_ = additive_baseline(values, mask)
         return self
@@ -515,7 +539,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             warnings.simplefilter("ignore", UserWarning)  # fit has warned about the fitted rows
             self._softimpute_cache, self._stack_cache = {}, {}
             self._warn_unusual(values, mask, rows, cols)
-            done = self._complete_chosen(both, both_mask, self.chosen_)[self.shape_[0]:]
+            done = self._unscaled(self._complete_chosen(self._scaled(both), both_mask,
+                                                        self.chosen_))[self.shape_[0]:]
         return self._as_output(np.where(np.isnan(values), done, values), rows, frame is not None)
 
     def fit_transform(self, X, y=None):
@@ -541,6 +566,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             raise ValueError("prior_matrix is not available for sparse input")
         e = observed_entries(X)
         m, n = e.shape
+        self.scale_ = None  # sparse input keeps its units (class docstring)
         self.row_labels_, self.col_labels_ = range(m), range(n)
         self.n_features_in_, self.shape_, self._frame_type = n, e.shape, False
         for name in ("feature_names_in_", "completed_", "baseline_"):
@@ -583,6 +609,31 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         if self.threads is not None:
             return self.threads
         return None if str(self.device) in ("auto", "cpu") else torch.get_num_threads()
+
+    def _column_scale(self, values, mask):
+        """``scale_`` for ``scale`` (class docstring): None, or the (n,) means and standard
+        deviations of the columns' observed entries (1 where a column has no spread)."""
+        if self.scale is None or values.ndim != 2:
+            return None
+        observed = np.where(mask, values, np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a column without observed entries
+            means, sds = np.nanmean(observed, 0), np.nanstd(observed, 0)
+        spread = sds[np.isfinite(sds) & (sds > 0)]
+        if self.scale == "auto" and (spread.size < 2 or spread.max() <= SCALE_RATIO * spread.min()):
+            return None
+        self._say(f"  columns standardised (their standard deviations {spread.min():.3g} to "
+                  f"{spread.max():.3g}); CV RMSE in standardised units")
+        return (np.where(np.isfinite(means), means, 0.0),
+                np.where(np.isfinite(sds) & (sds > 0), sds, 1.0))
+
+    def _scaled(self, values):
+        """``values`` (m, n) in the units of the fit (``scale_``)."""
+        return values if self.scale_ is None else (values - self.scale_[0]) / self.scale_[1]
+
+    def _unscaled(self, values):
+        """``values`` (m, n) from the units of the fit back to the input's."""
+        return values if self.scale_ is None else values * self.scale_[1] + self.scale_[0]
 
     def _as_output(self, values, rows, frame=None):
         if self._frame_type if frame is None else frame:

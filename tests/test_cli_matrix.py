@@ -1,6 +1,7 @@
 """``ntk-complete matrix``: CSV round trip, labels kept, errors naming cells, input untouched."""
 import hashlib
 import io
+import logging
 
 import numpy as np
 import pandas as pd
@@ -222,3 +223,25 @@ def test_demo_completed_csv_keeps_observed_values_exactly(tmp_path):
     obs = given.notna().to_numpy()
     assert np.array_equal(done.to_numpy()[obs], given.to_numpy()[obs])   # hidden ones too
     assert np.isfinite(done.to_numpy()).all()
+
+
+def test_scale_option_and_its_verbose_line(tmp_path, caplog):
+    """A table of mixed units is fitted on standardised columns (-v says so); --scale none
+    keeps its units; both keep the observed cells."""
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((25, 4)) * np.array([1000.0, 1.0, 0.01, 5.0])
+    values[rng.random(values.shape) < 0.2] = np.nan
+    path = tmp_path / "mixed.csv"
+    pd.DataFrame(values, columns=list("abcd")).to_csv(path, index_label="id")
+    caplog.set_level(logging.INFO, logger="completion.matrix")
+    for scale, said in (("auto", True), ("none", False)):
+        caplog.clear()
+        out = tmp_path / f"{scale}.csv"
+        res = CliRunner().invoke(main, ["matrix", str(path), "-o", str(out), "--scale", scale,
+                                        "--mode", "rows", "--prior", "profile", "--depth", "1",
+                                        "--ridge", "0.1", "-v"])
+        assert res.exit_code == 0, res.output
+        assert any("columns standardised" in r.getMessage() for r in caplog.records) == said
+        done = pd.read_csv(out, index_col=0).to_numpy()
+        assert np.isfinite(done).all()
+        np.testing.assert_allclose(done[~np.isnan(values)], values[~np.isnan(values)], rtol=1e-12)

@@ -523,3 +523,62 @@ def test_auto_solver_takes_nystrom_where_the_dense_exact_inverse_costs_too_much(
                        ("cols", "shared")) for second in (False, True)}
     monkeypatch.setattr(matrix_module, "DENSE_SHARED_FLOPS", 1e11)
     assert NTKImputer(mode="rows", **fixed).fit(X).chosen_["solver"] == "shared"
+
+
+def _mixed_units(seed=0):
+    """A 40 x 5 table whose columns are in different units (standard deviations 0.5 to 500)."""
+    rng = np.random.default_rng(seed)
+    L = rng.standard_normal((40, 2))
+    Z = L @ rng.standard_normal((2, 5)) + 0.3 * rng.standard_normal((40, 5))
+    X = Z * np.array([500.0, 0.5, 3.0, 40.0, 1.0]) + np.array([2000.0, 0.5, 10.0, 0.0, -3.0])
+    X[rng.random(X.shape) < 0.2] = np.nan
+    return X
+
+
+def test_scale_auto_fits_mixed_units_on_standardised_columns():
+    """scale="auto" standardises columns whose standard deviations differ more than
+    SCALE_RATIO-fold: the completion is that of the standardised table (fitted in its units),
+    mapped back; observed entries are kept exactly; a column's unit does not matter."""
+    X = _mixed_units()
+    imp = NTKImputer(random_state=0, stack=1, refine=1).fit(X)
+    means, sds = np.nanmean(X, 0), np.nanstd(X, 0)
+    np.testing.assert_allclose(imp.scale_[0], means)
+    np.testing.assert_allclose(imp.scale_[1], sds)
+    oracle = NTKImputer(random_state=0, stack=1, refine=1, scale=None).fit((X - means) / sds)
+    assert oracle.scale_ is None and oracle.chosen_ == imp.chosen_
+    np.testing.assert_allclose((imp.completed_ - means) / sds, oracle.completed_, atol=1e-6)
+    done = imp.transform()
+    assert np.array_equal(done[~np.isnan(X)], X[~np.isnan(X)]) and np.isfinite(done).all()
+    rescaled = X * np.array([1.0, 1000.0, 1.0, 1.0, 1.0])  # column 1 in other units
+    again = NTKImputer(random_state=0, stack=1, refine=1).fit(rescaled).completed_
+    np.testing.assert_allclose(again[:, 1] / 1000.0, imp.completed_[:, 1], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.delete((again - imp.completed_) / sds, 1, 1), 0.0, atol=1e-6)
+
+
+def test_scale_auto_keeps_the_units_of_commensurate_columns_and_scale_is_validated():
+    X = small_matrix(30, 6, seed=3)  # column spreads within a factor of 10
+    sds = np.nanstd(X, 0)
+    assert sds.max() <= matrix_module.SCALE_RATIO * sds.min()
+    imp = NTKImputer(mode="rows", prior="profile", depth=1, ridge=0.1).fit(X)
+    assert imp.scale_ is None
+    fixed = NTKImputer(mode="rows", prior="profile", depth=1, ridge=0.1, scale=None).fit(X)
+    np.testing.assert_array_equal(imp.completed_, fixed.completed_)
+    forced = NTKImputer(mode="rows", prior="profile", depth=1, ridge=0.1, scale="columns").fit(X)
+    np.testing.assert_allclose(forced.scale_[1], sds)
+    with pytest.raises(ValueError, match="scale must be 'auto', 'columns' or None"):
+        NTKImputer(scale="rows").fit(X)
+
+
+def test_new_rows_are_completed_in_the_fitted_units():
+    """transform() of new rows of a mixed-unit table: the fitted scale is applied to them and
+    undone; the rows' observed entries are kept."""
+    X = _mixed_units(seed=1)
+    imp = NTKImputer(mode="rows", prior="profile", depth=1, ridge=0.1).fit(X[:30])
+    assert imp.scale_ is not None
+    done = imp.transform(X[30:])
+    oracle = NTKImputer(mode="rows", prior="profile", depth=1, ridge=0.1, scale=None)
+    means, sds = imp.scale_
+    oracle.fit((X[:30] - means) / sds)
+    expected = oracle.transform((X[30:] - means) / sds) * sds + means
+    np.testing.assert_allclose((done - expected) / sds, 0.0, atol=1e-6)
+    assert np.array_equal(done[~np.isnan(X[30:])], X[30:][~np.isnan(X[30:])])
