@@ -71,7 +71,7 @@ def test_joint_dense_features_matches_dense_entry_kernel():
     expected = dense_oracle(X, z, depth=1, ridge=0.1)
     for solver in ("exact", "cg"):
         imp = NTKImputer(mode="joint", prior="features", depth=1, ridge=0.1, row_features=Fr,
-                         col_features=Fc, solver=solver, device="cpu").fit(X)
+                         col_features=Fc, solver=solver, device="cpu", scale=None).fit(X)
         full = imp.predict_entries(*np.indices(X.shape).reshape(2, -1)).reshape(m, n)
         np.testing.assert_allclose(full, expected, rtol=1e-6, atol=1e-8)
 
@@ -140,7 +140,7 @@ def test_auto_single_best_chooses_by_cv_and_reports():
 
 def test_auto_default_is_a_convex_combination_of_refitted_components():
     observed, _, _ = synthetic_screen(n_cells=50, n_drugs=16, seed=5)
-    imp = NTKImputer(random_state=0, refine=1).fit(observed)
+    imp = NTKImputer(random_state=0, refine=1, scale=None).fit(observed)  # the oracle's units
     assert imp.chosen_["mode"] == "stack"
     comps = imp.chosen_["components"]
     weights = np.array([c["weight"] for c in comps])
@@ -176,7 +176,8 @@ def refitted(chosen, observed, imp):
             if fit.get("offsets", "baseline") != "baseline":  # not an estimator parameter
                 part = chained_with_offsets(X, fit, refine=1)
             else:
-                part = NTKImputer(random_state=0, refine=1, **kw).fit(observed).completed_
+                part = NTKImputer(random_state=0, refine=1, scale=None,
+                                  **kw).fit(observed).completed_
         total += c["weight"] * part
     return total
 
@@ -465,9 +466,10 @@ def test_unfitted_and_other_matrix_errors():
 
 def test_transform_of_new_rows_completes_them_with_the_fitted_rows():
     X, Y = small_matrix(seed=1), small_matrix(6, 7, seed=8)
-    imp = NTKImputer(mode="rows", prior="profile", depth=2, ridge=0.05).fit(X)
-    stacked = NTKImputer(mode="rows", prior="profile", depth=2, ridge=0.05).fit_transform(
-        np.vstack([X, Y]))
+    # in the input's units (scale=None): a scale fitted on X alone differs from the stack's
+    imp = NTKImputer(mode="rows", prior="profile", depth=2, ridge=0.05, scale=None).fit(X)
+    stacked = NTKImputer(mode="rows", prior="profile", depth=2, ridge=0.05,
+                         scale=None).fit_transform(np.vstack([X, Y]))
     np.testing.assert_allclose(imp.transform(Y), stacked[len(X):], rtol=1e-10)
     np.testing.assert_array_equal(imp.transform(X), imp.fit_transform(X))  # the fitted matrix
 
