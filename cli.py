@@ -142,7 +142,8 @@ def _separator(ctx, param, value):
               show_default=True,
               help="columns: fit on columns standardised over their observed entries (columns "
               "in different units), mapped back after; none: the input's units; auto: columns "
-              "where the columns' standard deviations differ more than 10-fold.")
+              "where the columns' standard deviations spread more than 10-fold (90th over 10th "
+              "percentile).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @_threads_option
 @click.option("--seed", default=0, show_default=True, help="Seed of the CV folds and --holdout.")

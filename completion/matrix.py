@@ -107,12 +107,13 @@ AUTO_CHAINED_FLOPS = 1.5e11
 # tables of 13-25 rows: longley (16 x 7) 0.461 -> 0.343 (benchmarks/RESULTS.md)
 CHAINED_MIN_POINTS = {"rows-chained": 10, "cols-chained": 20}
 # scale="auto" fits on standardised columns where the columns' standard deviations (observed
-# entries) differ by more than this factor: columns in different units. A raw table of mixed
-# units otherwise has an additive baseline whose row effects come from its widest columns (on
-# ccard, 5 columns with standard deviations 0.48-316, a 0/1 column was predicted 26 units off)
-# and CV scores that see only those columns. Below it (GDSC's 265 drugs: 5.6, in one unit)
-# the columns keep their units: standardising GDSC's columns gave 0.8341 against 0.8305
-# (benchmarks/RESULTS.md)
+# entries) spread by more than this factor (:func:`spread_ratio`, the 90th over the 10th
+# percentile): columns in different units. A raw table of mixed units otherwise has an additive
+# baseline whose row effects come from its widest columns (on ccard, 5 columns with standard
+# deviations 0.48-316, a 0/1 column was predicted 26 units off) and CV scores that see only
+# those columns. Matrices in one unit keep it: GDSC's 265 drugs spread 2.2 (standardising them
+# gave 0.8341 against 0.8305, benchmarks/RESULTS.md), elnino's months 1.4, a synthetic drug
+# screen with one nearly flat drug 2.4 (its max / min: 10.6); raw tables of mixed units 12-9000
 SCALE_RATIO = 10.0
 # solver "auto" on a dense matrix takes Nystrom for rows (cols) mode when the exact solver's
 # N x N inverse over the N rows (cols) would cost more than this many flops, N^3 (N above about
@@ -140,6 +141,17 @@ STACK_PRIORS = ("profile@stack", "profile:unscaled@stack")
 KEPT_FITS_BYTES = 2**28
 # robust z-score (|x - median| / (1.4826 MAD)) above which an observed value is reported
 EXTREME_Z = 100.0
+
+
+def spread_ratio(sds):
+    """How much the positive entries of ``sds`` (column standard deviations) spread: their 90th
+    percentile over their 10th (1.0 when fewer than two are positive)."""
+    sds = np.asarray(sds, dtype=np.float64)
+    sds = sds[np.isfinite(sds) & (sds > 0)]
+    if sds.size < 2:
+        return 1.0
+    low, high = np.quantile(sds, [0.1, 0.9])
+    return float(high / low)
 
 
 def additive_baseline(values, mask):
@@ -253,7 +265,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         "columns": every fit and CV score is on columns centred and divided by their standard
         deviation over the observed entries, and the completion is mapped back to the input's
         units; None: the input's units; "auto": "columns" where the columns' standard
-        deviations differ by more than ``SCALE_RATIO`` (columns in different units), else None.
+        deviations spread more than ``SCALE_RATIO``-fold (:func:`spread_ratio`: columns in
+        different units), else None.
         Dense 2-D input only (vector entries and sparse input keep their units).
     verbose : int, 0 silent, 1 logs the choices and CV scores (logger ``completion.matrix``,
         also printed to stderr when no handler is configured).
@@ -619,11 +632,11 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a column without observed entries
             means, sds = np.nanmean(observed, 0), np.nanstd(observed, 0)
-        spread = sds[np.isfinite(sds) & (sds > 0)]
-        if self.scale == "auto" and (spread.size < 2 or spread.max() <= SCALE_RATIO * spread.min()):
+        ratio = spread_ratio(sds)
+        if self.scale == "auto" and ratio <= SCALE_RATIO:
             return None
-        self._say(f"  columns standardised (their standard deviations {spread.min():.3g} to "
-                  f"{spread.max():.3g}); CV RMSE in standardised units")
+        self._say(f"  columns standardised (their standard deviations spread {ratio:.3g}-fold, "
+                  "90th over 10th percentile); CV RMSE in standardised units")
         return (np.where(np.isfinite(means), means, 0.0),
                 np.where(np.isfinite(sds) & (sds > 0), sds, 1.0))
 

@@ -538,9 +538,10 @@ def _mixed_units(seed=0):
 
 
 def test_scale_auto_fits_mixed_units_on_standardised_columns():
-    """scale="auto" standardises columns whose standard deviations differ more than
-    SCALE_RATIO-fold: the completion is that of the standardised table (fitted in its units),
-    mapped back; observed entries are kept exactly; a column's unit does not matter."""
+    """scale="auto" standardises columns whose standard deviations spread more than
+    SCALE_RATIO-fold (spread_ratio): the completion is that of the standardised table (fitted
+    in its units), mapped back; observed entries are kept exactly; a column's unit does not
+    matter."""
     X = _mixed_units()
     imp = NTKImputer(random_state=0, stack=1, refine=1).fit(X)
     means, sds = np.nanmean(X, 0), np.nanstd(X, 0)
@@ -560,7 +561,10 @@ def test_scale_auto_fits_mixed_units_on_standardised_columns():
 def test_scale_auto_keeps_the_units_of_commensurate_columns_and_scale_is_validated():
     X = small_matrix(30, 6, seed=3)  # column spreads within a factor of 10
     sds = np.nanstd(X, 0)
-    assert sds.max() <= matrix_module.SCALE_RATIO * sds.min()
+    assert matrix_module.spread_ratio(sds) <= matrix_module.SCALE_RATIO
+    q10, q90 = 1.0 + 0.4 * 1.0, 8.0 + 0.6 * 92.0  # percentiles of 1, 2, 4, 8, 100 by hand
+    assert matrix_module.spread_ratio([1.0, 2.0, 100.0, 4.0, 8.0, 0.0]) == pytest.approx(q90 / q10)
+    assert matrix_module.spread_ratio([3.0, 0.0]) == 1.0
     imp = NTKImputer(mode="rows", prior="profile", depth=1, ridge=0.1).fit(X)
     assert imp.scale_ is None
     fixed = NTKImputer(mode="rows", prior="profile", depth=1, ridge=0.1, scale=None).fit(X)
