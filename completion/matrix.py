@@ -70,7 +70,7 @@ from .fibres import fibre_mask, fold, observed_fibres, unfold
 from .prior_grams import FeatureGram, full_kernel
 from .priors import build_prior, parse_prior
 from .scheduling import check_scheduler, connect
-from .softimpute import FRACTIONS, soft_impute_cv, soft_impute_path
+from .softimpute import FRACTIONS, column_means, soft_impute_cv, soft_impute_path
 from .solvers import (JointKernelOperator, choose_solver, parse_solver, predict_onehot_joint,
                       solve_onehot_joint, solve_shared_kernel)
 from .sparse_matrix import nystrom_dense_prediction, observed_entries
@@ -355,9 +355,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"{name} must be {'auto or ' if name == 'cv_max_folds' else ''}"
                                  f"an integer >= {low}, got {value!r}")
-        if not (self.scale is None or (isinstance(self.scale, str) and
-                                       self.scale in ("auto", "columns"))):
-            raise ValueError(f"scale must be 'auto', 'columns' or None, got {self.scale!r}")
+        _check_choice("scale", self.scale, ("columns", None))
         if self.prior != "auto":
             for p in (self.prior if isinstance(self.prior, tuple) else (self.prior,)):
                 if parse_prior(p).source == "matrix" and self.prior_matrix is None:
@@ -628,17 +626,14 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         deviations of the columns' observed entries (1 where a column has no spread)."""
         if self.scale is None or values.ndim != 2:
             return None
-        observed = np.where(mask, values, np.nan)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a column without observed entries
-            means, sds = np.nanmean(observed, 0), np.nanstd(observed, 0)
+        means = column_means(values, mask)
+        sds = np.sqrt(column_means(np.square(values - means), mask))
         ratio = spread_ratio(sds)
         if self.scale == "auto" and ratio <= SCALE_RATIO:
             return None
         self._say(f"  columns standardised (their standard deviations spread {ratio:.3g}-fold, "
                   "90th over 10th percentile); CV RMSE in standardised units")
-        return (np.where(np.isfinite(means), means, 0.0),
-                np.where(np.isfinite(sds) & (sds > 0), sds, 1.0))
+        return means, np.where(sds > 0, sds, 1.0)
 
     def _scaled(self, values):
         """``values`` (m, n) in the units of the fit (``scale_``)."""

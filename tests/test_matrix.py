@@ -571,7 +571,7 @@ def test_scale_auto_keeps_the_units_of_commensurate_columns_and_scale_is_validat
     np.testing.assert_array_equal(imp.completed_, fixed.completed_)
     forced = NTKImputer(mode="rows", prior="profile", depth=1, ridge=0.1, scale="columns").fit(X)
     np.testing.assert_allclose(forced.scale_[1], sds)
-    with pytest.raises(ValueError, match="scale must be 'auto', 'columns' or None"):
+    with pytest.raises(ValueError, match=r"scale must be auto or one of \['columns', None\], got 'rows'"):
         NTKImputer(scale="rows").fit(X)
 
 
