@@ -26,7 +26,7 @@ import torch
 
 def fit_times(dataset, seed, threads):
     """One fit: (wall s, process CPU s, main-thread CPU s, ahead-thread CPU s, RMSE)."""
-    from bench_matrices import CHECK, DATASETS, SANITY, SMALL
+    from bench_matrices import ALL
     from completion.holdout import holdout_mask
     import completion.matrix as matrix
     ahead = []
@@ -43,7 +43,7 @@ def fit_times(dataset, seed, threads):
                         ahead.append(time.thread_time() - started)
                 super().__init__(timed, threads)
         setattr(matrix, threads_class.__name__, Timed)
-    load, fraction, _ = {**DATASETS, **SANITY, **CHECK, **SMALL}[dataset]
+    load, fraction, _ = ALL[dataset]
     X = load()
     observed = ~np.isnan(X)
     hidden = holdout_mask(observed, fraction, seed)

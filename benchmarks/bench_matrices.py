@@ -159,6 +159,7 @@ SMALL = {
     "committee": (lambda: _statsmodels_table("committee"), 0.2, 3),
     "linnerud": (_linnerud, 0.2, 3),
 }
+ALL = {**DATASETS, **SANITY, **CHECK, **SMALL}
 
 
 # -- methods: (X with NaN, seed) -> completed matrix ------------------------------------------------
@@ -260,7 +261,7 @@ def report(table):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+",
-                        choices=list(DATASETS) + list(SANITY) + list(CHECK) + list(SMALL),
+                        choices=list(ALL),
                         default=[d for d in DATASETS if d != "gdsc"])
     parser.add_argument("--sanity", action="store_true", help="run the sanity sets instead")
     parser.add_argument("--check", action="store_true",
@@ -275,12 +276,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ["NTK_THREADS"] = str(torch.get_num_threads())  # the package's setting too
-    pool = {**DATASETS, **SANITY, **CHECK, **SMALL}
     names = list(SANITY) if args.sanity else list(CHECK) if args.check else \
         list(SMALL) if args.small else args.datasets
     methods = {k: v for k, v in METHODS.items()
                if not args.only or any(s.lower() in k.lower() for s in args.only)}
-    report(run({n: pool[n] for n in names}, methods, args.seeds))
+    report(run({n: ALL[n] for n in names}, methods, args.seeds))
 
 
 if __name__ == "__main__":
