@@ -62,6 +62,8 @@ KERNEL_DTYPE = torch.float32
 REFINE_STEPS = 5
 REFINE_TOLERANCE = 1e-11
 REFINE_MIN_ROWS = 500
+KEPT_GRAM_RATIO = 8.0
+KEPT_GRAM_BYTES = 2**28
 
 
 def _standardised_column(z):
@@ -114,12 +116,14 @@ class LinearSkip:
 def chained_flops(shape, mask, rounds, axis=0):
     """Rough flop count of :func:`chained_fit` (used by ``mode='auto'`` to skip it when too
     slow): per column and round, a Cholesky factor of its training rows, the kernel blocks and
-    the Gram update; plus one LOO eigendecomposition per column."""
+    the Gram matrices (the kept one's update: :func:`kept_gram`); plus one LOO
+    eigendecomposition per column."""
     m, n = shape if axis == 0 else shape[::-1]
     mask = mask if axis == 0 else mask.T
     missing_cols = int((~mask).any(0).sum())
     t = min(m, MAX_TRAIN_ROWS)
-    per = t**3 / 3 + 2 * t * m * n + 30 * t * m + 3e7  # + Python overhead of a column, as flops
+    gram = KEPT_GRAM_RATIO * m * m if kept_gram(m, n, t) else 2 * t * m * n
+    per = t**3 / 3 + gram + 30 * t * m + 3e7  # + Python overhead of a column, as flops
     return missing_cols * rounds * per + min(missing_cols, LOO_COLUMNS) * 10 * min(t, LOO_ROWS) ** 3
 
 
@@ -156,13 +160,15 @@ def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, ran
     cands = [(kern, nb) for nb in sets for kern in kernels]
     m, n = values.shape
     t = min(m, max_train_rows)
-    check_fits(8 * (2 * m * n + 4 * t * m), parse_bytes(memory_budget),
+    kept = kept_gram(m, n, t)
+    check_fits(8 * (2 * m * n + 4 * t * m + kept * m * m), parse_bytes(memory_budget),
                f"chained fit ({m} x {n} inputs, {t} x {m} kernel blocks)",
                "Use mode 'rows' or 'cols', or raise memory_budget.")
     rng = np.random.default_rng(random_state)
     Z = np.where(mask, values, baseline)
     scale = max(n - 1, 1) ** -0.5
     F = torch.from_numpy(np.stack([_standardised_column(Z[:, j]) for j in range(n)], 1)) * scale
+    grams = _InputGrams(F, kept)
     todo = np.flatnonzero((~mask).any(0) & mask.any(0))
     grid = RIDGE_GRID if ridge == "loo" else (float(ridge),)
     if offsets == "means":  # column means of the observed values, for every row
@@ -171,12 +177,14 @@ def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, ran
         offset = baseline
     else:
         raise ValueError(f"offsets must be 'baseline' or 'means', got {offsets!r}")
-    choices = _loo_choices(cands, grid, F, values, mask, offset, todo, rng, say) \
+    choices = _loo_choices(cands, grid, grams, values, mask, offset, todo, rng, say) \
         if len(cands) * len(grid) > 1 else dict.fromkeys(todo.tolist(), (0, grid[0]))
     with limited_blas_threads(1):  # the residuals of _solve_lower: small calls
         for rnd in range(rounds):
             if rnd == 1 and screen is not None and screen(Z):
                 return None
+            if rnd:
+                grams.refresh()
             for j in todo:
                 if stop is not None and stop.is_set():
                     return None
@@ -184,14 +192,14 @@ def chained_fit(kernel, values, mask, baseline, rounds, ridge="loo", axis=0, ran
                 if obs.size > max_train_rows:
                     obs = np.sort(rng.choice(obs, max_train_rows, replace=False))
                 which, lam = choices[j]
-                A, K_mo = _kernel_blocks(*cands[which], F, j, obs, miss)
+                A, K_mo = _kernel_blocks(*cands[which], grams, j, obs, miss)
                 A.diagonal().add_(lam * float(A.diagonal().mean()))
                 alpha = _solve_lower(A, torch.from_numpy(values[obs, j] - offset[obs, j]))
                 if alpha is None:
                     raise ValueError(f"chained fit: the kernel of column {j} plus ridge {lam:g} "
                                      "is not positive definite; increase ridge")
                 Z[miss, j] = (K_mo @ alpha.to(K_mo.dtype)).numpy() + offset[miss, j]
-                F[:, j] = torch.from_numpy(_standardised_column(Z[:, j])) * scale
+                grams.set_column(j, torch.from_numpy(_standardised_column(Z[:, j])) * scale)
         return Z
 
 
@@ -222,40 +230,109 @@ def _solve_lower(A, y):
     return torch.cholesky_solve(y[:, None], L)[:, 0] if int(info) == 0 else None
 
 
+class _InputGrams:
+    """Gram matrices of column j's regression inputs (:func:`_inputs`) between rows, from the
+    (m, n) float64 tensor ``F`` of standardised estimates, whose columns :meth:`set_column`
+    replaces. With ``kept`` the whole (m, m) Gram matrix F F^T is kept (KERNEL_DTYPE, computed
+    in float64 at every :meth:`refresh`) and updated by two rank-one terms when a column
+    changes: the inputs without column j then cost a gather and a rank-one correction instead
+    of a product over the other n - 1 columns (GDSC's 988 x 265 rows-chained fit,
+    :func:`kept_gram`)."""
+
+    def __init__(self, F, kept):
+        self.F, self.kept, self.G = F, kept, None
+        self.refresh()
+
+    def refresh(self):
+        """The kept Gram matrix computed afresh from F (no rounding carried over)."""
+        if self.kept:
+            self.G = (self.F @ self.F.T).to(KERNEL_DTYPE)
+
+    def set_column(self, j, column):
+        """Column j of F becomes ``column`` ((m,) float64 tensor)."""
+        if self.kept:
+            old, new = self.F[:, j].to(KERNEL_DTYPE), column.to(KERNEL_DTYPE)
+            self.G.addr_(old, old, alpha=-1.0).addr_(new, new)
+        self.F[:, j] = column
+
+    def blocks(self, j, neighbours, rows_a, rows_b=None):
+        """(gram_aa, sq_a, gram_ba, sq_b) tensors: the inputs' Gram matrix between ``rows_a``
+        (int array, t) and themselves ((t, t)), their squared norms ((t,)), and the same
+        between ``rows_b`` and ``rows_a`` ((len(rows_b), t), (len(rows_b),); None without
+        ``rows_b``)."""
+        if not self.kept:
+            Fa = _inputs(self.F, j, rows_a, neighbours)
+            Fb = None if rows_b is None else _inputs(self.F, j, rows_b, neighbours)
+            return (Fa @ Fa.T, (Fa * Fa).sum(1),
+                    None if Fb is None else Fb @ Fa.T, None if Fb is None else (Fb * Fb).sum(1))
+        own = self.F[:, j].to(KERNEL_DTYPE)  # in F F^T, not in the inputs
+        near = None  # the neighbour coordinates: in the inputs, not in F F^T
+        if neighbours:
+            near = _neighbour_inputs(self.F, j, torch.arange(len(own))).to(KERNEL_DTYPE)
+
+        def gram(rows, ia):
+            ib = torch.from_numpy(rows)
+            g = self.G.index_select(0, ib).index_select(1, ia).addr_(own[ib], own[ia], alpha=-1.0)
+            return g if near is None else g.addmm_(near[ib], near[ia].T)
+        ia = torch.from_numpy(rows_a)
+        g_aa = gram(rows_a, ia)
+        # the norms from g_aa's own diagonal: a row's cosine with itself must be 1 to the bit
+        # (the arc-cosine's slope is infinite there)
+        sq_a = g_aa.diagonal().clone()
+        if rows_b is None:
+            return g_aa, sq_a, None, None
+        ib = torch.from_numpy(rows_b)
+        sq_b = self.G.diagonal()[ib] - own[ib] ** 2
+        if near is not None:
+            sq_b += (near[ib] ** 2).sum(1)
+        return g_aa, sq_a, gram(rows_b, ia), sq_b
+
+
+def kept_gram(m, n, t):
+    """Whether a chained fit of ``m`` rows and ``n`` columns (at most ``t`` training rows per
+    column) keeps the whole Gram matrix (:class:`_InputGrams`): where the product over the other
+    columns (2 n t m flops a column) costs more than KEPT_GRAM_RATIO x the m x m update."""
+    return 2.0 * n * t * m > KEPT_GRAM_RATIO * m * m and 8 * m * m <= KEPT_GRAM_BYTES
+
+
 def _inputs(F, j, rows, neighbours):
     """Inputs of column j's regression at ``rows`` (int array): F (m, n) without column j,
-    (len(rows), n - 1); with ``neighbours`` two more coordinates, column j's current values at
-    the previous and the next row (the first row's previous is its next, the last row's next is
-    its previous: never the row's own value), standardised and scaled by NEIGHBOUR_WEIGHT."""
+    (len(rows), n - 1); with ``neighbours`` the two coordinates of :func:`_neighbour_inputs`
+    more."""
     keep = torch.ones(F.shape[1], dtype=torch.bool)
     keep[j] = False
     idx = torch.from_numpy(rows)
     inputs = F[idx][:, keep]
-    if not neighbours:
-        return inputs
+    return torch.cat([inputs, _neighbour_inputs(F, j, idx)], 1) if neighbours else inputs
+
+
+def _neighbour_inputs(F, j, idx):
+    """(len(idx), 2): column j's current values at the previous and the next row of each row of
+    ``idx`` (int tensor; the first row's previous is its next, the last row's next is its
+    previous: never the row's own value), standardised and scaled by NEIGHBOUR_WEIGHT."""
     last = F.shape[0] - 1
     # F's columns have root mean square 1/sqrt(n - 1): column j rescaled to NEIGHBOUR_WEIGHT
     own = F[:, j] * (NEIGHBOUR_WEIGHT * max(F.shape[1] - 1, 1) ** 0.5)
     before = own[torch.where(idx > 0, idx - 1, idx + 1)]
     after = own[torch.where(idx < last, idx + 1, idx - 1)]
-    return torch.cat([inputs, before[:, None], after[:, None]], 1)
+    return torch.stack([before, after], 1)
 
 
-def _kernel_blocks(kernel, neighbours, F, j, rows_a, rows_b=None):
-    """NTK between rows ``rows_a`` (and ``rows_b``) on column j's inputs (:func:`_inputs`):
-    (K_aa, K_ba) tensors (K_ba None without ``rows_b``); only K_aa's lower triangle is
-    computed (its strict upper triangle is unspecified: Cholesky and eigh read the lower)."""
+def _kernel_blocks(kernel, neighbours, grams, j, rows_a, rows_b=None):
+    """NTK between rows ``rows_a`` (and ``rows_b``) on column j's inputs (:func:`_inputs`, their
+    Gram matrices from ``grams``, an :class:`_InputGrams`): (K_aa, K_ba) tensors (K_ba None
+    without ``rows_b``); only K_aa's lower triangle is computed (its strict upper triangle is
+    unspecified: Cholesky and eigh read the lower)."""
     dt = KERNEL_DTYPE
-    Fa = _inputs(F, j, rows_a, neighbours)
-    sq_a = (Fa * Fa).sum(1).to(dt)
-    K_aa = kernel.ntk_from_gram((Fa @ Fa.T).to(dt), sq_a, sq_a, symmetric="lower")
+    g_aa, sq_a, g_ba, sq_b = grams.blocks(j, neighbours, rows_a, rows_b)
+    sq_a = sq_a.to(dt)
+    K_aa = kernel.ntk_from_gram(g_aa.to(dt), sq_a, sq_a, symmetric="lower")
     if rows_b is None:
         return K_aa, None
-    Fb = _inputs(F, j, rows_b, neighbours)
-    return K_aa, kernel.ntk_from_gram((Fb @ Fa.T).to(dt), (Fb * Fb).sum(1).to(dt), sq_a)
+    return K_aa, kernel.ntk_from_gram(g_ba.to(dt), sq_b.to(dt), sq_a)
 
 
-def _loo_choices(cands, grid, F, values, mask, offset, todo, rng, say=None):
+def _loo_choices(cands, grid, grams, values, mask, offset, todo, rng, say=None):
     """{column: (candidate index, ridge)} with the least leave-one-out error on at most LOO_ROWS
     rows, for at most LOO_COLUMNS columns of ``todo``, among ``cands`` ((kernel, neighbours)
     pairs) of one input set (neighbours or not): the set with the least LOO error summed over
@@ -280,7 +357,7 @@ def _loo_choices(cands, grid, F, values, mask, offset, todo, rng, say=None):
         y = torch.from_numpy(values[sub, j] - offset[sub, j]).to(KERNEL_DTYPE)
         rows += sub.size
         errors[int(j)] = np.stack([
-            loo_errors(_kernel_blocks(*cand, F, j, sub)[0], y, grid)
+            loo_errors(_kernel_blocks(*cand, grams, j, sub)[0], y, grid)
             if allowed is None or c in allowed else np.full(len(grid), np.inf)
             for c, cand in enumerate(cands)]) / max(float(y.square().mean()), 1e-300)
     if allowed is None:

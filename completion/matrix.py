@@ -28,7 +28,7 @@ between entries (``mode``):
   round's fits for a second combination, which is taken where its held-out RMSE is the lower
   of the two; the chosen fits are then refitted on every observed entry. A chained mode is a
   candidate where its regressions average ``CHAINED_MIN_POINTS`` observed points and its
-  estimated cost is at most ``AUTO_CHAINED_FLOPS`` flops.
+  estimated cost fits ``AUTO_CHAINED_FLOPS`` and ``AUTO_CHAINED_TOTAL_FLOPS``.
 
 Priors are spec strings (see :mod:`completion.priors`). Data-derived priors (``profile``,
 ``lowrank:k``) are refined ``refine`` times: the prior is recomputed from the matrix completed
@@ -95,9 +95,16 @@ AUTO_RIDGE_GRID = (0.01, 0.03, 0.1)
 # kernel is not positively homogeneous (a net without biases predicts |x| g(x / |x|): zero at the
 # column means, linear along every ray); measured in benchmarks/RESULTS.md
 CHAINED_BIAS_VAR = 2.0
-# "auto" skips a chained candidate whose estimated cost (chained.chained_flops) exceeds this
-# (digits' 1797 x 64 rows-chained fit, 1.4e11, took about 60 s on one loaded core)
+# "auto" takes the chained modes, the one whose regressions have more observed points first,
+# while their estimated costs (chained.chained_flops) add up to at most AUTO_CHAINED_TOTAL_FLOPS;
+# the first may take all of it, the second at most AUTO_CHAINED_FLOPS, as may each of the
+# column-mean-offset variants (at twice the cost). One core fits about 1e10 of these flops a
+# second: digits' rows-chained fit (1797 x 64, 9.8e10) 10-11 s, GDSC's (988 x 265, 3.2e11)
+# 22-25 s, its cols-chained one (1.2e11, left out) 11 s; with GDSC's rows-chained candidate
+# (its final fit beside the cross-validation on the second core) `auto` takes about 43 s on
+# two cores instead of 21, and its RMSE 0.8305 -> 0.8293 (benchmarks/RESULTS.md)
 AUTO_CHAINED_FLOPS = 1.5e11
+AUTO_CHAINED_TOTAL_FLOPS = 3.5e11
 # "auto" leaves out a chained mode whose regressions have fewer observed points than this on
 # average. cols-chained regresses each row (a sample, in scikit-learn's convention) over the
 # columns, on the other rows' values: on a table of a few columns each row has those few values
@@ -951,17 +958,22 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         modes = ["rows", "cols", "joint"]
         if self._values.ndim == 3:  # vector entries: the chained modes do not apply
             return modes
-        chained = []  # scored first: on tables their score screens the others
-        for mode, axis in CHAINED_AXIS.items():
-            flops = chained_flops(mask.shape, mask, 1 + self.refine, axis)
-            points = float(mask.sum(axis).mean())  # observed points of a regression, on average
-            if points < CHAINED_MIN_POINTS[mode]:
-                self._say(f"  {mode} left out: its regressions have {points:.1f} observed "
+        chained, spent = [], 0.0  # scored first: on tables their score screens the others
+        points = {mode: float(mask.sum(axis).mean())  # a regression's observed points, on average
+                  for mode, axis in CHAINED_AXIS.items()}
+        for mode in sorted(CHAINED_AXIS, key=lambda mode: -points[mode]):
+            flops = chained_flops(mask.shape, mask, 1 + self.refine, CHAINED_AXIS[mode])
+            budget = min(AUTO_CHAINED_FLOPS if chained else AUTO_CHAINED_TOTAL_FLOPS,
+                         AUTO_CHAINED_TOTAL_FLOPS - spent)
+            if points[mode] < CHAINED_MIN_POINTS[mode]:
+                self._say(f"  {mode} left out: its regressions have {points[mode]:.1f} observed "
                           f"points on average (fewer than {CHAINED_MIN_POINTS[mode]})")
-            elif flops <= AUTO_CHAINED_FLOPS:
+            elif flops <= budget:
                 chained.append(mode)
+                spent += flops
             else:
-                self._say(f"  {mode} left out: about {flops:.1e} flops")
+                self._say(f"  {mode} left out: about {flops:.1e} flops (its budget {budget:.1e})")
+        chained.sort(key=list(CHAINED_AXIS).index)
         return chained + modes
 
     def _softimpute_affordable(self):

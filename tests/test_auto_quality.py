@@ -132,7 +132,7 @@ def test_auto_choice_reproduces_with_a_fixed_random_state():
     np.testing.assert_array_equal(a.completed_, b.completed_)
 
 
-def test_chained_neighbour_inputs_match_the_regression_written_out():
+def test_chained_neighbour_inputs_match_the_regression_written_out(gram_path):
     """With ``neighbours=True`` column j's inputs are the other columns plus its own values at
     the previous and next row (first/last row: their only neighbour twice), never its own."""
     from completion.chained import NEIGHBOUR_WEIGHT
@@ -243,3 +243,37 @@ def test_rows_chained_needs_fewer_points_than_cols_chained(caplog):
     modes = {r["mode"] for r in imp.cv_results_}
     assert "rows-chained" in modes and "cols-chained" not in modes
     assert any("cols-chained left out" in line and f"fewer than {high}" in line for line in lines)
+
+
+@pytest.mark.parametrize("total, each, taken", [
+    (5, 2, {"rows-chained", "cols-chained"}),
+    (4, 2, {"rows-chained"}),  # cols-chained: beyond what rows-chained left of the total
+    (5, 1.5, {"rows-chained"}),  # cols-chained: beyond a second mode's budget
+    (2.5, 2.5, {"cols-chained"}),  # rows-chained: beyond the total; cols-chained comes first
+])
+def test_chained_modes_share_one_flop_budget(total, each, taken, monkeypatch, caplog):
+    """'auto' takes the chained modes, the one whose regressions have more observed points
+    first (here rows-chained: 54 a column against 22 a row), while their estimated flops (here
+    set: 3e9 and 2e9) add up to AUTO_CHAINED_TOTAL_FLOPS, a second mode taking at most
+    AUTO_CHAINED_FLOPS of it; -v says the estimate and the budget of a mode left out."""
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(60, 3)) @ rng.normal(size=(3, 24)) + 0.1 * rng.normal(size=(60, 24))
+    X[rng.random(X.shape) < 0.1] = np.nan
+    flops = {"rows-chained": 3e9, "cols-chained": 2e9}
+    monkeypatch.setattr(matrix_module, "chained_flops",
+                        lambda shape, mask, rounds, axis: flops[("rows-chained",
+                                                                 "cols-chained")[axis]])
+    monkeypatch.setattr(matrix_module, "AUTO_CHAINED_TOTAL_FLOPS", total * 1e9)
+    monkeypatch.setattr(matrix_module, "AUTO_CHAINED_FLOPS", each * 1e9)
+    caplog.set_level(logging.INFO, logger=matrix_module.log.name)
+    imp = NTKImputer(random_state=0, verbose=1, refine=0, stack=1).fit(X)
+    modes = {r["mode"] for r in imp.cv_results_} & set(matrix_module.CHAINED_AXIS)
+    assert modes == taken
+    said = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    left = set(matrix_module.CHAINED_AXIS) - taken
+    assert len(said) == len(left)
+    if left:  # rows-chained's turn comes first: its budget is the total
+        mode, = left
+        budget = total if mode == "rows-chained" else min(each, total - 3)
+        assert said[0] == (f"  {mode} left out: about {flops[mode]:.1e} flops "
+                           f"(its budget {budget * 1e9:.1e})")

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from completion import chained
 from completion.chained import LinearSkip, _solve_lower, chained_fit
 from completion.matrix import NTKImputer, additive_baseline
 from completion.priors import parse_prior, profile_prior
@@ -54,7 +55,7 @@ def brute_force_chained_one_round(X, mask, base, ridge, depth=1):
 
 
 @pytest.mark.parametrize("axis, depth", [(0, 2), (1, 2), (0, 1)])
-def test_chained_fit_matches_the_regression_written_out(axis, depth):
+def test_chained_fit_matches_the_regression_written_out(axis, depth, gram_path):
     rng = np.random.default_rng(1)
     X = rng.standard_normal((30, 6))
     X[:, 2] = np.sin(X[:, 0]) + X[:, 1] ** 2
@@ -72,6 +73,28 @@ def test_chained_fit_matches_the_regression_written_out(axis, depth):
     # the fit's kernel entries are float32 (chained.KERNEL_DTYPE), the oracle's float64: they
     # agree to float32 rounding, amplified by the ridge system (here 2e-6 relative at most)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_chained_fit_with_the_kept_gram_matrix_equals_the_one_with_products(axis, monkeypatch):
+    """Three rounds over every column of a table with missing entries everywhere (each column's
+    new estimates update the kept Gram matrix before the next column reads it), kernel and
+    ridge chosen per column, neighbour inputs tried: the same completion as the fit that forms
+    every column's inputs and their products, to float32 rounding."""
+    rng = np.random.default_rng(5)
+    X = np.cumsum(rng.standard_normal((40, 9)), 0) + rng.standard_normal((40, 9))
+    mask = rng.random(X.shape) > 0.25
+    Xn = np.where(mask, X, np.nan)
+    base = additive_baseline(Xn, mask)
+    kern = FullyConnectedNTK(1, bias_var=2.0)
+    done = {}
+    for ratio in (0.0, np.inf):
+        monkeypatch.setattr(chained, "KEPT_GRAM_RATIO", ratio)
+        assert chained.kept_gram(40, 9, 40) == (ratio == 0.0)
+        done[ratio] = chained_fit((kern, LinearSkip(kern)), Xn, mask, base, 3, "loo", axis,
+                                  neighbours="loo")
+    np.testing.assert_array_equal(done[0.0][mask], X[mask])
+    np.testing.assert_allclose(done[0.0], done[np.inf], rtol=1e-4, atol=1e-5)
 
 
 def test_chained_fit_with_mean_offsets_recovers_an_exact_linear_column():
