@@ -169,7 +169,8 @@ def _separator(ctx, param, value):
               "way. Needs ntk-completion[dask].")
 @click.option("-v", "--verbose", is_flag=True, help="Report the CV scores and the choices made.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors, warnings and --holdout "
-              "scores (not the choices made).")
+              "scores (not the choices made, and no progress line; none either when stderr "
+              "is not a terminal, or with -v).")
 def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_features,
                    col_features, prior, prior_matrix, depth, ridge, solver, scale, device, threads,
                    seed, holdout, na_values, long_columns, pairs_csv, scheduler, verbose, quiet):
@@ -206,7 +207,8 @@ def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_fe
         imputer_options = dict(mode=mode, prior=prior, depth=depth, ridge=ridge, solver=solver,
                                scale=None if scale == "none" else scale,
                                device=device, threads=threads, random_state=seed,
-                               verbose=int(verbose), scheduler=scheduler)
+                               verbose=int(verbose), scheduler=scheduler,
+                               progress=_show_progress(quiet) and not verbose)
         try:
             check_scheduler(scheduler)
             _complete_long(input_csv, output, long_columns, pairs_csv, row_features,
@@ -228,7 +230,8 @@ def matrix_command(input_csv, output, sep, encoding, no_row_labels, mode, row_fe
                              scale=None if scale == "none" else scale, device=device,
                              threads=threads,
                              row_features=rf, col_features=cf, prior_matrix=given,
-                             random_state=seed, verbose=int(verbose), scheduler=scheduler)
+                             random_state=seed, verbose=int(verbose), scheduler=scheduler,
+                             progress=_show_progress(quiet) and not verbose)
         if holdout is not None:
             completed, report = complete_with_holdout(imputer, frame, holdout, seed)
             click.echo(f"holdout: {report['hidden']} of {report['observed']} observed entries",

@@ -65,6 +65,7 @@ from models.ntk import ACTIVATIONS, FullyConnectedNTK
 
 from .chained import LinearSkip, chained_fit, chained_flops
 from .cv_grid import CVGrid, entry_folds, uses_softimpute
+from .fit_progress import FitProgress
 from .fit_threads import FitThreads
 from .fibres import fibre_mask, fold, observed_fibres, unfold
 from .prior_grams import FeatureGram, full_kernel
@@ -277,6 +278,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         Dense 2-D input only (vector entries and sparse input keep their units).
     verbose : int, 0 silent, 1 logs the choices and CV scores (logger ``completion.matrix``,
         also printed to stderr when no handler is configured).
+    progress : bool, show the fit's stage and elapsed time as one line on stderr, rewritten in
+        place (the last of the messages ``verbose`` logs; :mod:`completion.fit_progress`).
     scheduler : None, "local:N", a Dask scheduler address or a ``distributed.Client``
         Where the CV grid's (candidate, fold) fits run (:mod:`completion.scheduling`; needs the
         ``[dask]`` extra): None in this process; else one task per pair on the Dask workers,
@@ -315,7 +318,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     def __init__(self, *, mode="auto", prior="auto", depth="auto", ridge="auto", activation="relu",
                  row_features=None, col_features=None, prior_matrix=None, solver="auto",
                  device="auto", random_state=None, cv_folds=20, cv_max_folds="auto", refine=2,
-                 stack=3, scale="auto", verbose=0, threads=None, scheduler=None):
+                 stack=3, scale="auto", verbose=0, progress=False, threads=None,
+                 scheduler=None):
         self.mode = mode
         self.prior = prior
         self.depth = depth
@@ -333,6 +337,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         self.stack = stack
         self.scale = scale
         self.verbose = verbose
+        self.progress = progress
         self.threads = threads
         self.scheduler = scheduler
 
@@ -514,16 +519,19 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             self._prior_values = self._scaled(self._prior_values)
         self._softimpute_cache, self._softimpute_fraction = {}, None
         self._stack_cache, self._stack_source, self._kept_fits = {}, None, None
-        with limited_threads(self._threads()), self._fit_threads(work, mask) as threads:
+        with limited_threads(self._threads()), self._fit_threads(work, mask) as threads, \
+                FitProgress(self.progress) as self._progress:
             started = time.perf_counter()
             with connect(self.scheduler) as client:  # the workers are released before the final fit
                 self.chosen_, self.cv_results_ = self._choose(work, mask, client, threads)
             self._say(f"chosen: {describe_choice(self.chosen_)} "
                       f"(selection {time.perf_counter() - started:.1f} s)")
             started = time.perf_counter()
+            self._stage("final fit")
             self.completed_ = self._unscaled(self._complete_chosen(work, mask, self.chosen_,
                                                                    threads))
             self._say(f"final fit: {time.perf_counter() - started:.1f} s")
+        self._progress = None
         self.baseline_ = additive_baseline(values, mask)
         return self
 
@@ -595,15 +603,17 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         grids = {"default_depth": DEFAULT_DEPTH, "default_ridge": DEFAULT_RIDGE,
                  "ridge": RIDGE_GRID, "auto_ridge": AUTO_RIDGE_GRID, "depth": DEPTH_GRID,
                  "auto_depth": AUTO_DEPTH_GRID}
-        with limited_threads(self._threads()):
+        with limited_threads(self._threads()), FitProgress(self.progress) as self._progress:
             started = time.perf_counter()
             self.chosen_, self.cv_results_ = select_on_entries(e, self, self._kernel, grids,
                                                                self._say)
             self._say(f"chosen: {describe_choice(self.chosen_)} "
                       f"(selection {time.perf_counter() - started:.1f} s)")
             started = time.perf_counter()
+            self._stage("final fit")
             self._entry_fit = fit_chosen(e, self.chosen_, self, self._kernel)
             self._say(f"final fit: {time.perf_counter() - started:.1f} s")
+        self._progress = None
         self._entries = e
         return self
 
@@ -683,7 +693,15 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         from .priors import align_features
         return align_features(features, labels, what)
 
+    def _stage(self, text):
+        """Show ``text`` as the fit's stage (``progress``; none outside a fit)."""
+        progress = getattr(self, "_progress", None)
+        if progress is not None:
+            progress.stage(text)
+
     def _say(self, message):
+        """Log ``message`` (``verbose``) and show it as the fit's stage (``progress``)."""
+        self._stage(message)
         if self.verbose:
             log.info(message)
             if not logging.getLogger().handlers and not log.handlers:
@@ -1035,6 +1053,8 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         if len(candidates) == 1 and fixed_ridge and fixed_depth:
             return self._normalised(candidates[0]), results
         folds = self._folds(mask)
+        self._stage(f"cross-validation of {len(candidates)} candidates on {len(folds)} "
+                    f"fold{'s' * (len(folds) > 1)} of held-out entries")
         chained = [c for c in candidates if c["mode"] in CHAINED_AXIS]
         if threads is not None and client is None and len({c["mode"] for c in chained}) == 1:
             threads.start(chained)  # (with both chained modes, most of such fits would be wasted)

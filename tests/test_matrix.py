@@ -588,3 +588,33 @@ def test_new_rows_are_completed_in_the_fitted_units():
     expected = oracle.transform((X[30:] - means) / sds) * sds + means
     np.testing.assert_allclose((done - expected) / sds, 0.0, atol=1e-6)
     assert np.array_equal(done[~np.isnan(X[30:])], X[30:][~np.isnan(X[30:])])
+
+
+def test_progress_shows_the_fit_stages_on_stderr_and_nothing_without_it(capfd):
+    """progress=True writes one status line on stderr, rewritten in place ('\\r'): the
+    cross-validation, the candidates scored and the final fit; the default writes nothing."""
+    X = synthetic_screen(30, 12, seed=0)[0]  # 20% missing
+    done = NTKImputer(random_state=0, refine=0, progress=True).fit(X).completed_
+    err = capfd.readouterr().err
+    stages = [line.strip() for line in err.split("\r") if line.strip()]
+    assert stages and all(line.startswith("NTKImputer: ") for line in stages)
+    text = "\n".join(stages)
+    for said in ("cross-validation of ", "CV RMSE ", "final fit"):
+        assert said in text
+    quiet = NTKImputer(random_state=0, refine=0).fit(X).completed_
+    assert capfd.readouterr().err == ""
+    np.testing.assert_array_equal(done, quiet)
+
+
+def test_fit_progress_is_off_in_a_copy_for_another_process():
+    """A fit's status line belongs to the process that shows it: a pickled copy (as shipped
+    to Dask workers with the imputer) shows nothing."""
+    import pickle
+
+    from completion.fit_progress import FitProgress
+    with FitProgress(True) as shown:
+        copy = pickle.loads(pickle.dumps(shown))
+    assert shown.enabled and not copy.enabled
+    with copy:
+        copy.stage("nothing to show")  # no terminal line, no thread
+    assert copy._bar is None and copy._ticker is None
