@@ -9,7 +9,7 @@ from completion import chained
 from completion.chained import LinearSkip, _solve_lower, chained_fit
 from completion.matrix import NTKImputer, additive_baseline
 from completion.priors import parse_prior, profile_prior
-from completion.softimpute import soft_impute_cv, soft_impute_path
+from completion.softimpute import singular_value_thresholded, soft_impute_cv, soft_impute_path
 from completion.stacking import convex_weights
 from models.ntk import FullyConnectedNTK
 
@@ -35,6 +35,21 @@ def test_softimpute_fixed_point_and_low_rank_recovery():
     col_mean_err = np.sqrt(np.mean((T - mean)[hidden] ** 2))
     assert np.sqrt(np.mean((done - T)[hidden] ** 2)) < 0.25 * col_mean_err
     assert scores[chosen] == min(scores.values())
+
+
+@pytest.mark.parametrize("shape, rank", [((30, 50), 3), ((50, 30), 3), ((20, 20), 20)])
+def test_singular_value_thresholding_equals_numpy_svd(shape, rank):
+    """SoftImpute's step from the smaller Gram matrix's eigendecomposition equals the SVD's
+    soft-thresholded singular values (numpy), wide or tall, for a shrinkage that keeps some
+    directions, all of them, or none."""
+    rng = np.random.default_rng(2)
+    A = rng.standard_normal((shape[0], rank)) @ rng.standard_normal((rank, shape[1]))
+    A += 0.01 * rng.standard_normal(shape)
+    U, s, Vt = np.linalg.svd(A, full_matrices=False)
+    for lam in (0.5 * s[1], 0.0, 1.1 * s[0]):
+        expected = (U * np.maximum(s - lam, 0.0)) @ Vt
+        got = singular_value_thresholded(torch.from_numpy(A), lam).numpy()
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 * s[0])
 
 
 def brute_force_chained_one_round(X, mask, base, ridge, depth=1):
