@@ -78,7 +78,8 @@ def _parse(text, path, what, sep, na_values, row_labels):
         raise ValueError(f"{what} {path}: the header has {len(names)} fields but the rows have "
                          f"{body.shape[1]} ({_SEP_NAMES[sep]}-separated; see --sep)")
     if row_labels:
-        index = pd.Index(body.iloc[:, 0], name=names[0] or None)
+        # (the values only: from the Series, an empty name would become its column number, 0)
+        index = pd.Index(body.iloc[:, 0].to_numpy(), name=names[0] or None)
         body, names = body.iloc[:, 1:], names[1:]
         if index.hasnans:
             raise ValueError(f"{what} {path}: a row has no label in the first column (use "

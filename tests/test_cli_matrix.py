@@ -44,6 +44,18 @@ def test_round_trip_keeps_labels_and_observed_values(tmp_path, screen_csv):
     assert not list(out.parent.glob(".*.tmp"))  # atomic write left no temporary file
 
 
+@pytest.mark.parametrize("header", [",a,b,c", "a,b,c"])  # empty row-label name, or none
+def test_a_nameless_row_label_column_stays_nameless(tmp_path, header):
+    path = tmp_path / "m.csv"
+    rows = [f"r{i},{i},{(i * 7) % 5 if i % 4 else ''},{(i * 3) % 7}" for i in range(12)]
+    path.write_text("\n".join([header, *rows]) + "\n")
+    out = tmp_path / "done.csv"
+    res = CliRunner().invoke(main, ["matrix", str(path), "-o", str(out), "--mode", "rows",
+                                    *FAST])
+    assert res.exit_code == 0, res.output
+    assert out.read_text().splitlines()[0] == ",a,b,c"
+
+
 def test_stdout_output_and_features(screen_csv):
     path, fpath, observed = screen_csv
     res = CliRunner().invoke(main, ["matrix", str(path), "-o", "-", "--row-features", str(fpath),
