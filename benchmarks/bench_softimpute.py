@@ -58,7 +58,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--auto", action="store_true", help="also time NTKImputer's default fit")
     args = parser.parse_args(argv)
-    steps = {"svd (before)": svd_thresholded, "gram eigh (now)": softimpute.singular_value_thresholded}
+    steps = {"svd (before)": svd_thresholded,
+             "gram eigh (now)": softimpute.singular_value_thresholded}
     print("| matrix | step | soft_impute_cv s | RMSE | auto fit s | auto RMSE |")
     print("|---|---|---|---|---|---|")
     for name, X in matrices().items():

@@ -1,9 +1,10 @@
 """A one-line status of a long matrix fit on stderr: its stage and the time so far.
 
 ``NTKImputer(progress=True)`` (the ``matrix`` command on a terminal, without ``-q`` or ``-v``)
-shows, for example, ``NTKImputer: cross-validation, 6 candidates scored (best CV RMSE 0.8273)
-[00:21]``, rewritten in place as the fit goes on (a tqdm line without a bar, refreshed every
-second), and removed when the fit ends.
+shows, for example, ``NTKImputer: CV RMSE 0.8273  mode=cols, prior=profile, ... [00:21]``: the
+last message of the fit (those ``verbose`` logs, and its stages: the cross-validation's size,
+the final fit), rewritten in place as the fit goes on (a tqdm line without a bar, refreshed
+every second), and removed when the fit ends.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ class FitProgress:
         return FitProgress, (False, self.name)
 
     def stage(self, text):
-        """Show ``text`` (its first line, cut to the terminal's width) as the fit's stage."""
+        """Show ``text`` (on one line, cut to the terminal's width) as the fit's stage."""
         if self._bar is not None:
             width = shutil.get_terminal_size().columns - len(self.name) - 14
             line = " ".join(text.split())

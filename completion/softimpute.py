@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["soft_impute_path", "soft_impute_cv", "singular_value_thresholded", "column_means", "FRACTIONS", "PATIENCE"]
+__all__ = ["soft_impute_path", "soft_impute_cv", "singular_value_thresholded", "column_means",
+           "FRACTIONS", "PATIENCE"]
 
 # lambda / top singular value, from strong to weak shrinkage (warm-started in this order)
 FRACTIONS = (0.5, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.015, 0.01)
