@@ -99,7 +99,7 @@ CHAINED_BIAS_VAR = 2.0
 # "auto" takes the chained modes, the one whose regressions have more observed points first,
 # while their estimated costs (chained.chained_flops) add up to at most AUTO_CHAINED_TOTAL_FLOPS;
 # the first may take all of it, the second at most AUTO_CHAINED_FLOPS, as may each of the
-# column-mean-offset variants (at twice the cost). One core fits about 1e10 of these flops a
+# column-mean-offset variants (at twice the cost, counted in the total too). One core fits about 1e10 of these flops a
 # second: digits' rows-chained fit (1797 x 64, 9.8e10) 10-11 s, GDSC's (988 x 265, 3.2e11)
 # 22-25 s, its cols-chained one (1.2e11, left out) 11 s; with GDSC's rows-chained candidate
 # (its final fit beside the cross-validation on the second core) `auto` took 38-41 s on two
@@ -958,10 +958,12 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         return cands
 
     def _modes(self, mask):
-        """Modes to try: the given one; for 'auto' with a given prior, the kernel modes it
-        applies to; else every mode (the chained ones when their cost fits)."""
+        """[(mode, variants)]: the modes to try, each with the changes to its configuration that
+        make its candidates (``({},)``: the configuration as it is). The given mode; for 'auto'
+        with a given prior, the kernel modes it applies to; else every mode, the chained ones
+        first (:meth:`_chained_modes`)."""
         if self.mode != "auto":
-            return [self.mode]
+            return [(self.mode, ({},))]
         if self.prior != "auto":  # the kernel modes the given prior applies to
             specs = self.prior if isinstance(self.prior, tuple) else (self.prior, self.prior)
             has = {"rows": [self._row_feats is not None], "cols": [self._col_feats is not None],
@@ -972,11 +974,20 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             if not modes:
                 raise ValueError(f"prior {self.prior!r} needs row_features (rows mode) or "
                                  "col_features (cols mode)")
-            return modes
-        modes = ["rows", "cols", "joint"]
+            return [(mode, ({},)) for mode in modes]
+        modes = [(mode, ({},)) for mode in ("rows", "cols", "joint")]
         if self._values.ndim == 3:  # vector entries: the chained modes do not apply
             return modes
-        chained, spent = [], 0.0  # scored first: on tables their score screens the others
+        return self._chained_modes(mask) + modes  # scored first: on tables their score screens
+
+    def _chained_modes(self, mask):
+        """[(chained mode, variants)] that 'auto' fits: taken in order of their regressions'
+        observed points (more first) while their estimated flops (:func:`chained_flops`) add up
+        to at most AUTO_CHAINED_TOTAL_FLOPS, the second at most AUTO_CHAINED_FLOPS; each also
+        with column-mean offsets (twice the flops; one family with the other, so the better of
+        the two counts) where those fit in AUTO_CHAINED_FLOPS and what is left of the total.
+        Listed in the order of CHAINED_AXIS; -v says why a mode is left out."""
+        chained, spent = {}, 0.0
         points = {mode: float(mask.sum(axis).mean())  # a regression's observed points, on average
                   for mode, axis in CHAINED_AXIS.items()}
         for mode in sorted(CHAINED_AXIS, key=lambda mode: -points[mode]):
@@ -986,13 +997,15 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             if points[mode] < CHAINED_MIN_POINTS[mode]:
                 self._say(f"  {mode} left out: its regressions have {points[mode]:.1f} observed "
                           f"points on average (fewer than {CHAINED_MIN_POINTS[mode]})")
-            elif flops <= budget:
-                chained.append(mode)
-                spent += flops
-            else:
+            elif flops > budget:
                 self._say(f"  {mode} left out: about {flops:.1e} flops (its budget {budget:.1e})")
-        chained.sort(key=list(CHAINED_AXIS).index)
-        return chained + modes
+            else:
+                spent += flops
+                chained[mode] = ({},)
+                if 2 * flops <= min(AUTO_CHAINED_FLOPS, AUTO_CHAINED_TOTAL_FLOPS - spent):
+                    spent += 2 * flops
+                    chained[mode] = ({}, {"offsets": "means"})
+        return [(mode, chained[mode]) for mode in CHAINED_AXIS if mode in chained]
 
     def _softimpute_affordable(self):
         """False for vector entries whose unfolded (m, n * d) matrix makes one SVD cost more
@@ -1016,18 +1029,13 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         depth = DEFAULT_DEPTH if self.depth == "auto" else int(self.depth)
         ridge = DEFAULT_RIDGE if self.ridge == "auto" else float(self.ridge)
         out = []
-        for mode in self._modes(mask):
+        for mode, variants in self._modes(mask):
             for prior in self._prior_candidates(mode):
                 chained = mode in CHAINED_AXIS
                 cfg = {"mode": mode, "prior": prior, "depth": 1 if chained and self.depth == "auto"
                        else depth, "ridge": "loo" if chained and self.ridge == "auto" else ridge}
                 cfg["solver"] = self._dense_solver_for(mode, prior, mask)
-                out.append(cfg)
-                # chained: also with column-mean offsets (chained_fit) where twice the cost fits;
-                # one family, so the better of the two counts
-                if chained and self.mode == "auto" and AUTO_CHAINED_FLOPS >= 2 * chained_flops(
-                        mask.shape, mask, 1 + self.refine, CHAINED_AXIS[mode]):
-                    out.append(dict(cfg, offsets="means"))
+                out += [dict(cfg, **change) for change in variants]
         if self.mode == "auto" and self.prior == "auto" and self.stack > 1 \
                 and self._softimpute_affordable():
             out.append({"mode": "softimpute"})  # a component for the combination only

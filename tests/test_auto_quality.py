@@ -277,3 +277,33 @@ def test_chained_modes_share_one_flop_budget(total, each, taken, monkeypatch, ca
         budget = total if mode == "rows-chained" else min(each, total - 3)
         assert said[0] == (f"  {mode} left out: about {flops[mode]:.1e} flops "
                            f"(its budget {budget * 1e9:.1e})")
+
+
+@pytest.mark.parametrize("total, each, offsets", [
+    (12, 10, {"rows-chained": ["baseline", "means"], "cols-chained": ["baseline"]}),
+    (20, 10, {"rows-chained": ["baseline", "means"], "cols-chained": ["baseline", "means"]}),
+    (8, 10, {"rows-chained": ["baseline"], "cols-chained": ["baseline"]}),
+    (20, 5, {"rows-chained": ["baseline"], "cols-chained": ["baseline", "means"]}),
+])
+def test_mean_offset_variants_count_in_the_chained_flop_budget(total, each, offsets,
+                                                               monkeypatch):
+    """A chained mode's column-mean-offset variant (twice its flops, here 3e9 and 2e9) is
+    offered where that fits in AUTO_CHAINED_FLOPS and in what is left of
+    AUTO_CHAINED_TOTAL_FLOPS, and then counts in that total: with a total of 12e9,
+    rows-chained's two fits take 9e9 and leave cols-chained room for its plain fit only."""
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(60, 3)) @ rng.normal(size=(3, 24)) + 0.1 * rng.normal(size=(60, 24))
+    X[rng.random(X.shape) < 0.1] = np.nan
+    flops = {"rows-chained": 3e9, "cols-chained": 2e9}
+    monkeypatch.setattr(matrix_module, "chained_flops",
+                        lambda shape, mask, rounds, axis: flops[("rows-chained",
+                                                                 "cols-chained")[axis]])
+    monkeypatch.setattr(matrix_module, "AUTO_CHAINED_TOTAL_FLOPS", total * 1e9)
+    monkeypatch.setattr(matrix_module, "AUTO_CHAINED_FLOPS", each * 1e9)
+    imp = NTKImputer(random_state=0, mode="rows", prior="profile", depth=1, ridge=0.03).fit(X)
+    imp.set_params(mode="auto", prior="auto")  # the fitted matrix, asked for auto's candidates
+    offered = {}
+    for cfg in imp._candidates(~np.isnan(X)):
+        if cfg["mode"] in flops:
+            offered.setdefault(cfg["mode"], []).append(cfg.get("offsets", "baseline"))
+    assert offered == offsets
