@@ -223,9 +223,7 @@ class CVGrid:
     def _softimpute_first(self, cfgs, folds):
         """SoftImpute's completions of the training splits of ``folds`` (and so its shrinkage,
         on the first of them), here, before the fits that read them run anywhere else."""
-        if any(uses_softimpute(cfg) for cfg in cfgs):
-            for k in folds:
-                self.data.imputer._softimpute(*training_split(self.data, k))
+        self.data.imputer._softimpute_ahead(cfgs, (training_split(self.data, k) for k in folds))
 
     def _shared(self, cfgs):
         """The data scattered to the workers (once per fit). SoftImpute's shrinkage is chosen

@@ -770,6 +770,14 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             self._softimpute_cache[key] = fold(Z, values.shape)
         return self._softimpute_cache[key]
 
+    def _softimpute_ahead(self, cfgs, splits):
+        """SoftImpute's completion of each (values, mask) of ``splits`` (and so its shrinkage,
+        on the first), here, when any of ``cfgs`` reads it: before fits that read it run on
+        other threads or workers."""
+        if any(uses_softimpute(cfg) for cfg in cfgs):
+            for values, mask in splits:
+                self._softimpute(values, mask)
+
     def _fit_threads(self, values, mask):
         """A :class:`~completion.fit_threads.FitThreads` for the final fits on ``values[mask]``
         and the cross-validation's fits, with the current torch threads on a CPU (one, so no
@@ -816,8 +824,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         (SoftImpute's completion, which several may read, first, here)."""
         if threads is None or not threads.parallel or len(cfgs) < 2:
             return {repr(cfg): self._complete(values, mask, cfg, final=True) for cfg in cfgs}
-        if any(uses_softimpute(cfg) for cfg in cfgs):
-            self._softimpute(values, mask)
+        self._softimpute_ahead(cfgs, [(values, mask)])
         futures = threads.map(lambda cfg: self._complete(values, mask, cfg, final=True), cfgs)
         return {repr(cfg): future.result() for cfg, future in zip(cfgs, futures)}
 

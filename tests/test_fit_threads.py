@@ -153,6 +153,9 @@ def test_a_fit_waiting_for_its_turn_frees_its_place():
     third_ran = threading.Event()
 
     class Stub:
+        def _softimpute_ahead(self, cfgs, splits):  # no candidate here reads SoftImpute
+            pass
+
         def _complete(self, values, train, cfg, targets, screen=None):
             if cfg["mode"] == "first":
                 assert third_ran.wait(10), "the third fit never ran"
@@ -184,6 +187,9 @@ def test_an_error_while_a_fit_waits_for_its_turn_ends_without_a_hang():
     from completion.cv_grid import CVGrid
 
     class Stub:
+        def _softimpute_ahead(self, cfgs, splits):  # no candidate here reads SoftImpute
+            pass
+
         def _complete(self, values, train, cfg, targets, screen=None):
             if cfg["mode"] == "bad":
                 time.sleep(0.2)  # the other fit is waiting by then
