@@ -13,8 +13,10 @@ includes every choice made by cross-validation). Data sets:
 * sanity sets not used while developing (``--sanity``): statsmodels' macrodata (203 quarters x
   12 series, standardised) and scikit-learn's make_friedman1 (500 x 10 features + target,
   standardised);
-* check sets added after the defaults were chosen (``--check``, see ``CHECK``), and small
-  tables added in session 9 (``--small``, see ``SMALL``).
+* check sets added after the defaults were chosen (``--check``, see ``CHECK``), small
+  tables added in session 9 (``--small``, see ``SMALL``) and the session-11 checks: more small
+  tables, synthetic matrices of known structure, an image and a wide matrix (``--fresh``, see
+  ``FRESH``).
 
 Methods: NTKImputer() with its defaults (what ``ntk-complete matrix`` runs), SoftImpute with its
 shrinkage chosen by CV (:mod:`completion.softimpute`), scikit-learn's IterativeImputer with
@@ -26,6 +28,7 @@ Run (repository root; one thread):
     python benchmarks/bench_matrices.py --sanity              # the two sanity sets
     python benchmarks/bench_matrices.py --check               # the session-6 check sets
     python benchmarks/bench_matrices.py --small               # the session-9 small tables
+    python benchmarks/bench_matrices.py --fresh               # the session-11 checks
     OMP_NUM_THREADS=2 python benchmarks/bench_matrices.py --threads 2 --only NTK   # two cores
 """
 from __future__ import annotations
@@ -159,7 +162,69 @@ SMALL = {
     "committee": (lambda: _statsmodels_table("committee"), 0.2, 3),
     "linnerud": (_linnerud, 0.2, 3),
 }
-ALL = {**DATASETS, **SANITY, **CHECK, **SMALL}
+
+
+def _low_rank():
+    """300 x 200, rank 8 plus noise of a third of its entries' spread, standardised."""
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(300, 8)) @ rng.normal(size=(8, 200))
+    return _standardised(X + 0.5 * rng.normal(size=X.shape))
+
+
+def _manifold():
+    """400 points of a swiss roll (3-D) through a random tanh layer to 12 columns, plus noise."""
+    rng = np.random.default_rng(12)
+    t = rng.uniform(0, 3 * np.pi, (400, 2))
+    roll = np.column_stack([t[:, 0] * np.cos(t[:, 0]), t[:, 1], t[:, 0] * np.sin(t[:, 0])])
+    X = np.tanh(roll @ rng.normal(size=(3, 12)) / 4)
+    return _standardised(X + 0.05 * rng.normal(size=X.shape))
+
+
+def _clusters():
+    """scikit-learn's make_classification: 500 x 15, 3 clusters per class, 4 redundant columns."""
+    from sklearn.datasets import make_classification
+    X, _ = make_classification(500, 15, n_informative=8, n_redundant=4, n_clusters_per_class=3,
+                               random_state=3)
+    return _standardised(X)
+
+
+def _linear():
+    """scikit-learn's make_regression (200 x 10 of effective rank 4) and its target."""
+    from sklearn.datasets import make_regression
+    X, y = make_regression(200, 10, n_informative=10, effective_rank=4, noise=5, random_state=4)
+    return _standardised(np.column_stack([X, y]))
+
+
+def _camera():
+    """scikit-image's camera, 128 x 128 (anti-aliased), grey levels in [0, 1], as a matrix."""
+    from skimage import data, transform
+    return transform.resize(data.camera(), (128, 128), anti_aliasing=True)
+
+
+def _digits_wide():
+    """The first 300 digits as columns: the 55 pixels that vary (rows, each standardised over
+    the images, as genes in an expression matrix) x 300 images."""
+    import sklearn.datasets as ds
+    X = ds.load_digits().data[:300]
+    return _standardised(X[:, X.std(0) > 0]).T
+
+
+# more checks, added in session 11 (``--fresh``), after every default was chosen and read by
+# no choice: four more small statsmodels tables (numeric columns standardised), four synthetic
+# matrices of known structure, an image as a matrix and a wide matrix (55 x 300)
+FRESH = {
+    "stackloss": (lambda: _statsmodels_table("stackloss"), 0.2, 3),
+    "spector": (lambda: _statsmodels_table("spector"), 0.2, 3),
+    "interest_inflation": (lambda: _statsmodels_table("interest_inflation"), 0.2, 3),
+    "heart": (lambda: _statsmodels_table("heart"), 0.2, 3),
+    "low_rank": (_low_rank, 0.2, 3),
+    "manifold": (_manifold, 0.2, 3),
+    "clusters": (_clusters, 0.2, 3),
+    "camera128": (_camera, 0.2, 3),
+    "digits_wide": (_digits_wide, 0.2, 3),
+    "linear": (_linear, 0.2, 3),
+}
+ALL = {**DATASETS, **SANITY, **CHECK, **SMALL, **FRESH}
 
 
 # -- methods: (X with NaN, seed) -> completed matrix ------------------------------------------------
@@ -268,6 +333,8 @@ def main(argv=None):
                         help="run the check sets (added after the defaults were chosen) instead")
     parser.add_argument("--small", action="store_true",
                         help="run the small tables added in session 9 instead")
+    parser.add_argument("--fresh", action="store_true",
+                        help="run the check matrices added in session 11 instead")
     parser.add_argument("--seeds", type=int, help="number of seeds (default: per data set)")
     parser.add_argument("--only", nargs="*", help="substrings of the method names to run")
     parser.add_argument("--threads", type=int, default=1,
@@ -277,7 +344,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     os.environ["NTK_THREADS"] = str(torch.get_num_threads())  # the package's setting too
     names = list(SANITY) if args.sanity else list(CHECK) if args.check else \
-        list(SMALL) if args.small else args.datasets
+        list(SMALL) if args.small else list(FRESH) if args.fresh else args.datasets
     methods = {k: v for k, v in METHODS.items()
                if not args.only or any(s.lower() in k.lower() for s in args.only)}
     report(run({n: ALL[n] for n in names}, methods, args.seeds))
