@@ -108,8 +108,8 @@ def _read(path, na_values, what, sep, encoding, row_labels):
 def read_matrix_csv(path, na_values=None, *, sep=None, encoding=None,
                     row_labels=True) -> pd.DataFrame:
     """Float DataFrame (NaN = missing) from a labelled table (module docstring; ``path`` '-' =
-    standard input). A non-numeric cell raises ValueError naming its row label and column. The
-    separator used is in ``frame.attrs['sep']``."""
+    standard input). A non-numeric or infinite cell raises ValueError naming its row label and
+    column. The separator used is in ``frame.attrs['sep']``."""
     frame, sep = _read(path, na_values, "matrix", sep, encoding, row_labels)
     numeric = frame.apply(pd.to_numeric, errors="coerce")
     bad = numeric.isna() & frame.notna()
@@ -119,6 +119,11 @@ def read_matrix_csv(path, na_values=None, *, sep=None, encoding=None,
                          f"{frame.index[i]!r}, column {frame.columns[j]!r} (blank cells and NA "
                          "tokens are missing; add other tokens with --na-values)")
     numeric = numeric.astype(np.float64)
+    infinite = np.isinf(numeric.to_numpy())
+    if infinite.any():
+        i, j = np.argwhere(infinite)[0]
+        raise ValueError(f"{path}: infinite value {frame.iat[i, j]!r} at row {frame.index[i]!r}, "
+                         f"column {frame.columns[j]!r} (leave missing entries blank or NA)")
     numeric.attrs["sep"] = sep
     return numeric
 

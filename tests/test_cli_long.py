@@ -103,6 +103,8 @@ def test_sparse_observed_keeps_explicit_zeros_and_dense_matches(tmp_path):
     ("user,item,rating\nu1,i1,1\nu2,i1,2\nu1,i1,3\n",
      r"line 4: the pair \(user 'u1', item 'i1'\) is given again \(first on line 2\)"),
     ("user,item,rating\nu1,i1,1\n\nu2,i1,abc\n", r"line 4, column 'rating': non-numeric value 'abc'"),
+    ("user,item,rating\nu1,i1,1\nu2,i1,-inf\n", r"line 3, column 'rating': infinite value -inf"),
+    ("user,item,rating\nu1,i1,1\n\nu2,i1,1e999\n", r"line 4, column 'rating': infinite value inf"),
     ("user,item,rating\nu1,i1,1\n,i1,2\n", r"line 3, column 'user': empty row label"),
     ("user,item,rating\nu1,i1,1\nu2,  ,2\n", r"line 3, column 'item': empty column label"),
     ("user,film,rating\nu1,i1,1\n", r"line 1: no column 'item' in the header"),

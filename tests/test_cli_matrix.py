@@ -93,6 +93,18 @@ def test_non_numeric_cell_names_row_and_column(tmp_path):
     assert not (tmp_path / "o.csv").exists()
 
 
+@pytest.mark.parametrize("cell", ["inf", "-Infinity", "1e400"])
+def test_infinite_cell_names_file_row_and_column(tmp_path, cell):
+    """An infinite cell (written out, or a number beyond float64's range) is refused by the
+    reader, naming the file, the row and the column, before any work."""
+    path = tmp_path / "bad.csv"
+    path.write_text(f"id,a,b\nr1,1.0,\nr2,2,3\nr3,{cell},2\n")
+    res = CliRunner().invoke(main, ["matrix", str(path), "-o", str(tmp_path / "o.csv"), *FAST])
+    assert res.exit_code != 0
+    assert f"bad.csv: infinite value '{cell}' at row 'r3', column 'a'" in res.output
+    assert not (tmp_path / "o.csv").exists()
+
+
 def test_na_values_tokens_and_blank_cells(tmp_path):
     path = tmp_path / "m.csv"
     path.write_text("id,a,b,c\nr1,1.0,,2\nr2,?,3,1\nr3,NA,2,0.5\nr4,2,1,\n")
