@@ -104,7 +104,7 @@ def read_mask(path, shape, invert=False, image_path=None) -> np.ndarray:
     mask = threshold_mask(values, lossy, path)
     h, w = _check_shape(shape)
     if mask.shape != (h, w):
-        of = f" of image {image_path}" if image_path is not None else ""
+        of = f" {image_path}" if image_path is not None else ""
         raise ValueError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} (WxH) but the image{of} "
                          f"is {w}x{h}; masks must have the image's size")
     return ~mask if invert else mask
