@@ -57,7 +57,7 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 import torch
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 
 from models.device import (check_fits, limited_threads, parse_bytes, resolve_device,
                            threads_chosen_by_default, usable_cores)
@@ -83,6 +83,7 @@ __all__ = ["NTKImputer", "additive_baseline", "describe_choice", "MODES"]
 log = logging.getLogger(__name__)
 
 MODES = ("rows", "cols", "joint", "rows-chained", "cols-chained")
+OUTPUTS = ("default", "pandas")  # set_output's containers
 CHAINED_AXIS = {"rows-chained": 0, "cols-chained": 1}
 DEPTH_GRID = (1, 2, 3)
 RIDGE_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)
@@ -220,7 +221,8 @@ def _family(cfg):
     return (cfg["mode"], str(cfg.get("prior")).replace(":unscaled", ""))
 
 
-class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
+class NTKImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator,
+                 auto_wrap_output_keys=None):
     """Complete a matrix with missing entries by NTK kernel regression (a scikit-learn imputer).
 
     Parameters
@@ -304,7 +306,9 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     Kernel completion is transductive: ``transform(X)`` of the fitted matrix returns the stored
     completion; for a matrix with other rows (same columns) it completes the fitted rows stacked
     with X's rows under the configuration chosen by ``fit`` and returns X's rows, so that
-    ``Pipeline`` and ``GridSearchCV`` over a downstream estimator work.
+    ``Pipeline`` and ``GridSearchCV`` over a downstream estimator work. A DataFrame gives a
+    DataFrame; :meth:`set_output` (or a Pipeline's or ColumnTransformer's) with "pandas" makes
+    every output one.
 
     Examples
     --------
@@ -628,7 +632,7 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                    "Use predict_entries(rows, cols) for the entries you need.")
         done = self._entry_fit.dense()
         done[e.rows, e.cols] = e.values
-        return done
+        return self._as_output(done, self.row_labels_)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _threads(self):
@@ -660,11 +664,38 @@ class NTKImputer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         """``values`` (m, n) from the units of the fit back to the input's."""
         return values if self.scale_ is None else values * self.scale_[1] + self.scale_[0]
 
+    def set_output(self, *, transform=None):
+        """Container of what ``transform`` and ``fit_transform`` return (scikit-learn's
+        set_output, through which a Pipeline or ColumnTransformer holding the imputer sets it):
+        "default" (a DataFrame when a DataFrame was fitted or given, else an array), "pandas"
+        (a DataFrame always: the fitted column labels, or :meth:`get_feature_names_out` after
+        an array), or None (unchanged; until set, scikit-learn's global ``transform_output``
+        applies where it is "pandas"). Returns the imputer."""
+        if transform is None:
+            return self
+        if transform not in OUTPUTS:
+            raise ValueError(f"NTKImputer.set_output: transform must be one of {OUTPUTS} or "
+                             f"None, got {transform!r}")
+        self._sklearn_output_config = {"transform": transform}  # (the name clone() copies)
+        return self
+
     def _as_output(self, values, rows, frame=None):
-        if self._frame_type if frame is None else frame:
-            import pandas as pd
-            return pd.DataFrame(values, index=rows, columns=self.col_labels_)
-        return values
+        """``values`` (m, n) as returned to the caller: a DataFrame (index ``rows``) for a fitted
+        DataFrame (``frame`` None), a given one (``frame`` True) or under "pandas" output (the
+        imputer's set_output, else scikit-learn's global transform_output), else the array."""
+        from sklearn import get_config
+        output = getattr(self, "_sklearn_output_config", {}).get("transform")
+        pandas = (output or get_config()["transform_output"]) == "pandas"
+        framed = self._frame_type if frame is None else frame
+        if not (pandas or framed):
+            return values
+        if values.ndim != 2:
+            raise ValueError(f"set_output(transform='pandas') needs scalar entries; these are "
+                             f"vectors of shape {values.shape[2:]}: use the default output")
+        import pandas as pd
+        columns = self.get_feature_names_out() if pandas and not self._frame_type \
+            else self.col_labels_
+        return pd.DataFrame(values, index=rows, columns=columns)
 
     def _check_fitted(self):
         from sklearn.utils.validation import check_is_fitted

@@ -1,14 +1,17 @@
 """NTKImputer under scikit-learn's estimator contract: the library's own estimator checks,
-clone / get_params / set_params, check_is_fitted, feature names, Pipeline and GridSearchCV."""
+clone / get_params / set_params, check_is_fitted, feature names, Pipeline and GridSearchCV,
+set_output."""
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn import config_context
 from sklearn.base import clone
+from sklearn.compose import ColumnTransformer
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
-from sklearn.utils.estimator_checks import parametrize_with_checks
+from sklearn.utils.estimator_checks import check_set_output_transform, parametrize_with_checks
 from sklearn.utils.validation import check_is_fitted
 
 from completion.matrix import NTKImputer
@@ -64,3 +67,50 @@ def test_pipeline_and_grid_search_over_a_downstream_estimator():
     mean_filled = np.where(np.isnan(X), np.nanmean(X, 0), X)
     base = Ridge(alpha=1e-3).fit(mean_filled, y).predict(mean_filled)
     assert np.mean((pred - y) ** 2) < np.mean((base - y) ** 2)
+
+
+def test_set_output_default_and_pandas():
+    """scikit-learn's check that set_output("default") changes nothing; then "pandas", set on
+    the imputer or globally: the default output's values in a DataFrame whose columns are
+    get_feature_names_out's after an array, the fitted labels after a DataFrame. (scikit-learn's
+    pandas checks take the default output of a DataFrame to be an array; here a DataFrame
+    gives a DataFrame by default, so they do not apply.)"""
+    fixed = dict(mode="rows", prior="profile", depth=1, ridge=0.1)
+    check_set_output_transform("NTKImputer", NTKImputer(**fixed))
+    X, _ = table()
+    plain = NTKImputer(**fixed).fit_transform(X)
+    frame = pd.DataFrame(X, columns=["a", "b", "c", "d"], index=[f"r{i}" for i in range(len(X))])
+    for data, columns in ((X, ["x0", "x1", "x2", "x3"]), (frame, ["a", "b", "c", "d"])):
+        local = NTKImputer(**fixed).set_output(transform="pandas").fit(data)
+        with config_context(transform_output="pandas"):
+            glob = NTKImputer(**fixed).fit(data)
+            outputs = [local.transform(data), glob.transform(data), glob.fit_transform(data)]
+        for out in outputs + [local.fit_transform(data)]:
+            assert isinstance(out, pd.DataFrame) and list(out.columns) == columns
+            assert list(out.index) == list(range(len(X)) if data is X else frame.index)
+            np.testing.assert_allclose(out.to_numpy(), plain)
+    assert isinstance(NTKImputer(**fixed).fit_transform(X), np.ndarray)  # the global one reset
+
+
+def test_set_output_in_a_pipeline_and_a_column_transformer():
+    """A Pipeline or ColumnTransformer set to pandas output sets the imputer's: an array in
+    gives a DataFrame out (columns x0.. through the pipeline, prefixed names in the column
+    transformer), with the values of the default output; clone keeps the setting; an output
+    the imputer cannot give is refused by name."""
+    X, _ = table()
+    fixed = dict(mode="rows", prior="profile", depth=1, ridge=0.1)
+    plain = NTKImputer(**fixed).fit_transform(X)
+    assert isinstance(plain, np.ndarray)
+    out = make_pipeline(NTKImputer(**fixed)).set_output(transform="pandas").fit_transform(X)
+    assert isinstance(out, pd.DataFrame) and list(out.columns) == ["x0", "x1", "x2", "x3"]
+    np.testing.assert_allclose(out.to_numpy(), plain)
+    frame = pd.DataFrame(X, columns=["a", "b", "c", "d"])
+    ct = ColumnTransformer([("imp", NTKImputer(**fixed), ["a", "b", "c"])],
+                           remainder="passthrough").set_output(transform="pandas")
+    got = ct.fit_transform(frame)
+    assert list(got.columns) == ["imp__a", "imp__b", "imp__c", "remainder__d"]
+    assert not got[["imp__a", "imp__b", "imp__c"]].isna().any().any()
+    kept = clone(NTKImputer(**fixed).set_output(transform="pandas"))
+    assert isinstance(kept.fit_transform(X), pd.DataFrame)
+    with pytest.raises(ValueError, match="transform must be one of"):
+        NTKImputer().set_output(transform="polars")
