@@ -245,6 +245,23 @@ def test_rows_chained_needs_fewer_points_than_cols_chained(caplog):
     assert any("cols-chained left out" in line and f"fewer than {high}" in line for line in lines)
 
 
+CHAINED_FLOPS = {"rows-chained": 3e9, "cols-chained": 2e9}  # set by _chained_budget_table
+
+
+def _chained_budget_table(monkeypatch, total, each):
+    """A 60 x 24 table, 10% missing (rows-chained's regressions: 54 observed points a column,
+    cols-chained's: 22 a row), with each chained mode's flops set to CHAINED_FLOPS and the
+    budgets AUTO_CHAINED_TOTAL_FLOPS and AUTO_CHAINED_FLOPS to ``total`` and ``each`` x 1e9."""
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(60, 3)) @ rng.normal(size=(3, 24)) + 0.1 * rng.normal(size=(60, 24))
+    X[rng.random(X.shape) < 0.1] = np.nan
+    monkeypatch.setattr(matrix_module, "chained_flops", lambda shape, mask, rounds, axis:
+                        CHAINED_FLOPS[("rows-chained", "cols-chained")[axis]])
+    monkeypatch.setattr(matrix_module, "AUTO_CHAINED_TOTAL_FLOPS", total * 1e9)
+    monkeypatch.setattr(matrix_module, "AUTO_CHAINED_FLOPS", each * 1e9)
+    return X
+
+
 @pytest.mark.parametrize("total, each, taken", [
     (5, 2, {"rows-chained", "cols-chained"}),
     (4, 2, {"rows-chained"}),  # cols-chained: beyond what rows-chained left of the total
@@ -256,15 +273,7 @@ def test_chained_modes_share_one_flop_budget(total, each, taken, monkeypatch, ca
     first (here rows-chained: 54 a column against 22 a row), while their estimated flops (here
     set: 3e9 and 2e9) add up to AUTO_CHAINED_TOTAL_FLOPS, a second mode taking at most
     AUTO_CHAINED_FLOPS of it; -v says the estimate and the budget of a mode left out."""
-    rng = np.random.default_rng(6)
-    X = rng.normal(size=(60, 3)) @ rng.normal(size=(3, 24)) + 0.1 * rng.normal(size=(60, 24))
-    X[rng.random(X.shape) < 0.1] = np.nan
-    flops = {"rows-chained": 3e9, "cols-chained": 2e9}
-    monkeypatch.setattr(matrix_module, "chained_flops",
-                        lambda shape, mask, rounds, axis: flops[("rows-chained",
-                                                                 "cols-chained")[axis]])
-    monkeypatch.setattr(matrix_module, "AUTO_CHAINED_TOTAL_FLOPS", total * 1e9)
-    monkeypatch.setattr(matrix_module, "AUTO_CHAINED_FLOPS", each * 1e9)
+    X = _chained_budget_table(monkeypatch, total, each)
     caplog.set_level(logging.INFO, logger=matrix_module.log.name)
     imp = NTKImputer(random_state=0, verbose=1, refine=0, stack=1).fit(X)
     modes = {r["mode"] for r in imp.cv_results_} & set(matrix_module.CHAINED_AXIS)
@@ -275,7 +284,7 @@ def test_chained_modes_share_one_flop_budget(total, each, taken, monkeypatch, ca
     if left:  # rows-chained's turn comes first: its budget is the total
         mode, = left
         budget = total if mode == "rows-chained" else min(each, total - 3)
-        assert said[0] == (f"  {mode} left out: about {flops[mode]:.1e} flops "
+        assert said[0] == (f"  {mode} left out: about {CHAINED_FLOPS[mode]:.1e} flops "
                            f"(its budget {budget * 1e9:.1e})")
 
 
@@ -291,19 +300,11 @@ def test_mean_offset_variants_count_in_the_chained_flop_budget(total, each, offs
     offered where that fits in AUTO_CHAINED_FLOPS and in what is left of
     AUTO_CHAINED_TOTAL_FLOPS, and then counts in that total: with a total of 12e9,
     rows-chained's two fits take 9e9 and leave cols-chained room for its plain fit only."""
-    rng = np.random.default_rng(6)
-    X = rng.normal(size=(60, 3)) @ rng.normal(size=(3, 24)) + 0.1 * rng.normal(size=(60, 24))
-    X[rng.random(X.shape) < 0.1] = np.nan
-    flops = {"rows-chained": 3e9, "cols-chained": 2e9}
-    monkeypatch.setattr(matrix_module, "chained_flops",
-                        lambda shape, mask, rounds, axis: flops[("rows-chained",
-                                                                 "cols-chained")[axis]])
-    monkeypatch.setattr(matrix_module, "AUTO_CHAINED_TOTAL_FLOPS", total * 1e9)
-    monkeypatch.setattr(matrix_module, "AUTO_CHAINED_FLOPS", each * 1e9)
+    X = _chained_budget_table(monkeypatch, total, each)
     imp = NTKImputer(random_state=0, mode="rows", prior="profile", depth=1, ridge=0.03).fit(X)
     imp.set_params(mode="auto", prior="auto")  # the fitted matrix, asked for auto's candidates
     offered = {}
     for cfg in imp._candidates(~np.isnan(X)):
-        if cfg["mode"] in flops:
+        if cfg["mode"] in CHAINED_FLOPS:
             offered.setdefault(cfg["mode"], []).append(cfg.get("offsets", "baseline"))
     assert offered == offsets
