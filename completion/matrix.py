@@ -100,11 +100,12 @@ CHAINED_BIAS_VAR = 2.0
 # "auto" takes the chained modes, the one whose regressions have more observed points first,
 # while their estimated costs (chained.chained_flops) add up to at most AUTO_CHAINED_TOTAL_FLOPS;
 # the first may take all of it, the second at most AUTO_CHAINED_FLOPS, as may each of the
-# column-mean-offset variants (at twice the cost, counted in the total too). One core fits about 1e10 of these flops a
-# second: digits' rows-chained fit (1797 x 64, 9.8e10) 10-11 s, GDSC's (988 x 265, 3.2e11)
-# 22-25 s, its cols-chained one (1.2e11, left out) 11 s; with GDSC's rows-chained candidate
-# (its final fit beside the cross-validation on the second core) `auto` took 38-41 s on two
-# cores instead of 18-22 (now 25-33 s), and its RMSE 0.8305 -> 0.8294 (benchmarks/RESULTS.md)
+# column-mean-offset variants (at twice the cost, counted in the total too). One core fits
+# about 1e10 of these flops a second: digits' rows-chained fit (1797 x 64, 9.8e10) 10-11 s,
+# GDSC's (988 x 265, 3.2e11) 22-25 s, its cols-chained one (1.2e11, left out) 11 s; with GDSC's
+# rows-chained candidate (its final fit beside the cross-validation on the second core) `auto`
+# took 38-41 s on two cores instead of 18-22 (now 25-33 s), and its RMSE 0.8305 -> 0.8294
+# (benchmarks/RESULTS.md)
 AUTO_CHAINED_FLOPS = 1.5e11
 AUTO_CHAINED_TOTAL_FLOPS = 3.5e11
 # "auto" leaves out a chained mode whose regressions have fewer observed points than this on

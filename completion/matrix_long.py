@@ -245,8 +245,9 @@ def read_long_csv(path, spec, na_values=None, *, sep=None, encoding=None) -> Lon
         for chunk in _chunks(text, path, what, sep, names, values, na_values):
             _check_labels(chunk, names[:2], start, text, path, what)
             V = chunk[values].to_numpy(dtype=np.float64)
-            if np.isinf(V).any():
-                k, j = np.argwhere(np.isinf(V))[0]
+            infinite = np.isinf(V)
+            if infinite.any():
+                k, j = np.argwhere(infinite)[0]
                 raise LongFormatError(f"{what} {path}, line {_line_of(text, start + k)}, column "
                                       f"{values[j]!r}: infinite value {V[k, j]} (leave missing "
                                       "entries blank or NA)")

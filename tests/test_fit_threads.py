@@ -142,6 +142,14 @@ def test_screening_on_threads_screens_what_one_after_the_other_screens(monkeypat
     np.testing.assert_array_equal(two.completed_, one.completed_)
 
 
+class ImputerStub:
+    """What the CV grid calls on an imputer besides ``_complete`` (which each test's stub
+    defines): no candidate here reads SoftImpute, so nothing is computed ahead."""
+
+    def _softimpute_ahead(self, cfgs, splits):
+        pass
+
+
 def test_a_fit_waiting_for_its_turn_frees_its_place():
     """CV_THREADS fits run at once; one waiting for its screening turn (the candidates before
     it not yet scored) gives up its place, so that a later candidate runs meanwhile: here the
@@ -152,10 +160,7 @@ def test_a_fit_waiting_for_its_turn_frees_its_place():
 
     third_ran = threading.Event()
 
-    class Stub:
-        def _softimpute_ahead(self, cfgs, splits):  # no candidate here reads SoftImpute
-            pass
-
+    class Stub(ImputerStub):
         def _complete(self, values, train, cfg, targets, screen=None):
             if cfg["mode"] == "first":
                 assert third_ran.wait(10), "the third fit never ran"
@@ -186,10 +191,7 @@ def test_an_error_while_a_fit_waits_for_its_turn_ends_without_a_hang():
     traceback references it)."""
     from completion.cv_grid import CVGrid
 
-    class Stub:
-        def _softimpute_ahead(self, cfgs, splits):  # no candidate here reads SoftImpute
-            pass
-
+    class Stub(ImputerStub):
         def _complete(self, values, train, cfg, targets, screen=None):
             if cfg["mode"] == "bad":
                 time.sleep(0.2)  # the other fit is waiting by then

@@ -17,7 +17,10 @@ from sklearn.utils.validation import check_is_fitted
 from completion.matrix import NTKImputer
 
 
-@parametrize_with_checks([NTKImputer(mode="rows", prior="profile", depth=1, ridge=0.1),
+FIXED = dict(mode="rows", prior="profile", depth=1, ridge=0.1)  # no CV: quick, deterministic
+
+
+@parametrize_with_checks([NTKImputer(**FIXED),
                           NTKImputer(mode="rows-chained", ridge=0.1, refine=0)])
 def test_scikit_learn_estimator_checks(estimator, check):
     # Transform of a matrix other than the fitted one completes its rows together with the
@@ -75,21 +78,20 @@ def test_set_output_default_and_pandas():
     get_feature_names_out's after an array, the fitted labels after a DataFrame. (scikit-learn's
     pandas checks take the default output of a DataFrame to be an array; here a DataFrame
     gives a DataFrame by default, so they do not apply.)"""
-    fixed = dict(mode="rows", prior="profile", depth=1, ridge=0.1)
-    check_set_output_transform("NTKImputer", NTKImputer(**fixed))
+    check_set_output_transform("NTKImputer", NTKImputer(**FIXED))
     X, _ = table()
-    plain = NTKImputer(**fixed).fit_transform(X)
+    plain = NTKImputer(**FIXED).fit_transform(X)
     frame = pd.DataFrame(X, columns=["a", "b", "c", "d"], index=[f"r{i}" for i in range(len(X))])
     for data, columns in ((X, ["x0", "x1", "x2", "x3"]), (frame, ["a", "b", "c", "d"])):
-        local = NTKImputer(**fixed).set_output(transform="pandas").fit(data)
+        local = NTKImputer(**FIXED).set_output(transform="pandas").fit(data)
         with config_context(transform_output="pandas"):
-            glob = NTKImputer(**fixed).fit(data)
+            glob = NTKImputer(**FIXED).fit(data)
             outputs = [local.transform(data), glob.transform(data), glob.fit_transform(data)]
         for out in outputs + [local.fit_transform(data)]:
             assert isinstance(out, pd.DataFrame) and list(out.columns) == columns
             assert list(out.index) == list(range(len(X)) if data is X else frame.index)
             np.testing.assert_allclose(out.to_numpy(), plain)
-    assert isinstance(NTKImputer(**fixed).fit_transform(X), np.ndarray)  # the global one reset
+    assert isinstance(NTKImputer(**FIXED).fit_transform(X), np.ndarray)  # the global one reset
 
 
 def test_set_output_in_a_pipeline_and_a_column_transformer():
@@ -98,19 +100,18 @@ def test_set_output_in_a_pipeline_and_a_column_transformer():
     transformer), with the values of the default output; clone keeps the setting; an output
     the imputer cannot give is refused by name."""
     X, _ = table()
-    fixed = dict(mode="rows", prior="profile", depth=1, ridge=0.1)
-    plain = NTKImputer(**fixed).fit_transform(X)
+    plain = NTKImputer(**FIXED).fit_transform(X)
     assert isinstance(plain, np.ndarray)
-    out = make_pipeline(NTKImputer(**fixed)).set_output(transform="pandas").fit_transform(X)
+    out = make_pipeline(NTKImputer(**FIXED)).set_output(transform="pandas").fit_transform(X)
     assert isinstance(out, pd.DataFrame) and list(out.columns) == ["x0", "x1", "x2", "x3"]
     np.testing.assert_allclose(out.to_numpy(), plain)
     frame = pd.DataFrame(X, columns=["a", "b", "c", "d"])
-    ct = ColumnTransformer([("imp", NTKImputer(**fixed), ["a", "b", "c"])],
+    ct = ColumnTransformer([("imp", NTKImputer(**FIXED), ["a", "b", "c"])],
                            remainder="passthrough").set_output(transform="pandas")
     got = ct.fit_transform(frame)
     assert list(got.columns) == ["imp__a", "imp__b", "imp__c", "remainder__d"]
     assert not got[["imp__a", "imp__b", "imp__c"]].isna().any().any()
-    kept = clone(NTKImputer(**fixed).set_output(transform="pandas"))
+    kept = clone(NTKImputer(**FIXED).set_output(transform="pandas"))
     assert isinstance(kept.fit_transform(X), pd.DataFrame)
     with pytest.raises(ValueError, match="transform must be one of"):
         NTKImputer().set_output(transform="polars")
